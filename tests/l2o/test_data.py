@@ -1,0 +1,252 @@
+import gzip
+import os
+import pickle
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import l2o.data.datasets as datasets_module
+from l2o.data import (
+    DEBIAN_FASHION_MNIST_DIR,
+    BatchSampler,
+    DatasetNotFoundError,
+    load_dataset,
+    read_idx,
+    stratified_split,
+)
+
+
+@pytest.fixture
+def fresh_cache():
+    """Loads are cached per process; tests that change what is on disk start from a clean cache."""
+    datasets_module._load_raw.cache_clear()
+    datasets_module._load_cached.cache_clear()
+    yield
+    datasets_module._load_raw.cache_clear()
+    datasets_module._load_cached.cache_clear()
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write uint8 data in the IDX format torchvision's MNIST loader reads."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape
+    )
+    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def test_mnist5k_shapes_dtypes_and_classes():
+    ds = load_dataset("mnist5k")
+    assert ds.name == "mnist5k"
+    assert ds.x_train.shape == (4000, 1, 28, 28) and ds.x_test.shape == (1000, 1, 28, 28)
+    assert ds.x_train.dtype == torch.float32 and ds.y_train.dtype == torch.int64
+    assert ds.num_classes == 10
+    assert torch.equal(ds.y_train.bincount(), torch.full((10,), 400))
+    assert torch.equal(ds.y_test.bincount(), torch.full((10,), 100))
+    # normalized with MNIST's statistics: roughly standard
+    assert abs(float(ds.x_train.mean())) < 0.05 and abs(float(ds.x_train.std()) - 1) < 0.05
+
+
+def test_mnist5k_unnormalized_pixels_in_unit_interval():
+    ds = load_dataset("mnist5k", normalize=False)
+    assert float(ds.x_train.min()) == 0.0 and float(ds.x_train.max()) == 1.0
+
+
+def test_stratified_split_is_deterministic_disjoint_and_complete():
+    labels = torch.arange(10).repeat_interleave(50)
+    train_a, test_a = stratified_split(labels, 40, seed=0)
+    train_b, test_b = stratified_split(labels, 40, seed=0)
+    assert torch.equal(train_a, train_b) and torch.equal(test_a, test_b)
+    assert set(train_a.tolist()).isdisjoint(test_a.tolist())
+    assert sorted(train_a.tolist() + test_a.tolist()) == list(range(500))
+    assert torch.equal(labels[train_a].bincount(), torch.full((10,), 40))
+    train_c, _ = stratified_split(labels, 40, seed=1)
+    assert not torch.equal(train_a, train_c)
+
+
+def test_mnist_falls_back_to_mnist5k_with_a_warning_every_time(tmp_path, fresh_cache):
+    for _ in range(2):
+        with pytest.warns(UserWarning, match="falling back to 'mnist5k'"):
+            ds = load_dataset("mnist", root=tmp_path)
+        assert ds.name == "mnist5k"
+
+
+def test_torchvision_mnist_loader_on_real_digits(tmp_path, fresh_cache):
+    """The real torchvision MNIST loader, fed the real digits we have, in MNIST's own format."""
+    ref = load_dataset("mnist5k", normalize=False)
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    to_u8 = lambda x: (x.squeeze(1) * 255).round().to(torch.uint8).numpy()
+    write_idx(raw / "train-images-idx3-ubyte", to_u8(ref.x_train))
+    write_idx(raw / "train-labels-idx1-ubyte", ref.y_train.numpy().astype(np.uint8))
+    write_idx(raw / "t10k-images-idx3-ubyte", to_u8(ref.x_test))
+    write_idx(raw / "t10k-labels-idx1-ubyte", ref.y_test.numpy().astype(np.uint8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning: the full loader found the files
+        ds = load_dataset("mnist", root=tmp_path, normalize=False)
+    assert ds.name == "mnist"
+    assert torch.equal(ds.x_train, ref.x_train) and torch.equal(ds.y_test, ref.y_test)
+
+
+def _require_debian_fashion():
+    if not (DEBIAN_FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
+        if os.environ.get("L2O_REQUIRE_FASHION_MNIST"):
+            pytest.fail(f"Debian's dataset-fashion-mnist is not in {DEBIAN_FASHION_MNIST_DIR}")
+        pytest.skip("apt-get install dataset-fashion-mnist to run this test")
+
+
+def test_fashion_mnist_from_debian_package(tmp_path, fresh_cache, monkeypatch):
+    _require_debian_fashion()
+    monkeypatch.setenv("L2O_DATA", str(tmp_path))  # no torchvision copy there
+    ds = load_dataset("fashion_mnist")
+    assert ds.name == "fashion_mnist"
+    assert ds.x_train.shape == (60000, 1, 28, 28) and ds.x_test.shape == (10000, 1, 28, 28)
+    assert torch.equal(ds.y_train.bincount(), torch.full((10,), 6000))
+    assert torch.equal(ds.y_test.bincount(), torch.full((10,), 1000))
+    assert abs(float(ds.x_train.mean())) < 0.01 and abs(float(ds.x_train.std()) - 1) < 0.01
+
+
+def test_torchvision_fashion_mnist_loader_on_debian_files(tmp_path, fresh_cache):
+    _require_debian_fashion()
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for src in DEBIAN_FASHION_MNIST_DIR.glob("*-ubyte.gz"):
+        with gzip.open(src) as fin, open(raw / src.name[:-3], "wb") as fout:
+            shutil.copyfileobj(fin, fout)
+    via_torchvision = load_dataset("fashion_mnist", root=tmp_path)
+    via_debian = load_dataset("fashion_mnist", root=tmp_path / "elsewhere")
+    assert torch.equal(via_torchvision.x_test, via_debian.x_test)
+    assert torch.equal(via_torchvision.y_train, via_debian.y_train)
+
+
+def test_missing_fashion_mnist_names_paths_and_remedy(tmp_path, fresh_cache, monkeypatch):
+    monkeypatch.setattr(datasets_module, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian")
+    monkeypatch.delenv("L2O_FASHION_MNIST_DIR", raising=False)
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_dataset("fashion_mnist", root=tmp_path)
+    message = str(info.value)
+    assert str(tmp_path / "FashionMNIST" / "raw") in message and "no-debian" in message
+    assert "apt-get install dataset-fashion-mnist" in message and "download=True" in message
+
+
+def test_missing_cifar10_is_a_clear_error(tmp_path, fresh_cache):
+    with pytest.raises(DatasetNotFoundError, match=r"cifar-10-batches-py.*download=True"):
+        load_dataset("cifar10", root=tmp_path)
+
+
+def test_torchvision_cifar10_loader_layout(tmp_path, fresh_cache, monkeypatch):
+    """torchvision's CIFAR-10 parser on files in its on-disk format (md5 check bypassed, since
+    the real archive cannot be downloaded here)."""
+    import torchvision.datasets as tvd
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        batch = {
+            "data": rng.integers(0, 256, (4, 3072), dtype=np.uint8),
+            "labels": list(rng.integers(0, 10, 4)),
+        }
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    import torchvision.datasets.cifar as tv_cifar
+
+    monkeypatch.setattr(tvd.CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *args, **kwargs: True)
+    ds = load_dataset("cifar10", root=tmp_path, normalize=False)
+    assert ds.x_train.shape == (20, 3, 32, 32) and ds.x_test.shape == (4, 3, 32, 32)
+    with open(folder / "data_batch_1", "rb") as f:
+        first = pickle.load(f)["data"][0]
+    assert torch.equal((ds.x_train[0] * 255).round().to(torch.uint8).flatten(), torch.tensor(first))
+
+
+def test_unknown_dataset_suggests_near_match():
+    with pytest.raises(ValueError, match="'mnist5k'"):
+        load_dataset("mnist_5k")
+
+
+def test_read_idx_rejects_foreign_file(tmp_path):
+    path = tmp_path / "bad"
+    path.write_bytes(b"PK\x03\x04 not idx")
+    with pytest.raises(ValueError, match="not an IDX file"):
+        read_idx(path)
+
+
+def test_read_idx_rejects_truncated_file(tmp_path):
+    path = tmp_path / "short-idx3-ubyte"
+    write_idx(path, np.zeros((3, 2, 2), np.uint8))
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(ValueError, match="header says"):
+        read_idx(path)
+
+
+# --- sampler ---------------------------------------------------------------------------------
+
+
+def _toy(n=10):
+    x = torch.arange(n, dtype=torch.float32).unsqueeze(1)
+    return x, torch.arange(n)
+
+
+def test_sampler_is_seeded_and_covers_each_epoch_without_replacement():
+    x, y = _toy(12)
+    a, b, c = BatchSampler(x, y, 4, seed=1), BatchSampler(x, y, 4, seed=1), BatchSampler(x, y, 4, 2)
+    epoch_a = [a.next()[1] for _ in range(3)]
+    assert all(batch.shape == (4,) for batch in epoch_a)
+    assert sorted(torch.cat(epoch_a).tolist()) == list(range(12))
+    assert all(torch.equal(u, b.next()[1]) for u in epoch_a)
+    assert not all(torch.equal(u, c.next()[1]) for u in epoch_a)
+    assert a.epoch == 0
+    a.next()
+    assert a.epoch == 1
+
+
+def test_sampler_drops_incomplete_tail_so_batches_keep_their_shape():
+    x, y = _toy(10)
+    sampler = BatchSampler(x, y, 4, seed=0)
+    assert sampler.batches_per_epoch == 2
+    assert all(sampler.next()[0].shape == (4, 1) for _ in range(7))
+
+
+def test_sampler_state_round_trip_through_weights_only_load(tmp_path):
+    x, y = _toy(50)
+    sampler = BatchSampler(x, y, 8, seed=3)
+    for _ in range(9):
+        sampler.next()
+    torch.save(sampler.state_dict(), tmp_path / "s.pt")
+    expected = [sampler.next()[1] for _ in range(10)]
+    restored = BatchSampler(x, y, 8, seed=999)
+    restored.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
+    assert all(torch.equal(e, restored.next()[1]) for e in expected)
+
+
+def test_sampler_rejects_bad_batch_sizes():
+    x, y = _toy(5)
+    with pytest.raises(ValueError, match="positive"):
+        BatchSampler(x, y, 0, seed=0)
+    with pytest.raises(ValueError, match="exceeds"):
+        BatchSampler(x, y, 6, seed=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        BatchSampler(x, y, 2, 0).load_state_dict(BatchSampler(x, y, 3, 0).state_dict())
+
+
+def test_dataset_sampler_batches_live_on_the_data_device():
+    ds = load_dataset("mnist5k")
+    xb, yb = ds.sampler(128, seed=0).next()
+    assert xb.shape == (128, 1, 28, 28) and yb.shape == (128,)
+    assert xb.device == ds.device
+    with pytest.raises(ValueError, match="split"):
+        ds.sampler(8, 0, split="validation")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_dataset_on_cuda():
+    ds = load_dataset("mnist5k", device="cuda")
+    xb, _ = ds.sampler(16, seed=0).next()
+    assert xb.is_cuda
