@@ -1,0 +1,29 @@
+"""Handcrafted optimizers as ``torch.optim.Optimizer``s, faithful to their sources, in one
+registry: ``baselines.create("gyro_adam", model.parameters(), lr=1e-3)``; ``baselines.available()``
+lists the names. Depends on torch only (triton optionally, for AdamSyre's CUDA kernel).
+"""
+
+from .gap import GAPSGDM, GAPAdam
+from .gyro import GYROSGD, GYROAdam
+from .hysterograd import HIOptimizer, HysteroGrad, HysteroTelemetry
+from .lion import Lion, LionSGD
+from .registry import RegisteredOptimizer, available, create, describe, register
+from .syre import AdamSyre
+
+__all__ = [
+    "GAPSGDM",
+    "GYROSGD",
+    "AdamSyre",
+    "GAPAdam",
+    "GYROAdam",
+    "HIOptimizer",
+    "HysteroGrad",
+    "HysteroTelemetry",
+    "Lion",
+    "LionSGD",
+    "RegisteredOptimizer",
+    "available",
+    "create",
+    "describe",
+    "register",
+]
