@@ -1,0 +1,137 @@
+"""Saving and loading a learned optimizer: architecture name + constructor kwargs + weights +
+metadata, in one ``torch.save`` file that loads with ``weights_only=True``.
+
+Files are written atomically (a temporary file in the same folder, then ``os.replace``), so an
+interrupted save never leaves a truncated checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from l2o.optimizers.base import LearnedOptimizerNet, available_architectures, create
+
+FORMAT = "l2o.learned_optimizer"
+VERSION = 1
+
+
+def _plain(value: Any, where: str) -> Any:
+    """Check that metadata holds only JSON-like values (they load under ``weights_only``)."""
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"{where} must hold only JSON-like values (str, numbers, lists, dicts): {exc}"
+        ) from exc
+    return value
+
+
+def to_payload(lopt: LearnedOptimizerNet, metadata: Mapping[str, Any] | None = None) -> dict:
+    """The checkpoint as a plain dict (embed it in a larger checkpoint, e.g. a training run's)."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": lopt.arch,
+        "config": _plain(lopt.config(), "the optimizer's config"),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in lopt.state_dict().items()},
+        "metadata": _plain(dict(metadata or {}), "metadata"),
+    }
+
+
+def from_payload(
+    payload: Mapping[str, Any], expected_arch: str | None = None, source: str = "payload"
+) -> tuple[LearnedOptimizerNet, dict]:
+    """Rebuild ``(optimizer, metadata)``; a clear ``ValueError`` names whatever does not fit."""
+    if not isinstance(payload, Mapping) or payload.get("format") != FORMAT:
+        keys = sorted(payload)[:10] if isinstance(payload, Mapping) else type(payload).__name__
+        raise ValueError(
+            f"{source} is not an l2o learned-optimizer checkpoint (expected format {FORMAT!r}; "
+            f"found {keys})"
+        )
+    if payload.get("version") != VERSION:
+        raise ValueError(f"{source}: unsupported checkpoint version {payload.get('version')!r}")
+    arch = payload["arch"]
+    if expected_arch is not None and arch != expected_arch:
+        raise ValueError(f"{source} holds a {arch!r} optimizer, expected {expected_arch!r}")
+    if arch not in available_architectures():
+        raise ValueError(
+            f"{source}: unknown architecture {arch!r}; available: {available_architectures()}"
+        )
+    try:
+        lopt = create(arch, **payload["config"])
+    except TypeError as exc:
+        raise ValueError(f"{source}: config does not fit architecture {arch!r}: {exc}") from exc
+    state = payload["state_dict"]
+    own = lopt.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            part
+            for part in (
+                f"missing {missing}" if missing else "",
+                f"unexpected {unexpected}" if unexpected else "",
+                "shape mismatch "
+                + ", ".join(f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in wrong)
+                if wrong
+                else "",
+            )
+            if part
+        )
+        raise ValueError(
+            f"{source}: weights do not fit {arch!r} with config {payload['config']}: {detail}"
+        )
+    lopt.load_state_dict(state)
+    return lopt, dict(payload.get("metadata", {}))
+
+
+def save_learned_optimizer(
+    path: str | os.PathLike, lopt: LearnedOptimizerNet, metadata: Mapping[str, Any] | None = None
+) -> Path:
+    """Write ``lopt`` (and JSON-like ``metadata``) to ``path`` atomically; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = to_payload(lopt, metadata)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_learned_optimizer(
+    path: str | os.PathLike,
+    expected_arch: str | None = None,
+    map_location: str | torch.device = "cpu",
+) -> tuple[LearnedOptimizerNet, dict]:
+    """``(optimizer, metadata)`` from a file written by ``save_learned_optimizer``.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the problem for a
+    foreign file, a different architecture or weights that do not fit the stored config.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no learned-optimizer checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        raise ValueError(
+            f"{path} is not a loadable l2o learned-optimizer checkpoint: {exc}".splitlines()[0]
+        ) from exc
+    lopt, metadata = from_payload(payload, expected_arch, source=str(path))
+    return lopt.to(map_location), metadata

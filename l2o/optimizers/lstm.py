@@ -1,0 +1,220 @@
+"""The paper's coordinatewise LSTM optimizer (Andrychowicz et al. 2016; Sobotka et al. 2024).
+
+Every coordinate runs through the same two-layer LSTM (hidden 20) with its own recurrent state;
+the input is the log/sign-preprocessed gradient (p = 10) plus optional extra features; the update
+is ``η_out · Linear(h₂)``. The two stacked ``LSTMCell``s of the paper are one ``nn.LSTM`` with
+``num_layers=2`` here (the same function, the same parameter count), so a whole truncation can be
+replayed as one fused sequence call.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from l2o.optimizers.base import LearnedOptimizerNet, ParamSpec, State, register
+from l2o.optimizers.features import TIME_SCALES, log_sign_preprocess, time_features
+from l2o.optimizers.lstm_kernels import (
+    NATIVE_MIN_ROWS,
+    _cell_forward,
+    fused_lstm_sequence,
+    lstm_forward,
+    lstm_weights,
+    native_kernels,
+)
+
+#: Extra per-coordinate inputs the LSTM can take besides the preprocessed gradient, with widths.
+EXTRA_INPUTS: dict[str, int] = {
+    "momentum": 2,  # log/sign-preprocessed EMA of the gradient (decay 0.9)
+    "adam": 1,  # Adam's bias-corrected direction m̂ / (√v̂ + ε), clipped to [-5, 5]
+    "param": 1,  # the parameter value itself
+    "time": len(TIME_SCALES),  # tanh(t / s - 1) for several timescales s
+}
+
+
+@register
+class LSTMOptimizer(LearnedOptimizerNet):
+    """``LSTM(num_layers × hidden_size) → Linear(hidden_size → 1)``, times ``output_scale``.
+
+    Args:
+        hidden_size: LSTM width (paper: 20).
+        num_layers: stacked LSTM layers (paper: 2).
+        preprocess_p: ``p`` of the log/sign gradient preprocessing (paper: 10).
+        output_scale: η_out, the fixed factor on the network's output (paper: 1.0 on the classic
+            task, 0.1 in its BatchNorm config).
+        extra_inputs: names from ``EXTRA_INPUTS`` added to the input (paper: none).
+        beta1, beta2: decays of the momentum / second-moment accumulators for the extras.
+    """
+
+    arch: ClassVar[str] = "lstm"
+    core_state_keys: ClassVar[tuple[str, ...]] = ("h", "c")
+    state_coord_dims: ClassVar[dict[str, int]] = {"h": -2, "c": -2, "m": -1, "v": -1}
+
+    def __init__(
+        self,
+        hidden_size: int = 20,
+        num_layers: int = 2,
+        preprocess_p: float = 10.0,
+        output_scale: float = 0.1,
+        extra_inputs: tuple[str, ...] | list[str] = (),
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+    ) -> None:
+        super().__init__()
+        extra_inputs = tuple(extra_inputs)
+        unknown = [e for e in extra_inputs if e not in EXTRA_INPUTS]
+        if unknown:
+            raise ValueError(f"unknown extra_inputs {unknown}; available: {sorted(EXTRA_INPUTS)}")
+        if len(set(extra_inputs)) != len(extra_inputs):
+            raise ValueError(f"extra_inputs has duplicates: {extra_inputs}")
+        if hidden_size <= 0 or num_layers <= 0:
+            raise ValueError("hidden_size and num_layers must be positive")
+        if preprocess_p <= 0:
+            raise ValueError(f"preprocess_p must be positive, got {preprocess_p}")
+        if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
+            raise ValueError("beta1 and beta2 must lie in [0, 1)")
+        self.hidden_size = int(hidden_size)
+        self.num_layers = int(num_layers)
+        self.preprocess_p = float(preprocess_p)
+        self.output_scale = float(output_scale)
+        self.extra_inputs = extra_inputs
+        self.beta1, self.beta2 = float(beta1), float(beta2)
+        self.lstm = nn.LSTM(self.num_features, self.hidden_size, num_layers=self.num_layers)
+        self.head = nn.Linear(self.hidden_size, 1)
+        #: run the LSTM through the hand-written kernels (False: plain ``nn.LSTM``, a reference)
+        self.use_fused = True
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "preprocess_p": self.preprocess_p,
+            "output_scale": self.output_scale,
+            "extra_inputs": list(self.extra_inputs),
+            "beta1": self.beta1,
+            "beta2": self.beta2,
+        }
+
+    @property
+    def num_features(self) -> int:
+        return 2 + sum(EXTRA_INPUTS[e] for e in self.extra_inputs)
+
+    @property
+    def _needs_m(self) -> bool:
+        return "momentum" in self.extra_inputs or "adam" in self.extra_inputs
+
+    def init_state(self, flat_params: torch.Tensor, spec: ParamSpec | None = None) -> State:
+        lead, n = flat_params.shape[:-1], flat_params.shape[-1]
+        zeros = lambda *shape: flat_params.new_zeros(shape)
+        state: State = {
+            "h": zeros(self.num_layers, *lead, n, self.hidden_size),
+            "c": zeros(self.num_layers, *lead, n, self.hidden_size),
+            "t": torch.zeros(lead, dtype=torch.float32, device=flat_params.device),
+        }
+        if self._needs_m:
+            state["m"] = zeros(*lead, n)
+        if "adam" in self.extra_inputs:
+            state["v"] = zeros(*lead, n)
+        return state
+
+    def observe(
+        self, grads: torch.Tensor, params: torch.Tensor, state: State
+    ) -> tuple[torch.Tensor, State]:
+        new = dict(state)
+        t = state["t"] + 1
+        new["t"] = t
+        parts = [log_sign_preprocess(grads, self.preprocess_p)]
+        if self._needs_m:
+            new["m"] = torch.lerp(grads, state["m"], self.beta1)
+        for extra in self.extra_inputs:
+            if extra == "momentum":
+                parts.append(log_sign_preprocess(new["m"], self.preprocess_p))
+            elif extra == "adam":
+                new["v"] = torch.lerp(grads * grads, state["v"], self.beta2)
+                tt = t.unsqueeze(-1)
+                m_hat = new["m"] / (1 - self.beta1**tt)
+                v_hat = new["v"] / (1 - self.beta2**tt)
+                # clamp before the root: its derivative at v = 0 would be infinite (second order)
+                denom = v_hat.clamp_min(1e-20).sqrt() + 1e-8
+                parts.append((m_hat / denom).clamp(-5, 5).unsqueeze(-1))
+            elif extra == "param":
+                parts.append(params.unsqueeze(-1))
+            elif extra == "time":
+                tf = time_features(t).unsqueeze(-2)
+                parts.append(tf.expand(*grads.shape, tf.shape[-1]))
+        return torch.cat(parts, dim=-1), new
+
+    def core(self, features: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        seq, lead_n, n_feat = features.shape[0], features.shape[1:-1], features.shape[-1]
+        if n_feat != self.num_features:
+            raise ValueError(f"LSTMOptimizer expects {self.num_features} features, got {n_feat}")
+        rows = math.prod(lead_n)
+        h0 = state["h"].reshape(self.num_layers, rows, self.hidden_size)
+        c0 = state["c"].reshape(self.num_layers, rows, self.hidden_size)
+        x = features.reshape(seq, rows, n_feat)
+        out, h, c = self._run_lstm(x, h0, c0)
+        updates = self.head(out).squeeze(-1) * self.output_scale
+        new = dict(state)
+        new["h"] = h.reshape(state["h"].shape)
+        new["c"] = c.reshape(state["c"].shape)
+        return updates.reshape(seq, *lead_n), new
+
+    def _run_lstm(self, x, h0, c0):
+        if not self.use_fused:
+            out, (h, c) = self.lstm(x, (h0.contiguous(), c0.contiguous()))
+            return out, h, c
+        weights = lstm_weights(self.lstm)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (x, h0, c0, *weights)):
+            return fused_lstm_sequence(x, h0, c0, weights)
+        with torch.no_grad():
+            grouped = [tuple(weights[i : i + 4]) for i in range(0, len(weights), 4)]
+            return lstm_forward(x, h0, c0, grouped)
+
+    @torch.no_grad()
+    def apply_updates_(
+        self, tensors: list[tuple[torch.Tensor, torch.Tensor, State]], chunk_size: int
+    ) -> None:
+        """Deployment: per chunk of coordinates, the layers run on preallocated buffers and the
+        elementwise kernel writes the new ``h, c`` straight into the state (no copies)."""
+        weights = lstm_weights(self.lstm)
+        layers = []
+        for i in range(0, len(weights), 4):
+            w_ih, w_hh, b_ih, b_hh = weights[i : i + 4]
+            layers.append((torch.cat((w_ih, w_hh), dim=1).t().contiguous(), b_ih + b_hh))
+        head_w, head_b = self.head.weight[0] * self.output_scale, self.head.bias * self.output_scale
+        largest = max(p.shape[-1] for p, _, _ in tensors)
+        rows = min(chunk_size, largest)
+        ref = tensors[0][0]
+        ext = native_kernels() if rows >= NATIVE_MIN_ROWS and ref.dtype == torch.float32 else None
+        z_bufs = [ref.new_empty(rows, w.shape[0]) for w, _ in layers]
+        pre_buf = ref.new_empty(rows, 4 * self.hidden_size)
+        for param, grad, state in tensors:
+            n = param.shape[-1]
+            h_all, c_all = state["h"], state["c"]
+            for lo in range(0, n, chunk_size):
+                hi = min(lo + chunk_size, n)
+                part = self.slice_state(state, lo, hi)
+                inp, new = self.observe(grad[lo:hi], param[lo:hi], part)
+                for k in ("m", "v"):
+                    if k in new:
+                        part[k].copy_(new[k])
+                for layer, (w_t, bias) in enumerate(layers):
+                    n_in = inp.shape[-1]
+                    z = z_bufs[layer][: hi - lo]
+                    h, c = h_all[layer, lo:hi], c_all[layer, lo:hi]
+                    z[:, :n_in].copy_(inp)
+                    z[:, n_in:].copy_(h)
+                    pre = torch.addmm(bias, z, w_t, out=pre_buf[: hi - lo])
+                    if ext is not None and hi - lo >= NATIVE_MIN_ROWS:
+                        ext.cell_forward_into(pre, c, h, c)
+                    else:
+                        h_new, c_new = _cell_forward(pre, c)
+                        h.copy_(h_new)
+                        c.copy_(c_new)
+                    inp = h
+                param[lo:hi].add_(torch.addmv(head_b, inp, head_w))
+            state["t"].add_(1)
+

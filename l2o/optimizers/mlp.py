@@ -1,0 +1,180 @@
+"""A per-coordinate MLP optimizer over optimizer features, in the style of Metz et al. (2022)
+``small_fc_lopt``.
+
+Features per coordinate: gradient, parameter value, momenta at several decays, the second-moment
+accumulator, momenta divided by its root, and its inverse root; each normalized by its second
+moment over the coordinates of the same tensor, then ``tanh`` time features (not normalized).
+The MLP outputs a direction ``d`` and a log-magnitude ``m``; the update is
+``Δ = step_mult · d · exp(exp_mult · m)``. The last layer starts small (``init_scale``), so an
+untrained optimizer takes tiny, stable steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from l2o.optimizers.base import LearnedOptimizerNet, ParamSpec, State, register, segment_mean
+from l2o.optimizers.features import TIME_SCALES, time_features
+
+
+@register
+class MLPOptimizer(LearnedOptimizerNet):
+    """Args:
+    hidden_sizes: widths of the hidden layers (ReLU).
+    momentum_decays: decays of the gradient EMAs fed as features.
+    rms_decay: decay of the squared-gradient EMA.
+    step_mult, exp_mult: λ₁ and λ₂ of ``Δ = λ₁ · d · exp(λ₂ · m)``.
+    init_scale: factor on the output layer's initial weights (small → small first updates).
+    per_tensor_norm: normalize features per tensor (True) or over the whole vector.
+    """
+
+    arch: ClassVar[str] = "mlp"
+    core_state_keys: ClassVar[tuple[str, ...]] = ()
+    state_coord_dims: ClassVar[dict[str, int]] = {"m": -2, "v": -1}
+    coordinatewise: ClassVar[bool] = True  # the normalization lives in observe (a constant)
+
+    def __init__(
+        self,
+        hidden_sizes: tuple[int, ...] | list[int] = (32, 32),
+        momentum_decays: tuple[float, ...] | list[float] = (0.5, 0.9, 0.99, 0.999),
+        rms_decay: float = 0.999,
+        step_mult: float = 0.01,
+        exp_mult: float = 0.1,
+        init_scale: float = 0.1,
+        per_tensor_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
+        self.momentum_decays = tuple(float(d) for d in momentum_decays)
+        if any(h <= 0 for h in self.hidden_sizes):
+            raise ValueError(f"hidden_sizes must be positive, got {self.hidden_sizes}")
+        if not all(0.0 <= d < 1.0 for d in (*self.momentum_decays, rms_decay)):
+            raise ValueError("decays must lie in [0, 1)")
+        self.rms_decay = float(rms_decay)
+        self.step_mult, self.exp_mult = float(step_mult), float(exp_mult)
+        self.init_scale = float(init_scale)
+        self.per_tensor_norm = bool(per_tensor_norm)
+        self.register_buffer(
+            "_decays", torch.tensor(self.momentum_decays, dtype=torch.float32), persistent=False
+        )
+        layers: list[nn.Module] = []
+        width = self.num_features
+        for h in self.hidden_sizes:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        out = nn.Linear(width, 2)
+        with torch.no_grad():
+            out.weight.mul_(self.init_scale)
+            out.bias.zero_()
+        layers.append(out)
+        self.net = nn.Sequential(*layers)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "hidden_sizes": list(self.hidden_sizes),
+            "momentum_decays": list(self.momentum_decays),
+            "rms_decay": self.rms_decay,
+            "step_mult": self.step_mult,
+            "exp_mult": self.exp_mult,
+            "init_scale": self.init_scale,
+            "per_tensor_norm": self.per_tensor_norm,
+        }
+
+    @property
+    def num_normalized_features(self) -> int:
+        d = len(self.momentum_decays)
+        return 2 + d + 1 + d + 1  # g, p, m_i, v, m_i/√v, 1/√v
+
+    @property
+    def num_features(self) -> int:
+        return self.num_normalized_features + len(TIME_SCALES)
+
+    def init_state(self, flat_params: torch.Tensor, spec: ParamSpec | None = None) -> State:
+        lead, n = flat_params.shape[:-1], flat_params.shape[-1]
+        device = flat_params.device
+        if spec is not None and self.per_tensor_norm:
+            if spec.numel != n:
+                raise ValueError(f"spec has {spec.numel} coordinates, params have {n}")
+            seg = spec.segment_ids(device)
+            counts = torch.tensor(spec.numels, device=device)
+        else:
+            seg = torch.zeros(n, dtype=torch.long, device=device)
+            counts = torch.tensor([n], device=device)
+        return {
+            "m": flat_params.new_zeros(*lead, n, len(self.momentum_decays)),
+            "v": flat_params.new_zeros(*lead, n),
+            "t": torch.zeros(lead, dtype=torch.float32, device=device),
+            "segment_ids": seg,  # [N], constant
+            "segment_counts": counts,  # [S], constant
+        }
+
+    def normalized_features(
+        self, grads: torch.Tensor, params: torch.Tensor, m: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
+        """The raw ``[..., N, F₀]`` features before normalization (for chunked deployment)."""
+        rs = torch.rsqrt(v + 1e-8).unsqueeze(-1)
+        return torch.cat(
+            (grads.unsqueeze(-1), params.unsqueeze(-1), m, v.unsqueeze(-1), m * rs, rs), dim=-1
+        )
+
+    def observe(
+        self, grads: torch.Tensor, params: torch.Tensor, state: State
+    ) -> tuple[torch.Tensor, State]:
+        m = torch.lerp(grads.unsqueeze(-1), state["m"], self._decays)
+        v = torch.lerp(grads * grads, state["v"], self.rms_decay)
+        t = state["t"] + 1
+        raw = self.normalized_features(grads, params, m, v)
+        second = segment_mean(raw * raw, state["segment_ids"], state["segment_counts"])
+        normed = raw * torch.rsqrt(second + 1e-5)
+        tf = time_features(t).unsqueeze(-2).expand(*grads.shape, len(TIME_SCALES))
+        new = dict(state)
+        new.update(m=m, v=v, t=t)
+        return torch.cat((normed, tf), dim=-1), new
+
+    def core(self, features: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        if features.shape[-1] != self.num_features:
+            raise ValueError(
+                f"MLPOptimizer expects {self.num_features} features, got {features.shape[-1]}"
+            )
+        out = self.net(features)
+        direction, magnitude = out[..., 0], out[..., 1]
+        return self.step_mult * direction * torch.exp(self.exp_mult * magnitude), state
+
+    @torch.no_grad()
+    def apply_updates_(
+        self, tensors: list[tuple[torch.Tensor, torch.Tensor, State]], chunk_size: int
+    ) -> None:
+        """Deployment in two passes over chunks: accumulators and feature second moments, then
+        features, MLP and the in-place update (the normalization needs a whole tensor's stats)."""
+        sums = []
+        for param, grad, state in tensors:
+            state["m"].lerp_(grad.unsqueeze(-1).expand_as(state["m"]), 1 - self._decays)
+            state["v"].lerp_(grad * grad, 1 - self.rms_decay)
+            state["t"].add_(1)
+            acc = param.new_zeros(self.num_normalized_features)
+            for lo in range(0, param.shape[-1], chunk_size):
+                hi = min(lo + chunk_size, param.shape[-1])
+                raw = self.normalized_features(
+                    grad[lo:hi], param[lo:hi], state["m"][lo:hi], state["v"][lo:hi]
+                )
+                acc += (raw * raw).sum(0)
+            sums.append(acc)
+        counts = [param.shape[-1] for param, _, _ in tensors]
+        if self.per_tensor_norm:
+            scales = [torch.rsqrt(s / c + 1e-5) for s, c in zip(sums, counts)]
+        else:
+            total = torch.rsqrt(torch.stack(sums).sum(0) / sum(counts) + 1e-5)
+            scales = [total] * len(tensors)
+        for (param, grad, state), scale in zip(tensors, scales):
+            tf = time_features(state["t"])
+            for lo in range(0, param.shape[-1], chunk_size):
+                hi = min(lo + chunk_size, param.shape[-1])
+                raw = self.normalized_features(
+                    grad[lo:hi], param[lo:hi], state["m"][lo:hi], state["v"][lo:hi]
+                )
+                feats = torch.cat((raw * scale, tf.expand(hi - lo, tf.shape[-1])), dim=-1)
+                upd, _ = self.core(feats, state)
+                param[lo:hi] += upd

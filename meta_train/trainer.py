@@ -1,0 +1,505 @@
+"""The meta-training loop: epochs × runs × meta-steps, with validation, checkpoints and resume.
+
+One *run* trains ``schedule.meta_batch`` fresh optimizees for ``schedule.horizon`` inner steps;
+every ``unroll.length`` of them make one *meta-step* (a truncated-BPTT meta-gradient, clipped,
+then one Adam step on the learned optimizer). The loop is written so that its whole state lives in
+a few objects that the checkpoint captures (learned-optimizer weights, meta-Adam, inner state,
+data samplers, RNGs, position, counters): a run killed at any moment and resumed from ``last.pt``
+computes bit for bit what an uninterrupted run computes.
+
+Non-finite values never reach the learned optimizer: a meta-step whose inner losses, updates
+(new optimizee state) or meta-gradient are not finite is skipped, the optimizees go back to the
+state before it, and the event is counted; ``reliability.max_consecutive_nonfinite`` in a row
+stop the run with :class:`NonFiniteError` after saving the last good state.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import l2o.optimizers as lo
+from l2o.data import DatasetNotFoundError
+from l2o.seeding import derive_seed
+from l2o.tasks import Task, get_task
+from l2o.training import data_seed, train_optimizee
+from meta_train import checkpointing as ckpt
+from meta_train.config import ConfigError, MetaTrainConfig, validate_names
+from meta_train.tracking import Tracker
+from meta_train.unroll import InnerState, UnrollConfig, init_inner_state, meta_step_gradient
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive non-finite meta-steps; the last good state is in ``last.pt``."""
+
+
+@dataclass
+class Position:
+    """Where the loop is: the next meta-step to run is ``meta_step`` of run ``run`` of ``epoch``."""
+
+    epoch: int = 0
+    run: int = 0
+    meta_step: int = 0
+    global_step: int = 0  # meta-steps done so far, skipped ones included
+
+
+@dataclass
+class TrainOutcome:
+    run_dir: Path
+    last_checkpoint: Path
+    best_checkpoint: Path | None
+    best_val_loss: float
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for but CUDA is not available (use cpu/auto)")
+    return device
+
+
+def setup_environment(cfg: MetaTrainConfig) -> torch.device:
+    """Seeds, threads and determinism, before anything random happens.
+
+    The CPU kernels a run uses are deterministic for a fixed thread count (the resume tests check
+    bit equality); on CUDA ``deterministic`` also selects deterministic kernels.
+    """
+    device = resolve_device(cfg.device)
+    if cfg.deterministic and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    torch.manual_seed(cfg.seed)
+    return device
+
+
+def preflight(cfg: MetaTrainConfig) -> None:
+    """Every check that can fail before a run folder exists: names, device, data on disk."""
+    validate_names(cfg)
+    try:
+        device = resolve_device(cfg.device)
+    except ValueError as exc:
+        raise ConfigError(f"device: {exc}") from None
+    try:
+        make_task(cfg).load_data(device, root=cfg.data.root, download=cfg.data.download)
+    except DatasetNotFoundError as exc:
+        raise ConfigError(f"task.dataset: {exc}") from None
+
+
+def make_task(cfg: MetaTrainConfig) -> Task:
+    return get_task(cfg.task.name, dataset=cfg.task.dataset, batch_size=cfg.task.batch_size)
+
+
+def make_regularizer(cfg: MetaTrainConfig, task: Task, device: torch.device) -> Any:
+    """The ``regularization`` section as a callable ``(updates, params) -> scalar``, or None."""
+    reg = cfg.regularization
+    if reg.kind == "none":
+        return None
+    from l2o.regularization import build_regularizer
+
+    return build_regularizer(
+        reg.kind, task.make_model(0, device), reg.reg_mul, weights=asdict(reg.weights)
+    )
+
+
+def unroll_config(cfg: MetaTrainConfig) -> UnrollConfig:
+    u = cfg.unroll
+    return UnrollConfig(
+        unroll=u.length,
+        meta_loss=u.meta_loss,
+        order=u.order,
+        checkpoint_every=u.checkpoint_every,
+        chunk_size=u.chunk_size,
+    )
+
+
+def run_seeds(cfg: MetaTrainConfig, epoch: int, run: int) -> list[int]:
+    """The optimizee seeds of one training run: 63-bit, so never among the small held-out seeds."""
+    return [
+        derive_seed(cfg.seed, "meta-train", epoch, run, b) for b in range(cfg.schedule.meta_batch)
+    ]
+
+
+def _all_finite(tensors) -> bool:
+    return all(
+        bool(torch.isfinite(t).all())
+        for t in tensors
+        if torch.is_tensor(t) and t.is_floating_point()
+    )
+
+
+def _state_tensors(state: Any):
+    if torch.is_tensor(state):
+        yield state
+    elif isinstance(state, dict):
+        for value in state.values():
+            yield from _state_tensors(value)
+    elif isinstance(state, list | tuple):
+        for value in state:
+            yield from _state_tensors(value)
+
+
+StepFn = Callable[..., tuple[Any, InnerState]]
+
+
+class Trainer:
+    """Owns a run's state; :meth:`train` runs (or continues) it to the end.
+
+    ``task`` and ``step_fn`` default to the config's task and ``meta_step_gradient``; tests pass
+    others to inject faults. ``on_meta_step(trainer, record)`` is called after every meta-step
+    (the soak benchmark samples memory through it).
+    """
+
+    def __init__(
+        self,
+        cfg: MetaTrainConfig,
+        run_dir: str | Path,
+        *,
+        resume: dict | None = None,
+        task: Task | None = None,
+        step_fn: StepFn | None = None,
+        on_meta_step: Callable[[Trainer, dict], None] | None = None,
+        console: Callable[[str], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.remove_stale_temporaries(self.run_dir)
+        self.device = setup_environment(cfg)
+        self.task = task if task is not None else make_task(cfg)
+        # Loading the data first: a missing dataset fails here, before any meta-training work.
+        self.data = self.task.load_data(self.device, root=cfg.data.root, download=cfg.data.download)
+        self.lopt = lo.create(cfg.optimizer.name, **cfg.optimizer.kwargs).to(self.device)
+        m = cfg.meta_optimizer
+        self.meta_opt = torch.optim.Adam(
+            self.lopt.parameters(), lr=m.lr, betas=m.betas, eps=m.eps, weight_decay=m.weight_decay
+        )
+        self.regularizer = make_regularizer(cfg, self.task, self.device)
+        self.unroll_cfg = unroll_config(cfg)
+        self.step_fn = step_fn or meta_step_gradient
+        self.on_meta_step = on_meta_step
+        self.position = Position()
+        self.inner: InnerState | None = None
+        self.samplers: list | None = None
+        self.counters: dict[str, int] = {}
+        self.consecutive_nonfinite = 0
+        self.best_val_loss = math.inf
+        self.best_position: dict | None = None
+        self._run_records: list[dict] = []  # this run's meta-step records, for the console
+        metrics_bytes: int | None = 0  # a fresh run starts an empty metrics file
+        wandb_id = None
+        if resume is not None:
+            metrics_bytes, wandb_id = self._restore(resume)
+        rng = resume["rng"] if resume is not None else ckpt.rng_state()
+        self.tracker = Tracker(  # W&B may draw from the global RNGs: they are put back below
+            self.run_dir,
+            cfg.wandb,
+            cfg.to_dict(),
+            resume_bytes=metrics_bytes,
+            wandb_id=wandb_id,
+            console=console,
+        )
+        ckpt.set_rng_state(rng)
+
+    # -- checkpoint state -----------------------------------------------------------------------
+    def state_payload(self) -> dict[str, Any]:
+        return {
+            "format": ckpt.FORMAT,
+            "version": ckpt.VERSION,
+            "config": self.cfg.to_dict(),
+            "lopt": {
+                "arch": self.cfg.optimizer.name,
+                "config": self.lopt.config(),
+                "state_dict": self.lopt.state_dict(),
+            },
+            "meta_optimizer": self.meta_opt.state_dict(),
+            "rng": ckpt.rng_state(),
+            "samplers": None if self.samplers is None else [s.state_dict() for s in self.samplers],
+            "inner": None if self.inner is None else self.inner.state_dict(),
+            "position": asdict(self.position),
+            "counters": dict(self.counters),
+            "consecutive_nonfinite": self.consecutive_nonfinite,
+            "best": {"val_loss": self.best_val_loss, "position": self.best_position},
+            "metrics_bytes": self.tracker.sync_point(),
+            "wandb_id": self.tracker.wandb_id,
+            "torch_version": str(torch.__version__),
+        }
+
+    def save_last(self) -> Path:
+        return ckpt.atomic_save(self.state_payload(), self.run_dir / ckpt.LAST)
+
+    def _restore(self, payload: dict) -> tuple[int | None, str | None]:
+        mismatches = ckpt.config_mismatches(payload["config"], self.cfg.to_dict())
+        if mismatches:
+            raise ckpt.CheckpointError(
+                "the checkpoint was written by a differently configured run; these settings "
+                "differ: " + "; ".join(mismatches)
+            )
+        saved = payload["lopt"]
+        if saved.get("arch") != self.cfg.optimizer.name:
+            raise ckpt.CheckpointError(
+                f"checkpoint holds a {saved.get('arch')!r} learned optimizer, the config asks "
+                f"for {self.cfg.optimizer.name!r}"
+            )
+        ckpt.load_module_state(self.lopt, saved["state_dict"], "the checkpoint's learned optimizer")
+        self.meta_opt.load_state_dict(payload["meta_optimizer"])
+        m = self.cfg.meta_optimizer  # settings that may change on resume (e.g. a lower lr)
+        for group in self.meta_opt.param_groups:
+            group.update(lr=m.lr, betas=m.betas, eps=m.eps, weight_decay=m.weight_decay)
+        self.position = Position(**payload["position"])
+        self.counters = dict(payload["counters"])
+        self.consecutive_nonfinite = int(payload["consecutive_nonfinite"])
+        self.best_val_loss = float(payload["best"]["val_loss"])
+        self.best_position = payload["best"]["position"]
+        if payload["inner"] is not None:
+            self.inner = InnerState.from_state_dict(payload["inner"], self.task, self.device)
+            self.samplers = self._make_samplers(self.position.epoch, self.position.run)
+            for sampler, state in zip(self.samplers, payload["samplers"], strict=True):
+                sampler.load_state_dict(state)
+        return int(payload["metrics_bytes"]), payload.get("wandb_id")
+
+    # -- the loop -------------------------------------------------------------------------------
+    def _make_samplers(self, epoch: int, run: int) -> list:
+        return [
+            self.data.sampler(self.task.batch_size, data_seed(seed))
+            for seed in run_seeds(self.cfg, epoch, run)
+        ]
+
+    def _start_run(self) -> None:
+        p = self.position
+        seeds = run_seeds(self.cfg, p.epoch, p.run)
+        self.samplers = self._make_samplers(p.epoch, p.run)
+        self.inner = init_inner_state(self.task, self.lopt, seeds, self.device)
+
+    def _nonfinite_reason(self, result: Any, new_inner: InnerState) -> str | None:
+        """The first failing check: ``inner_loss`` (some inner loss of the truncation, from a bad
+        minibatch or an earlier bad update), ``update`` (losses finite but the new optimizee or
+        optimizer state is not), ``meta_loss``; ``meta_grad`` is checked after clipping."""
+        if not _all_finite([torch.as_tensor(result.inner_losses)]):
+            return "inner_loss"
+        if not _all_finite(_state_tensors(new_inner.state_dict())):
+            return "update"
+        finite = result.finite
+        if torch.is_tensor(finite):
+            finite = bool(finite.all())
+        if not finite or not _all_finite([torch.as_tensor(result.meta_loss)]):
+            return "meta_loss"
+        return None
+
+    def meta_step(self) -> dict[str, Any]:
+        """One meta-step; returns its metric record. Skips (and counts) non-finite ones."""
+        assert self.inner is not None and self.samplers is not None
+        self.lopt.train()
+        self.meta_opt.zero_grad(set_to_none=True)
+        backup = self.inner.state_dict()  # a copy, in case the step mutates the state in place
+        result, new_inner = self.step_fn(
+            self.lopt, self.task, self.inner, self.samplers, self.unroll_cfg, self.regularizer
+        )
+        reason = self._nonfinite_reason(result, new_inner)
+        grad_norm = math.nan
+        if reason is None:
+            params = [p for p in self.lopt.parameters() if p.grad is not None]
+            clip = self.cfg.meta_optimizer.grad_clip_norm
+            norm = torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else math.inf)
+            grad_norm = float(norm)
+            if not math.isfinite(grad_norm):
+                reason = "meta_grad"
+        record: dict[str, Any] = {
+            "epoch": self.position.epoch,
+            "run": self.position.run,
+            "meta_step": self.position.meta_step,
+        }
+        if reason is None:
+            self.meta_opt.step()
+            self.inner = new_inner
+            self.consecutive_nonfinite = 0
+            losses = torch.as_tensor(result.inner_losses).detach().float()
+            record.update(
+                {
+                    "train/meta_loss": float(result.meta_loss),
+                    "train/inner_loss": float(losses.mean()),
+                    "train/inner_loss_last": float(losses[..., -1].mean()),
+                    "train/meta_grad_norm": grad_norm,
+                    "train/reg_loss": float(result.reg_loss)
+                    if result.reg_loss is not None
+                    else 0.0,
+                }
+            )
+        else:
+            self.meta_opt.zero_grad(set_to_none=True)
+            self.inner = InnerState.from_state_dict(backup, self.task, self.device)
+            self.consecutive_nonfinite += 1
+            self.counters["nonfinite"] = self.counters.get("nonfinite", 0) + 1
+            key = f"nonfinite_{reason}"
+            self.counters[key] = self.counters.get(key, 0) + 1
+            record["train/skipped"] = reason
+        record["train/nonfinite_total"] = self.counters.get("nonfinite", 0)
+        return record
+
+    def _validation_due(self) -> bool:
+        v, s, p = self.cfg.validation, self.cfg.schedule, self.position
+        if not v.enabled:
+            return False
+        runs_done = p.epoch * s.runs_per_epoch + p.run + 1
+        last_run = runs_done == s.epochs * s.runs_per_epoch
+        if v.every_runs:
+            return runs_done % v.every_runs == 0 or last_run
+        return p.run + 1 == s.runs_per_epoch
+
+    def validate(self) -> float:
+        """Mean training loss of fresh held-out optimizees trained by the frozen optimizer."""
+        v = self.cfg.validation
+        net = copy.deepcopy(self.lopt).eval()
+        for param in net.parameters():
+            param.requires_grad_(False)
+        scores = []
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            for i in range(v.seeds):
+                result = train_optimizee(
+                    self.task,
+                    lambda params, net=net: lo.LearnedOptimizer(params, net),
+                    v.steps,
+                    seed=v.first_seed + i,
+                    device=self.device,
+                    data=self.data,
+                    evaluate_test=False,
+                )
+                scores.append(math.inf if result.diverged else result.mean_train_loss)
+        return sum(scores) / len(scores)
+
+    def save_best(self, val_loss: float) -> Path:
+        path = self.run_dir / ckpt.BEST
+        meta = {
+            "val_loss": val_loss,
+            "position": asdict(self.position),
+            "task": self.cfg.task.name,
+            "config": self.cfg.to_dict(),
+        }
+        return lo.save_learned_optimizer(path, self.lopt, metadata=meta)
+
+    def train(self) -> TrainOutcome:
+        cfg, s = self.cfg, self.cfg.schedule
+        steps_per_run = cfg.meta_steps_per_run
+        total = s.epochs * s.runs_per_epoch * steps_per_run
+        bar = tqdm(
+            total=total,
+            initial=self.position.global_step,
+            disable=not cfg.logging.progress,
+            desc="meta-train",
+            dynamic_ncols=True,
+        )
+        try:
+            while self.position.epoch < s.epochs:
+                if self.inner is None:
+                    self._start_run()
+                tic = time.perf_counter()
+                record = self.meta_step()
+                record["train/inner_steps_per_s"] = (
+                    cfg.unroll.length * s.meta_batch / (time.perf_counter() - tic)
+                )
+                self._run_records.append(record)
+                self.position.meta_step += 1
+                self.position.global_step += 1
+                bar.update(1)
+                if "train/meta_loss" in record:
+                    bar.set_postfix(meta_loss=f"{record['train/meta_loss']:.4g}")
+                step = self.position.global_step
+                if step % cfg.logging.every == 0 or "train/skipped" in record:
+                    self.tracker.log(record, step)
+                if self.on_meta_step is not None:
+                    self.on_meta_step(self, record)
+                if self.position.meta_step == steps_per_run:
+                    self._finish_run(step)
+                    self.save_last()
+                elif step % cfg.checkpoint.every == 0:
+                    self.save_last()
+                if self.consecutive_nonfinite >= cfg.reliability.max_consecutive_nonfinite:
+                    self._stop_nonfinite(record)
+        finally:
+            bar.close()
+        last = self.save_last()
+        self.tracker.summary({"best_val_loss": self.best_val_loss, **self.counters})
+        best = self.run_dir / ckpt.BEST
+        return TrainOutcome(
+            self.run_dir,
+            last,
+            best if best.exists() else None,
+            self.best_val_loss,
+            dict(self.counters),
+        )
+
+    def _finish_run(self, step: int) -> None:
+        self._print_run_summary()
+        if self._validation_due():
+            val_loss = self.validate()
+            improved = val_loss < self.best_val_loss
+            if improved:
+                self.best_val_loss = val_loss
+                self.best_position = asdict(self.position)
+                self.save_best(val_loss)
+            self.tracker.log(
+                {
+                    "epoch": self.position.epoch,
+                    "run": self.position.run,
+                    "val/loss": val_loss,
+                    "val/best_loss": self.best_val_loss,
+                    "val/improved": improved,
+                },
+                step,
+                console=True,
+            )
+        p = self.position
+        self.inner, self.samplers = None, None
+        p.meta_step = 0
+        p.run += 1
+        if p.run == self.cfg.schedule.runs_per_epoch:
+            p.run = 0
+            p.epoch += 1
+
+    def _print_run_summary(self) -> None:
+        """One console line per run (the tqdm bar shows the live meta-loss)."""
+        records, self._run_records = self._run_records, []
+        done = [r for r in records if "train/meta_loss" in r]
+        p, s = self.position, self.cfg.schedule
+        text = f"epoch {p.epoch + 1}/{s.epochs} run {p.run + 1}/{s.runs_per_epoch}:"
+        if done:
+            mean = sum(r["train/meta_loss"] for r in done) / len(done)
+            text += (
+                f" meta-loss {mean:.4g}, last inner loss {done[-1]['train/inner_loss_last']:.4g}"
+            )
+        skipped = len(records) - len(done)
+        if skipped:
+            text += f", {skipped} non-finite meta-step(s) skipped"
+        self.tracker.print(text)
+
+    def _stop_nonfinite(self, record: dict) -> None:
+        path = self.save_last()  # the optimizees are back at their last good state
+        n = self.consecutive_nonfinite
+        raise NonFiniteError(
+            f"{n} consecutive meta-steps were non-finite (last: {record.get('train/skipped')} at "
+            f"epoch {record['epoch']}, run {record['run']}, meta-step {record['meta_step']}); "
+            f"stopped. The last good state is in {path} (resume with --resume {self.run_dir}, "
+            "e.g. with a lower meta_optimizer.lr or a shorter unroll.length); counts: "
+            f"{self.counters}"
+        )
+
+    def close(self) -> None:
+        self.tracker.close()

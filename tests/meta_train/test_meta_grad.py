@@ -1,0 +1,274 @@
+"""The unroll's meta-gradient equals an independent, hand-written autograd unroll.
+
+The reference below keeps per-tensor parameter dicts per optimizee, builds the whole graph
+(optimizee included), takes inner gradients with ``torch.autograd.grad`` and calls backward once
+on the meta-loss. The estimators under test instead run vectorized flat optimizees through
+``torch.func`` and (first order) replay the optimizer with the c_j cotangents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from l2o.optimizers import ParamSpec, create
+from l2o.tasks.models import MLP
+from meta_train.meta_losses import META_LOSSES, meta_loss
+from meta_train.unroll import UnrollConfig, init_inner_state, meta_step_gradient
+
+
+@dataclass(frozen=True)
+class TinyTask:
+    """A 6-5-3 MLP on random data: the unroll only needs ``make_model``, ``loss``, ``name``."""
+
+    name: str = "tiny"
+    activation: str = "sigmoid"
+    batch_norm: bool = False
+
+    def make_model(self, seed: int = 0, device="cpu"):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = MLP(6, (5,), 3, activation=self.activation, batch_norm=self.batch_norm)
+        return model.to(device)
+
+    @staticmethod
+    def loss(logits, y):
+        return torch.nn.functional.cross_entropy(logits, y)
+
+
+class ListSampler:
+    def __init__(self, batches):
+        self.batches = list(batches)
+
+    def next(self):
+        return self.batches.pop(0)
+
+
+def make_batches(steps: int, n_opt: int, seed: int = 0, batch: int = 8):
+    g = torch.Generator().manual_seed(seed)
+    return [
+        [
+            (torch.randn(batch, 6, generator=g), torch.randint(0, 3, (batch,), generator=g))
+            for _ in range(steps)
+        ]
+        for _ in range(n_opt)
+    ]
+
+
+def samplers_for(batches):
+    return [ListSampler(b) for b in batches]
+
+
+def naive_meta_grad(lopt, task, seeds, batches, steps, kind, order, regularizer=None):
+    """Reference: the straightforward differentiable unroll, one backward at the end."""
+    models = [task.make_model(s) for s in seeds]
+    names = [n for n, _ in models[0].named_parameters()]
+    spec = ParamSpec.from_module(models[0])
+    thetas = [
+        {n: p.detach().clone().requires_grad_(True) for n, p in m.named_parameters()}
+        for m in models
+    ]
+    flat = torch.stack([torch.cat([t[n].reshape(-1) for n in names]) for t in thetas])
+    state = lopt.init_state(flat.detach(), spec)
+    losses = [[] for _ in seeds]
+    reg_total = torch.zeros(())
+    for k in range(steps):
+        grads, flats = [], []
+        for b, theta in enumerate(thetas):
+            x, y = batches[b][k]
+            loss = task.loss(functional_call(models[b], theta, (x,)), y)
+            losses[b].append(loss)
+            g = torch.autograd.grad(
+                loss, [theta[n] for n in names], create_graph=order == "second", retain_graph=True
+            )
+            grads.append(torch.cat([gi.reshape(-1) for gi in g]))
+            flats.append(torch.cat([theta[n].reshape(-1) for n in names]))
+        g_all, p_all = torch.stack(grads), torch.stack(flats)
+        if order == "first":
+            g_all, p_all = g_all.detach(), p_all.detach()
+        upd, state = lopt.step(g_all, p_all, state)
+        for b, theta in enumerate(thetas):
+            off = 0
+            u_dict = {}
+            for n in names:
+                numel = theta[n].numel()
+                u_dict[n] = upd[b, off : off + numel].reshape(theta[n].shape)
+                off += numel
+            if regularizer is not None:
+                p_dict = {n: theta[n].detach() for n in names}
+                reg_total = reg_total + regularizer(u_dict, p_dict) / len(seeds)
+            thetas[b] = {n: theta[n] + u_dict[n] for n in names}
+    per_opt = meta_loss(torch.stack([torch.stack(ls) for ls in losses]), kind)
+    (per_opt.mean() + reg_total).backward()
+    return {n: p.grad.clone() for n, p in lopt.named_parameters()}, per_opt.mean().item()
+
+
+def toy_regularizer(updates, params):
+    """Differentiable in the updates; touches every tensor and the parameter values."""
+    return sum(
+        0.3 * u.sum() ** 2 + (u * p).sum() for u, p in zip(updates.values(), params.values())
+    )
+
+
+def lopt_for(arch: str):
+    torch.manual_seed(1)
+    if arch == "lstm_extras":
+        return create("lstm", output_scale=0.3, extra_inputs=("momentum", "adam", "param", "time"))
+    if arch == "lstm":
+        return create("lstm", output_scale=0.3)
+    return create("mlp", hidden_sizes=(8,), step_mult=0.05, init_scale=1.0)
+
+
+def ours(lopt, task, seeds, batches, cfg, regularizer=None):
+    lopt.zero_grad(set_to_none=True)
+    inner = init_inner_state(task, lopt, seeds, "cpu")
+    res, new_inner = meta_step_gradient(lopt, task, inner, samplers_for(batches), cfg, regularizer)
+    return {n: p.grad.clone() for n, p in lopt.named_parameters()}, res, new_inner
+
+
+def assert_grads_close(got, want, rtol=2e-4, atol=1e-6):
+    assert got.keys() == want.keys()
+    for name in want:
+        scale = want[name].abs().max().item()
+        assert scale > 0, f"reference gradient of {name} is zero"
+        torch.testing.assert_close(
+            got[name],
+            want[name],
+            rtol=rtol,
+            atol=atol + rtol * scale,
+            msg=lambda m, name=name: f"{name}: {m}",
+        )
+
+
+@pytest.mark.parametrize("order", ["first", "second"])
+@pytest.mark.parametrize("kind", sorted(META_LOSSES))
+def test_matches_naive_unroll_all_meta_losses(order, kind):
+    task, seeds, steps = TinyTask(), [3, 4], 5
+    lopt = lopt_for("lstm")
+    batches = make_batches(steps, len(seeds))
+    want, want_loss = naive_meta_grad(lopt, task, seeds, batches, steps, kind, order)
+    got, res, _ = ours(lopt, task, seeds, batches, UnrollConfig(steps, kind, order))
+    assert_grads_close(got, want)
+    assert res.meta_loss == pytest.approx(want_loss, rel=1e-5)
+    assert res.inner_losses.shape == (2, steps)
+
+
+@pytest.mark.parametrize("order", ["first", "second"])
+@pytest.mark.parametrize("arch", ["lstm_extras", "mlp"])
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_matches_naive_unroll_architectures_and_batchnorm(order, arch, batch_norm):
+    task = TinyTask(activation="relu", batch_norm=batch_norm)
+    seeds, steps = [0, 1], 4
+    lopt = lopt_for(arch)
+    batches = make_batches(steps, len(seeds), seed=7)
+    want, _ = naive_meta_grad(lopt, task, seeds, batches, steps, "log_sum", order)
+    got, _, _ = ours(lopt, task, seeds, batches, UnrollConfig(steps, "log_sum", order))
+    assert_grads_close(got, want)
+
+
+@pytest.mark.parametrize("order", ["first", "second"])
+def test_single_optimizee_and_regularizer(order):
+    task, seeds, steps = TinyTask(), [5], 4
+    lopt = lopt_for("lstm")
+    batches = make_batches(steps, 1, seed=2)
+    want, _ = naive_meta_grad(lopt, task, seeds, batches, steps, "sum", order, toy_regularizer)
+    got, res, _ = ours(
+        lopt, task, seeds, batches, UnrollConfig(steps, "sum", order), toy_regularizer
+    )
+    assert_grads_close(got, want)
+    assert res.reg_loss != 0.0
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        UnrollConfig(6, "log_sum", "first", checkpoint_every=2),
+        UnrollConfig(6, "log_sum", "first", checkpoint_every=4),  # uneven last segment
+        UnrollConfig(6, "log_sum", "first", chunk_size=7),
+        UnrollConfig(6, "log_sum", "first", checkpoint_every=2, chunk_size=16),
+        UnrollConfig(6, "log_sum", "second", checkpoint_every=1),
+    ],
+    ids=["ckpt2", "ckpt4", "chunk7", "ckpt2-chunk16", "second-ckpt"],
+)
+def test_checkpointing_and_chunking_give_the_same_gradient(cfg):
+    task, seeds = TinyTask(), [0, 1]
+    lopt = lopt_for("lstm_extras")
+    batches = make_batches(cfg.unroll, 2, seed=3)
+    plain = UnrollConfig(cfg.unroll, cfg.meta_loss, cfg.order)
+    want, _, _ = ours(lopt, task, seeds, batches, plain)
+    got, _, _ = ours(lopt, task, seeds, make_batches(cfg.unroll, 2, seed=3), cfg)
+    assert_grads_close(got, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["lstm", "lstm_extras", "mlp"])
+@pytest.mark.parametrize("order", ["first", "second"])
+def test_every_meta_parameter_gets_a_gradient(arch, order):
+    """Pitfall 2: parameters hidden from the module (plain lists) would never train."""
+    task, seeds, steps = TinyTask(), [0, 1], 4
+    lopt = lopt_for(arch)
+    got, _, _ = ours(lopt, task, seeds, make_batches(steps, 2), UnrollConfig(steps, "mean", order))
+    assert set(got) == {n for n, _ in lopt.named_parameters()}
+    for name, grad in got.items():
+        assert torch.isfinite(grad).all(), name
+        assert grad.abs().max() > 0, f"{name} got no meta-gradient"
+
+
+@pytest.mark.parametrize("order", ["first", "second"])
+def test_one_backward_per_truncation(order, monkeypatch):
+    """Pitfall 1: the optimizer is differentiated once per truncation, not once per inner step.
+
+    A hook on a meta-parameter fires once per backward pass that reaches it."""
+    task, steps = TinyTask(), 6
+    lopt = lopt_for("lstm")
+    fired = []
+    lopt.head.weight.register_hook(lambda g: fired.append(1))
+    calls = []
+    real_backward = torch.autograd.backward
+    monkeypatch.setattr(
+        torch.autograd, "backward", lambda *a, **k: (calls.append(1), real_backward(*a, **k))[1]
+    )
+    ours(lopt, task, [0, 1], make_batches(steps, 2), UnrollConfig(steps, "sum", order))
+    assert len(fired) == 1
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("order", ["first", "second"])
+def test_no_graph_leaks_across_truncations(order):
+    """Pitfall 3: the returned state is detached, so the next truncation's gradient does not
+    depend on (or backpropagate into) the previous one: it equals a fresh start from the same
+    state."""
+    task, seeds, steps = TinyTask(), [0, 1], 3
+    lopt = lopt_for("lstm_extras")
+    batches = make_batches(2 * steps, 2, seed=9)
+    samplers = samplers_for(batches)
+    cfg = UnrollConfig(steps, "log_sum", order)
+    inner = init_inner_state(task, lopt, seeds, "cpu")
+    _, inner = meta_step_gradient(lopt, task, inner, samplers, cfg)
+    for t in [inner.params, *inner.opt_state.values(), *inner.buffers.values()]:
+        assert t.grad_fn is None and not t.requires_grad
+    lopt.zero_grad(set_to_none=True)
+    resumed = type(inner).from_state_dict(inner.state_dict(), task)
+    _, after = meta_step_gradient(lopt, task, inner, samplers, cfg)
+    first = {n: p.grad.clone() for n, p in lopt.named_parameters()}
+    lopt.zero_grad(set_to_none=True)
+    _, again = meta_step_gradient(
+        lopt, task, resumed, samplers_for([b[steps:] for b in batches]), cfg
+    )
+    for n, p in lopt.named_parameters():
+        torch.testing.assert_close(p.grad, first[n], rtol=0, atol=0)
+    torch.testing.assert_close(after.params, again.params, rtol=0, atol=0)
+
+
+def test_gradients_accumulate_and_average_over_the_meta_batch():
+    task, steps = TinyTask(), 3
+    lopt = lopt_for("mlp")
+    batches = make_batches(steps, 2, seed=4)
+    cfg = UnrollConfig(steps, "mean", "first")
+    both, _, _ = ours(lopt, task, [0, 1], batches, cfg)
+    one, _, _ = ours(lopt, task, [0], [batches[0]], cfg)
+    two, _, _ = ours(lopt, task, [1], [batches[1]], cfg)
+    for n in both:
+        torch.testing.assert_close(both[n], (one[n] + two[n]) / 2, rtol=1e-5, atol=1e-8)

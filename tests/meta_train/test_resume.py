@@ -1,0 +1,185 @@
+"""Exact resume: a run interrupted anywhere and resumed ends bit for bit where an uninterrupted
+run ends (learned-optimizer weights, meta-Adam state, best checkpoint, metrics)."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from meta_train import checkpointing as ckpt
+from meta_train.config import load_config
+from meta_train.tracking import METRICS_FILE, read_metrics
+from meta_train.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[2]
+# 2 epochs × 2 runs × 3 meta-steps; validation after every second run picks best.pt; threads=1
+# so that processes compare bit for bit whatever the machine's core count.
+OVERRIDES = [
+    "schedule.epochs=2",
+    "schedule.runs_per_epoch=2",
+    "schedule.horizon=9",
+    "validation.every_runs=2",
+    "meta_test.enabled=false",
+    "checkpoint.every=1",
+    "threads=1",
+]
+TIMING_KEYS = {"time", "train/inner_steps_per_s"}
+KILLS = 3  # SIGKILLs per run (each costs a process start)
+
+
+def _same_state(a: dict, b: dict, what: str) -> None:
+    assert a.keys() == b.keys(), what
+    for key in a:
+        if torch.is_tensor(a[key]):
+            assert torch.equal(a[key], b[key]), f"{what}: {key}"
+        elif isinstance(a[key], dict):
+            _same_state(a[key], b[key], f"{what}.{key}")
+        else:
+            assert a[key] == b[key], f"{what}: {key}"
+
+
+def _assert_same_run(reference: Path, other: Path) -> None:
+    ref, got = (
+        ckpt.load_run_checkpoint(reference / "last.pt"),
+        ckpt.load_run_checkpoint(other / "last.pt"),
+    )
+    _same_state(ref["lopt"]["state_dict"], got["lopt"]["state_dict"], "lopt")
+    _same_state(ref["meta_optimizer"]["state"], got["meta_optimizer"]["state"], "meta-Adam")
+    assert ref["position"] == got["position"] and ref["counters"] == got["counters"]
+    assert ref["best"] == got["best"]
+    if (reference / "best.pt").exists():
+        a, b = ckpt.safe_load(reference / "best.pt"), ckpt.safe_load(other / "best.pt")
+        _same_state(a["state_dict"], b["state_dict"], "best.pt")
+    assert _untimed(read_metrics(reference)) == _untimed(read_metrics(other))
+
+
+def _untimed(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
+# ---------------------------------------------------------------------------------------------
+# In-process: a crash (exception) after meta-step k, before that step's checkpoint
+
+
+class _Crash(Exception):
+    pass
+
+
+def _train(run_dir: Path, crash_after: int | None = None, resume: dict | None = None) -> None:
+    cfg = load_config("tiny", OVERRIDES)
+
+    def crash(trainer, record):
+        if trainer.position.global_step == crash_after:
+            raise _Crash
+
+    trainer = Trainer(cfg, run_dir, resume=resume, on_meta_step=crash)
+    try:
+        trainer.train()
+    except _Crash:
+        pass
+    finally:
+        trainer.close()
+
+
+TOTAL_STEPS, VALIDATIONS = 12, 2
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """An uninterrupted run (in this process: the subprocess runs must match it bit for bit)."""
+    run_dir = tmp_path_factory.mktemp("reference")
+    _train(run_dir)
+    assert len(read_metrics(run_dir)) == TOTAL_STEPS + VALIDATIONS
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    "crash_after",
+    [2, 6, 7],  # mid-run; at an epoch's end, before its validation and checkpoint; in epoch 2
+)
+def test_resume_after_a_crash_is_exact(tmp_path, reference, crash_after):
+    _train(tmp_path, crash_after=crash_after)
+    saved = ckpt.load_run_checkpoint(tmp_path / "last.pt")
+    assert saved["position"]["global_step"] == crash_after - 1  # the last checkpoint before it
+    _train(tmp_path, resume=saved)
+    _assert_same_run(reference, tmp_path)
+
+
+def test_a_finished_run_resumes_to_the_same_end(tmp_path, reference):
+    shutil.copytree(reference, tmp_path / "run")
+    before = ckpt.load_run_checkpoint(tmp_path / "run" / "last.pt")
+    _train(tmp_path / "run", resume=before)
+    _assert_same_run(reference, tmp_path / "run")
+
+
+# ---------------------------------------------------------------------------------------------
+# Subprocesses killed with SIGKILL at random moments
+
+
+def _launch(run_dir: Path, resume: bool) -> subprocess.Popen:
+    args = ["--resume", str(run_dir)] if resume else ["--config", "tiny", "--run-dir", str(run_dir)]
+    return subprocess.Popen(
+        [sys.executable, "meta_train/run.py", *args, *OVERRIDES],
+        cwd=ROOT,
+        env={**os.environ, "WANDB_MODE": "disabled"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path, reference):
+    total = TOTAL_STEPS + VALIDATIONS
+    rng = random.Random(1234)
+    run_dir = tmp_path / "killed"
+    kills = []
+    proc = _launch(run_dir, resume=False)
+    for _ in range(KILLS):
+        # a random moment: once the run has logged a random number of records, plus a random delay
+        # (the meta-steps and checkpoint writes take tens of milliseconds each)
+        done = _lines(run_dir / METRICS_FILE)
+        if done >= total - 1:
+            break
+        target = min(done + rng.randint(1, 4), total - 1)
+        while proc.poll() is None and _lines(run_dir / METRICS_FILE) < target:
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, 0.05))
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        saved = run_dir / "last.pt"
+        kills.append(
+            {
+                "records": _lines(run_dir / METRICS_FILE),
+                "checkpointed_step": (
+                    ckpt.load_run_checkpoint(saved)["position"]["global_step"]
+                    if saved.exists()
+                    else None
+                ),
+                "torn_temporaries": sorted(p.name for p in run_dir.glob(".*tmp*")),
+            }
+        )
+        proc = _launch(run_dir, resume=saved.exists())
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    print("kill points:", kills)
+    assert len(kills) >= 2, kills  # the kills landed inside the run, not after its end
+    assert not list(run_dir.glob(".*tmp*"))  # the resumed run cleaned up after the kills
+    _assert_same_run(reference, run_dir)
