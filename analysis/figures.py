@@ -265,7 +265,8 @@ def write_csv(path: Path, rows: Sequence[dict]) -> Path:
 
 
 def write_summary(ctx: Context, fig: str, summary: dict) -> Path:
-    summary = {"figure": fig, "mode": ctx.mode.name, "lopt": ctx.lopt, **summary}
+    lopt = ctx.lopt if fig in ("fig4", "fig8", "fig9") else None  # fig5 trains its own
+    summary = {"figure": fig, "mode": ctx.mode.name, "lopt": lopt, **summary}
     path = ctx.path(f"{fig}_summary.json")
     _atomic_write_text(path, json.dumps(summary, indent=2, default=float))
     return path
@@ -290,7 +291,7 @@ def save_png(fig, path: Path) -> Path:
 COLORS = {"L2O": "tab:red", "SGD": "tab:blue", "Adam": "tab:green", "Lion": "tab:purple"}
 
 
-_OTHER_COLORS = ("C1", "C5", "C6", "C7", "C8", "C9", "gold", "teal")
+_OTHER_COLORS = ("C1", "C5", "C6", "C8", "C9", "gold", "teal", "navy")
 
 
 def _color(name: str, i: int) -> str:
@@ -508,9 +509,12 @@ def fig5(ctx: Context) -> dict:
                 ctx, task, f"reg{reg_mul:g}", lopt_factory(str(best)), seed, "fig5"
             )
             sym = rec.streams["symmetry"]
-            rel = by_kind(sym["table"], rec.meta["structures"]["kinds"], "relative")
+            kinds = rec.meta["structures"]["kinds"]
+            rel = by_kind(sym["table"], kinds, "relative")
             total_rel = torch.stack([v[:, 0] for v in rel.values()]).mean(0)
-            curves.setdefault(reg_mul, []).append((sym["loss"], total_rel))
+            # what the regularizer penalizes: the paper's summed deviation over all structures
+            total_mag = sum(v[:, 0] for v in by_kind(sym["table"], kinds, "magnitude").values())
+            curves.setdefault(reg_mul, []).append((sym["loss"], total_rel, total_mag))
             for t in range(sym["loss"].shape[0]):
                 rows.append(
                     {
@@ -519,29 +523,37 @@ def fig5(ctx: Context) -> dict:
                         "step": t,
                         "loss": float(sym["loss"][t]),
                         "relative_deviation": float(total_rel[t]),
+                        "magnitude_deviation": float(total_mag[t]),
                         "test_loss": result.test_loss,
                     }
                 )
     write_csv(ctx.path("fig5.csv"), rows)
     plt = _plt()
-    fig, (ax_l, ax_d) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax_l, ax_m, ax_d) = plt.subplots(1, 3, figsize=(15, 4))
     summary = {}
     for i, (reg_mul, runs) in enumerate(curves.items()):
         loss, std = _mean_std([r[0] for r in runs])
         dev, _ = _mean_std([r[1] for r in runs])
+        mag, _ = _mean_std([r[2] for r in runs])
         steps = torch.arange(loss.shape[0])
         ax_l.plot(steps, loss, label=f"reg_mul={reg_mul:g}", color=f"C{i}")
         ax_l.fill_between(steps, loss - std, loss + std, alpha=0.2, color=f"C{i}")
+        ax_m.plot(steps, mag.clamp_min(1e-12), label=f"reg_mul={reg_mul:g}", color=f"C{i}")
         ax_d.plot(steps, dev, label=f"reg_mul={reg_mul:g}", color=f"C{i}")
         summary[f"{reg_mul:g}"] = {
             "final_loss": float(loss[-10:].mean()),
             "mean_loss": float(loss.mean()),
+            "mean_magnitude_deviation": float(mag.mean()),
             "mean_relative_deviation": float(dev.mean()),
         }
     ax_l.set_yscale("log")
     ax_l.set_xlabel("meta-test step")
     ax_l.set_ylabel("training loss")
     ax_l.legend()
+    ax_m.set_yscale("log")
+    ax_m.set_xlabel("meta-test step")
+    ax_m.set_ylabel("summed |deviation| of −Δθ (what the regularizer penalizes)")
+    ax_m.legend()
     ax_d.set_xlabel("meta-test step")
     ax_d.set_ylabel("relative symmetry deviation (mean over kinds)")
     ax_d.legend()
@@ -551,6 +563,8 @@ def fig5(ctx: Context) -> dict:
     verdict = (
         f"task {task.name if task else '?'}: final loss reg_mul=0 {unreg['final_loss']:.3g} vs "
         f"reg_mul={keys[-1]} {strongest['final_loss']:.3g}; deviation "
+        f"magnitude {unreg['mean_magnitude_deviation']:.3g} → "
+        f"{strongest['mean_magnitude_deviation']:.3g}, relative "
         f"{unreg['mean_relative_deviation']:.3g} → {strongest['mean_relative_deviation']:.3g}. "
         f"Regularization hurts: {strongest['final_loss'] > unreg['final_loss']}"
     )
@@ -658,6 +672,11 @@ def _lion_sgd_factory(alpha: float, lr_lion: float, lr_sgd: float) -> OptimizerF
     )
 
 
+def _finite_mean(values: Sequence[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
 def _spearman(a: Sequence[float], b: Sequence[float]) -> float:
     ra = torch.tensor(a, dtype=torch.float64).argsort().argsort().double()
     rb = torch.tensor(b, dtype=torch.float64).argsort().argsort().double()
@@ -701,10 +720,10 @@ def fig8(ctx: Context) -> dict:
                 rows.append(row)
     write_csv(ctx.path("fig8.csv"), rows)
     names = list(dict.fromkeys(r["optimizer"] for r in rows))
+    # means over seeds and probe steps, of the defined values (α is NaN for discrete noise)
     agg = {
         n: {
-            k: sum(r[k] for r in rows if r["optimizer"] == n)
-            / sum(1 for r in rows if r["optimizer"] == n)
+            k: _finite_mean([r[k] for r in rows if r["optimizer"] == n])
             for k in rows[0]
             if k.startswith(("alpha", "cov"))
         }

@@ -24,8 +24,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from l2o.optimizers import LearnedOptimizer, create  # noqa: E402
-from l2o.optimizers.wrapper import DEFAULT_CHUNK_SIZE, available_pretrained  # noqa: E402
+from l2o.optimizers import LearnedOptimizer, create
+from l2o.optimizers.wrapper import DEFAULT_CHUNK_SIZE, available_pretrained
 
 
 def make_model(seed: int = 0) -> nn.Module:
@@ -44,8 +44,8 @@ def make_net(arch: str):
     """The shipped checkpoint if there is one (its config is what users deploy), else fresh."""
     name = f"{arch}-mnist"
     if name in available_pretrained():
-        from l2o.optimizers.wrapper import pretrained_path
         from l2o.optimizers import load_learned_optimizer
+        from l2o.optimizers.wrapper import pretrained_path
 
         return load_learned_optimizer(pretrained_path(name))[0], name
     return create(arch), f"{arch} (untrained)"

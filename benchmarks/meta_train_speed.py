@@ -35,10 +35,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from l2o.optimizers import ParamSpec, create  # noqa: E402
-from l2o.optimizers.features import log_sign_preprocess  # noqa: E402
-from l2o.tasks import get_task  # noqa: E402
-from meta_train.unroll import UnrollConfig, init_inner_state, meta_step_gradient  # noqa: E402
+from l2o.optimizers import ParamSpec, create
+from l2o.optimizers.features import log_sign_preprocess
+from l2o.tasks import get_task
+from meta_train.unroll import UnrollConfig, init_inner_state, meta_step_gradient
 
 
 def limit_malloc_caching(threshold_bytes: int) -> bool:

@@ -217,4 +217,3 @@ class LSTMOptimizer(LearnedOptimizerNet):
                     inp = h
                 param[lo:hi].add_(torch.addmv(head_b, inp, head_w))
             state["t"].add_(1)
-

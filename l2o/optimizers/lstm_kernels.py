@@ -38,7 +38,12 @@ def _cell_backward(pre: torch.Tensor, c_prev: torch.Tensor, dh: torch.Tensor, dc
     tc = torch.tanh(c)
     dc = dh * o * (1 - tc * tc) + dc
     dpre = torch.cat(
-        (dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g * g), dh * tc * o * (1 - o)),
+        (
+            dc * g * i * (1 - i),
+            dc * c_prev * f * (1 - f),
+            dc * i * (1 - g * g),
+            dh * tc * o * (1 - o),
+        ),
         dim=-1,
     )
     return dpre, dc * f

@@ -203,3 +203,21 @@ def test_gradient_is_captured_before_the_optimizer_edits_it(task, data, tmp_path
     _, path = record_run(task, make, 3, tmp_path / "edit.rec", plan, data=data)
     traj = load_recording(path).streams["trajectory"]
     torch.testing.assert_close(traj["updates"], -0.2 * traj["grads"])
+
+
+def test_offline_symmetry_traces_match_the_online_ones(task, data, tmp_path):
+    from analysis.symmetry_traces import by_kind, table_to_rows, traces_from_trajectory
+    from l2o.symmetry import find_structures
+
+    adam = lambda params: torch.optim.Adam(params, lr=1e-3)
+    plan = RecordingPlan(trajectory_steps=[1, 4])
+    _, path = record_run(task, adam, 5, tmp_path / "adam.rec", plan, data=data)
+    rec = load_recording(path)
+    offline = traces_from_trajectory(rec, find_structures(task.make_model(0)))
+    online = rec.streams["symmetry"]["table"][[1, 4]]
+    torch.testing.assert_close(offline, online)
+    kinds = rec.meta["structures"]["kinds"]
+    rel = by_kind(online, kinds, "relative")
+    assert set(rel) == {"rescale", "translation"} and rel["rescale"].shape == (2, 2)
+    rows = table_to_rows(torch.tensor([1, 4]), online, rec.meta["structures"]["labels"], kinds)
+    assert len(rows) == 2 * 2 * 2 and {r["quantity"] for r in rows} == {"update", "gradient"}
