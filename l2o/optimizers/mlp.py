@@ -143,24 +143,46 @@ class MLPOptimizer(LearnedOptimizerNet):
         direction, magnitude = out[..., 0], out[..., 1]
         return self.step_mult * direction * torch.exp(self.exp_mult * magnitude), state
 
+    def _raw_features_into(self, out, grad, param, m, v) -> torch.Tensor:
+        """``normalized_features`` written into the preallocated ``out [rows, F₀]``."""
+        d = len(self.momentum_decays)
+        out[:, 0] = grad
+        out[:, 1] = param
+        out[:, 2 : 2 + d] = m
+        out[:, 2 + d] = v
+        rs = torch.rsqrt(v + 1e-8)
+        torch.mul(m, rs.unsqueeze(-1), out=out[:, 3 + d : 3 + 2 * d])
+        out[:, 3 + 2 * d] = rs
+        return out
+
     @torch.no_grad()
     def apply_updates_(
         self, tensors: list[tuple[torch.Tensor, torch.Tensor, State]], chunk_size: int
     ) -> None:
-        """Deployment in two passes over chunks: accumulators and feature second moments, then
-        features, MLP and the in-place update (the normalization needs a whole tensor's stats)."""
+        """Deployment in two passes over cache-sized chunks: accumulators and the features'
+        second moments, then the MLP and the in-place update. The per-tensor normalization is
+        folded into the first layer's weights and the time features into its bias, so a chunk
+        costs one feature build and one GEMM per layer."""
+        f0 = self.num_normalized_features
+        linears = [m for m in self.net if isinstance(m, nn.Linear)]
+        largest = max(p.shape[-1] for p, _, _ in tensors)
+        rows = min(chunk_size, largest)
+        ref = tensors[0][0]
+        raw_buf = ref.new_empty(rows, f0)
+        hidden_bufs = [ref.new_empty(rows, lin.out_features) for lin in linears]
         sums = []
         for param, grad, state in tensors:
             state["m"].lerp_(grad.unsqueeze(-1).expand_as(state["m"]), 1 - self._decays)
             state["v"].lerp_(grad * grad, 1 - self.rms_decay)
             state["t"].add_(1)
-            acc = param.new_zeros(self.num_normalized_features)
+            acc = param.new_zeros(f0)
             for lo in range(0, param.shape[-1], chunk_size):
                 hi = min(lo + chunk_size, param.shape[-1])
-                raw = self.normalized_features(
-                    grad[lo:hi], param[lo:hi], state["m"][lo:hi], state["v"][lo:hi]
+                raw = self._raw_features_into(
+                    raw_buf[: hi - lo], grad[lo:hi], param[lo:hi], state["m"][lo:hi],
+                    state["v"][lo:hi],
                 )
-                acc += (raw * raw).sum(0)
+                acc += torch.linalg.vector_norm(raw, dim=0).square_()
             sums.append(acc)
         counts = [param.shape[-1] for param, _, _ in tensors]
         if self.per_tensor_norm:
@@ -168,13 +190,20 @@ class MLPOptimizer(LearnedOptimizerNet):
         else:
             total = torch.rsqrt(torch.stack(sums).sum(0) / sum(counts) + 1e-5)
             scales = [total] * len(tensors)
+        first = linears[0]
         for (param, grad, state), scale in zip(tensors, scales):
-            tf = time_features(state["t"])
+            w1_t = (first.weight[:, :f0] * scale).t().contiguous()
+            b1 = first.bias + first.weight[:, f0:] @ time_features(state["t"])
+            layers = [(w1_t, b1)] + [(lin.weight.t(), lin.bias) for lin in linears[1:]]
             for lo in range(0, param.shape[-1], chunk_size):
                 hi = min(lo + chunk_size, param.shape[-1])
-                raw = self.normalized_features(
-                    grad[lo:hi], param[lo:hi], state["m"][lo:hi], state["v"][lo:hi]
+                x = self._raw_features_into(
+                    raw_buf[: hi - lo], grad[lo:hi], param[lo:hi], state["m"][lo:hi],
+                    state["v"][lo:hi],
                 )
-                feats = torch.cat((raw * scale, tf.expand(hi - lo, tf.shape[-1])), dim=-1)
-                upd, _ = self.core(feats, state)
+                for k, (w_t, b) in enumerate(layers):
+                    x = torch.addmm(b, x, w_t, out=hidden_bufs[k][: hi - lo])
+                    if k < len(layers) - 1:
+                        x.relu_()
+                upd = x[:, 1].mul_(self.exp_mult).exp_().mul_(x[:, 0]).mul_(self.step_mult)
                 param[lo:hi] += upd
