@@ -25,7 +25,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from l2o.optimizers import LearnedOptimizer, create
-from l2o.optimizers.wrapper import DEFAULT_CHUNK_SIZE, available_pretrained
+from l2o.optimizers.wrapper import available_pretrained
 
 
 def make_model(seed: int = 0) -> nn.Module:
@@ -69,7 +69,9 @@ class Trainer:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
+    parser.add_argument(
+        "--chunk-size", type=int, default=None, help="default: each network's deploy_chunk_size"
+    )
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds (median)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--archs", default="lstm,mlp")

@@ -168,6 +168,9 @@ class LearnedOptimizerNet(nn.Module, abc.ABC):
     #: end, e.g. ``-2`` for ``[L, ..., N, H]``); keys not listed are shared by all coordinates.
     state_coord_dims: ClassVar[dict[str, int]] = {}
 
+    #: Coordinates per chunk in a ``LearnedOptimizer`` step (cache-sized working set).
+    deploy_chunk_size: ClassVar[int] = 16384
+
     #: True if coordinate ``i``'s updates depend only on coordinate ``i``'s features and state
     #: (so replay may run in chunks of coordinates).
     coordinatewise: ClassVar[bool] = True

@@ -6,7 +6,7 @@ millions of rows, 20 units), and autograd through ``LSTMCell`` writes and re-rea
 ``[rows, 80]`` temporaries per step. Here one time step of all layers is one autograd node
 (``FusedLSTMStep``) that saves only its inputs and outputs; its backward recomputes the gate
 pre-activations with one GEMM per layer and runs ONE elementwise pass (C++ kernels in
-``lstm_cell.cpp``, built on first use, with plain PyTorch ops as the fallback).
+``kernels.cpp``, built on first use, with plain PyTorch ops as the fallback).
 
 ``fused_lstm(lstm, x, h0, c0)`` returns what ``lstm(x, (h0, c0))`` returns, for a plain
 ``nn.LSTM`` (weights in its order and gate layout i, f, g, o).
@@ -52,11 +52,11 @@ def _cell_backward(pre: torch.Tensor, c_prev: torch.Tensor, dh: torch.Tensor, dc
 #: Rows from which the compiled elementwise kernels are used (tiny problems stay in PyTorch).
 NATIVE_MIN_ROWS = 2048
 _native = None  # the compiled extension module, False if it cannot be built
-_SOURCE = Path(__file__).with_name("lstm_cell.cpp")
+_SOURCE = Path(__file__).with_name("kernels.cpp")
 
 
 def native_kernels():
-    """The C++ elementwise kernels (``lstm_cell.cpp``), built once per machine on first use
+    """The C++ kernels (``kernels.cpp``), built once per machine on first use
     (cached by ``torch.utils.cpp_extension``), or None where they cannot be built (no compiler,
     or ``L2O_NATIVE=0``); PyTorch ops then compute the same thing, more slowly."""
     global _native
@@ -68,9 +68,10 @@ def native_kernels():
             from torch.utils.cpp_extension import load
 
             _native = load(
-                "l2o_lstm_cell",
+                "l2o_kernels",
                 [str(_SOURCE)],
-                extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp-simd"],
+                extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"],
+                extra_ldflags=["-fopenmp"],
                 verbose=False,
             )
         except Exception as exc:  # no compiler / headers: fall back for good

@@ -18,6 +18,7 @@ from torch import nn
 
 from l2o.optimizers.base import LearnedOptimizerNet, ParamSpec, State, register, segment_mean
 from l2o.optimizers.features import TIME_SCALES, time_features
+from l2o.optimizers.lstm_kernels import NATIVE_MIN_ROWS, native_kernels
 
 
 @register
@@ -35,6 +36,7 @@ class MLPOptimizer(LearnedOptimizerNet):
     core_state_keys: ClassVar[tuple[str, ...]] = ()
     state_coord_dims: ClassVar[dict[str, int]] = {"m": -2, "v": -1}
     coordinatewise: ClassVar[bool] = True  # the normalization lives in observe (a constant)
+    deploy_chunk_size: ClassVar[int] = 65536
 
     def __init__(
         self,
@@ -143,66 +145,84 @@ class MLPOptimizer(LearnedOptimizerNet):
         direction, magnitude = out[..., 0], out[..., 1]
         return self.step_mult * direction * torch.exp(self.exp_mult * magnitude), state
 
-    def _raw_features_into(self, out, grad, param, m, v) -> torch.Tensor:
-        """``normalized_features`` written into the preallocated ``out [rows, F₀]``."""
-        d = len(self.momentum_decays)
-        out[:, 0] = grad
-        out[:, 1] = param
-        out[:, 2 : 2 + d] = m
-        out[:, 2 + d] = v
-        rs = torch.rsqrt(v + 1e-8)
-        torch.mul(m, rs.unsqueeze(-1), out=out[:, 3 + d : 3 + 2 * d])
-        out[:, 3 + 2 * d] = rs
-        return out
+    def _feature_second_moments(self, grad, param, m, v) -> torch.Tensor:
+        """Σ over coordinates of each raw feature squared (``[F₀]``), without building them."""
+        inv = torch.reciprocal(v + 1e-8)
+        return torch.cat(
+            (
+                grad.dot(grad).view(1),
+                param.dot(param).view(1),
+                torch.linalg.vector_norm(m, dim=0).square(),
+                v.dot(v).view(1),
+                (m * m).t().mv(inv),
+                inv.sum().view(1),
+            )
+        )
 
     @torch.no_grad()
     def apply_updates_(
         self, tensors: list[tuple[torch.Tensor, torch.Tensor, State]], chunk_size: int
     ) -> None:
-        """Deployment in two passes over cache-sized chunks: accumulators and the features'
-        second moments, then the MLP and the in-place update. The per-tensor normalization is
-        folded into the first layer's weights and the time features into its bias, so a chunk
-        costs one feature build and one GEMM per layer."""
+        """Deployment: accumulators and the features' second moments over whole tensors, then
+        per chunk one feature build and one GEMM per layer. The per-tensor normalization is
+        folded into the first layer's weights and the time features into its bias."""
         f0 = self.num_normalized_features
         linears = [m for m in self.net if isinstance(m, nn.Linear)]
-        largest = max(p.shape[-1] for p, _, _ in tensors)
-        rows = min(chunk_size, largest)
-        ref = tensors[0][0]
-        raw_buf = ref.new_empty(rows, f0)
-        hidden_bufs = [ref.new_empty(rows, lin.out_features) for lin in linears]
+        counts = [param.shape[-1] for param, _, _ in tensors]
+        native = native_kernels() if max(counts) >= NATIVE_MIN_ROWS else None
+        if native is not None and (tensors[0][0].dtype, tensors[0][0].device.type) != (
+            torch.float32,
+            "cpu",
+        ):
+            native = None
         sums = []
         for param, grad, state in tensors:
+            state["t"].add_(1)
+            if native is not None:
+                sums.append(
+                    native.mlp_accumulate_(
+                        param,
+                        grad.contiguous(),
+                        state["m"],
+                        state["v"],
+                        list(self.momentum_decays),
+                        self.rms_decay,
+                    )
+                )
+                continue
             state["m"].lerp_(grad.unsqueeze(-1).expand_as(state["m"]), 1 - self._decays)
             state["v"].lerp_(grad * grad, 1 - self.rms_decay)
-            state["t"].add_(1)
-            acc = param.new_zeros(f0)
-            for lo in range(0, param.shape[-1], chunk_size):
-                hi = min(lo + chunk_size, param.shape[-1])
-                raw = self._raw_features_into(
-                    raw_buf[: hi - lo], grad[lo:hi], param[lo:hi], state["m"][lo:hi],
-                    state["v"][lo:hi],
-                )
-                acc += torch.linalg.vector_norm(raw, dim=0).square_()
-            sums.append(acc)
-        counts = [param.shape[-1] for param, _, _ in tensors]
+            sums.append(self._feature_second_moments(grad, param, state["m"], state["v"]))
         if self.per_tensor_norm:
             scales = [torch.rsqrt(s / c + 1e-5) for s, c in zip(sums, counts)]
         else:
             total = torch.rsqrt(torch.stack(sums).sum(0) / sum(counts) + 1e-5)
             scales = [total] * len(tensors)
         first = linears[0]
+        ext = native
         for (param, grad, state), scale in zip(tensors, scales):
-            w1_t = (first.weight[:, :f0] * scale).t().contiguous()
+            w1 = first.weight[:, :f0] * scale
             b1 = first.bias + first.weight[:, f0:] @ time_features(state["t"])
-            layers = [(w1_t, b1)] + [(lin.weight.t(), lin.bias) for lin in linears[1:]]
+            if ext is not None and param.dtype == torch.float32 and param.device.type == "cpu":
+                ext.mlp_update_(
+                    param,
+                    grad.contiguous(),
+                    state["m"],
+                    state["v"],
+                    [w1, *(lin.weight for lin in linears[1:])],
+                    [b1, *(lin.bias for lin in linears[1:])],
+                    self.step_mult,
+                    self.exp_mult,
+                )
+                continue
+            layers = [(w1.t(), b1)] + [(lin.weight.t(), lin.bias) for lin in linears[1:]]
             for lo in range(0, param.shape[-1], chunk_size):
                 hi = min(lo + chunk_size, param.shape[-1])
-                x = self._raw_features_into(
-                    raw_buf[: hi - lo], grad[lo:hi], param[lo:hi], state["m"][lo:hi],
-                    state["v"][lo:hi],
+                x = self.normalized_features(
+                    grad[lo:hi], param[lo:hi], state["m"][lo:hi], state["v"][lo:hi]
                 )
                 for k, (w_t, b) in enumerate(layers):
-                    x = torch.addmm(b, x, w_t, out=hidden_bufs[k][: hi - lo])
+                    x = torch.addmm(b, x, w_t)
                     if k < len(layers) - 1:
                         x.relu_()
                 upd = x[:, 1].mul_(self.exp_mult).exp_().mul_(x[:, 0]).mul_(self.step_mult)

@@ -25,9 +25,6 @@ from l2o.optimizers.checkpoint_io import load_learned_optimizer
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 
-#: Coordinates per chunk in a deployment step (a few MB of activations: cache-sized).
-DEFAULT_CHUNK_SIZE = 8192
-
 
 def available_pretrained() -> list[str]:
     """Names accepted by ``LearnedOptimizer.from_pretrained``."""
@@ -51,14 +48,14 @@ class LearnedOptimizer(torch.optim.Optimizer):
         net: a ``LearnedOptimizerNet``, or the path of a checkpoint saved by
             ``l2o.optimizers.checkpoint_io.save_learned_optimizer``.
         chunk_size: coordinates processed at a time (memory/cache trade-off; no effect on the
-            result beyond float rounding).
+            result beyond float rounding); None: the network's ``deploy_chunk_size``.
     """
 
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
         net: LearnedOptimizerNet | str | os.PathLike,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        chunk_size: int | None = None,
     ) -> None:
         if isinstance(net, str | os.PathLike):
             net, self.metadata = load_learned_optimizer(net)
@@ -66,6 +63,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             self.metadata = {}
         if not isinstance(net, LearnedOptimizerNet):
             raise TypeError(f"net must be a LearnedOptimizerNet or a checkpoint path, got {net!r}")
+        chunk_size = net.deploy_chunk_size if chunk_size is None else int(chunk_size)
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
         super().__init__(params, {"arch": net.arch})

@@ -135,3 +135,23 @@ def test_from_pretrained_unknown_name_lists_the_available_ones():
     with pytest.raises(TypeError):
         LearnedOptimizer([nn.Parameter(torch.zeros(1))], object())
     assert isinstance(available_pretrained(), list)
+
+
+@pytest.mark.parametrize("name", ["lstm-mnist", "mlp-mnist"])
+def test_shipped_checkpoints_train_an_mnist_model(name):
+    """The pretrained optimizers load by name and train the classic task they were made for."""
+    from l2o.tasks import get_task
+    from l2o.training import train_optimizee
+
+    assert name in available_pretrained()
+    task = get_task("mnist_mlp_sigmoid", dataset="mnist5k")
+    result = train_optimizee(
+        task,
+        lambda params: LearnedOptimizer.from_pretrained(name, params),
+        steps=40,
+        seed=7,
+        evaluate_test=False,
+    )
+    losses = result.train_losses
+    assert not result.diverged
+    assert losses[-5:].mean() < 0.6 * losses[:5].mean()
