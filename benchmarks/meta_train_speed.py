@@ -157,8 +157,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--mmap-threshold",
         type=int,
-        default=1 << 20,
-        help="glibc mmap threshold in bytes (0: leave the allocator alone)",
+        default=0,
+        help="glibc mmap threshold in bytes (0, the default: leave the allocator alone; a "
+        "small threshold lowers the peak RSS a little but costs page faults on every "
+        "allocation, ~2.8x slower)",
     )
     args = parser.parse_args(argv)
     mmap_set = limit_malloc_caching(args.mmap_threshold) if args.mmap_threshold > 0 else False

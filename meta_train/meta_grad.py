@@ -166,6 +166,8 @@ def _first_order_direct(
     cfg: UnrollConfig,
     regularizer: Regularizer | None,
 ) -> tuple[UnrollResult, InnerState]:
+    """One pass: the optimizer's steps are recorded on its tape (``lopt.new_tape``: no graph,
+    one fused backward at the end) or, without one, run under autograd step by step."""
     from meta_train.unroll import next_batches
 
     steps = cfg.unroll
@@ -175,8 +177,9 @@ def _first_order_direct(
     batch, n = params.shape
     grads = torch.empty(steps, batch, n, device=device)
     losses = torch.empty(batch, steps, device=device)
+    tape = lopt.new_tape(steps, params)
     updates: list[torch.Tensor] = []
-    reg_total = torch.zeros((), device=device) if regularizer is not None else None
+    starts: list[torch.Tensor] = []
     abs_update = torch.zeros((), device=device)
     for k in range(steps):
         x, y = next_batches(samplers, device)
@@ -185,25 +188,29 @@ def _first_order_direct(
             losses[:, k] = loss
             grads[k] = grad
             features, state = lopt.observe(grad, params, state)
-        with torch.enable_grad():
-            upd, state = lopt.core(features.unsqueeze(0), state)
-            upd = upd[0]
-            if regularizer is not None:
-                reg_total = reg_total + _regularization(
-                    regularizer, inner, upd.unsqueeze(0), params.unsqueeze(0)
-                )
-        updates.append(upd)
+        if tape is not None:
+            upd, state = lopt.core_taped(features, state, tape)
+        else:
+            with torch.enable_grad():
+                upd, state = lopt.core(features.unsqueeze(0), state)
+                upd = upd[0]
+            updates.append(upd)
+        if regularizer is not None:
+            starts.append(params)
         with torch.no_grad():
             abs_update += upd.abs().sum()
             params = params + upd
     weights = meta_loss_weights(losses, cfg.meta_loss)
     cot = _suffix_cotangents(grads, weights)
     del grads
-    outputs, cotangents = list(updates), list(cot.unbind(0))
-    if reg_total is not None:
-        outputs.append(reg_total)
-        cotangents.append(torch.ones_like(reg_total))
     with torch.enable_grad():
+        outputs = [lopt.taped_updates(tape)] if tape is not None else [torch.stack(updates)]
+        cotangents = [cot]
+        reg_total = None
+        if regularizer is not None:
+            reg_total = _regularization(regularizer, inner, outputs[0], torch.stack(starts))
+            outputs.append(reg_total)
+            cotangents.append(torch.ones_like(reg_total))
         torch.autograd.backward(outputs, cotangents, inputs=meta_params)
     return _finish(inner, params, buffers, state, losses, cfg, reg_total, abs_update)
 

@@ -185,6 +185,23 @@ class LearnedOptimizerNet(nn.Module, abc.ABC):
         updates, state = self.core(features.unsqueeze(0), state)
         return updates.squeeze(0), state
 
+    def new_tape(self, steps: int, params: torch.Tensor) -> Any | None:
+        """A tape for a first-order truncation of ``steps`` steps on ``params [..., N]`` (see
+        ``core_taped``), or None: the optimizer has no taped path here, and the meta-gradient
+        comes from autograd through ``core``."""
+        return None
+
+    def core_taped(
+        self, features: torch.Tensor, state: State, tape: Any
+    ) -> tuple[torch.Tensor, State]:
+        """``core`` for one step (features ``[..., N, F]``, no graph), recorded on ``tape``."""
+        raise NotImplementedError(f"{type(self).__name__} has no taped path")
+
+    def taped_updates(self, tape: Any) -> torch.Tensor:
+        """The updates ``[T, ..., N]`` of a filled tape, differentiable w.r.t. the parameters
+        (their backward is the first-order meta-gradient of the truncation)."""
+        raise NotImplementedError(f"{type(self).__name__} has no taped path")
+
     def slice_state(self, state: State, lo: int, hi: int) -> State:
         """The state of coordinates ``lo:hi`` (views; shared entries as they are)."""
         return {

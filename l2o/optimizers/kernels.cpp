@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <vector>
 
 namespace {
@@ -51,22 +52,112 @@ void check(const at::Tensor& t, const char* name, int64_t rows, int64_t cols) {
 constexpr int64_t kGrain = 512;  // rows per parallel task
 constexpr int64_t kBlock = 16;   // rows per vector block: the gates are gathered to be contiguous
 
-// Copies gate `gate` of rows [r0, r0 + n) into dst (n * hidden contiguous floats).
-inline void gather_gate(const float* P, int64_t r0, int64_t n, int64_t hidden, int64_t gate,
-                        float* dst) {
+// Copies gate `gate` of rows [0, n) of P ([n, 4H]) into dst (n * hidden contiguous floats), or
+// back (Scatter).
+template <bool Scatter>
+inline void move_gate(float* P, int64_t n, int64_t hidden, int64_t gate, float* buf) {
   for (int64_t r = 0; r < n; ++r) {
-    const float* src = P + (r0 + r) * 4 * hidden + gate * hidden;
-    for (int64_t u = 0; u < hidden; ++u) dst[r * hidden + u] = src[u];
+    float* row = P + r * 4 * hidden + gate * hidden;
+    float* b = buf + r * hidden;
+    for (int64_t u = 0; u < hidden; ++u) {
+      if (Scatter) row[u] = b[u]; else b[u] = row[u];
+    }
   }
 }
 
-inline void scatter_gate(float* P, int64_t r0, int64_t n, int64_t hidden, int64_t gate,
-                         const float* src) {
-  for (int64_t r = 0; r < n; ++r) {
-    float* dst = P + (r0 + r) * 4 * hidden + gate * hidden;
-    for (int64_t u = 0; u < hidden; ++u) dst[u] = src[r * hidden + u];
+// Forward cell over n rows: P [n, 4H] pre-activations, CP [n, H] previous cell state; writes
+// H_out, C_out [n, H] (C_out may be CP itself). scratch: 4 * kBlock * H floats.
+void cell_forward_rows(const float* P, const float* CP, float* H_out, float* C_out, int64_t n,
+                       int64_t hidden, float* scratch) {
+  const int64_t stride = kBlock * hidden;
+  float *bi = scratch, *bf = bi + stride, *bg = bf + stride, *bo = bg + stride;
+  for (int64_t r0 = 0; r0 < n; r0 += kBlock) {
+    const int64_t m = std::min(kBlock, n - r0);
+    float* p = const_cast<float*>(P) + r0 * 4 * hidden;
+    float* gates[4] = {bi, bf, bg, bo};
+    for (int64_t gate = 0; gate < 4; ++gate) move_gate<false>(p, m, hidden, gate, gates[gate]);
+    const float* cp = CP + r0 * hidden;
+    float* hr = H_out + r0 * hidden;
+    float* cr = C_out + r0 * hidden;
+    const int64_t len = m * hidden;
+#pragma omp simd
+    for (int64_t k = 0; k < len; ++k) {
+      const float cn = sigmoid(bf[k]) * cp[k] + sigmoid(bi[k]) * tanh_fast(bg[k]);
+      cr[k] = cn;
+      hr[k] = sigmoid(bo[k]) * tanh_fast(cn);
+    }
   }
 }
+
+// Backward cell over n rows, recomputing the gates from P: writes DP [n, 4H] (gradient of the
+// pre-activations) and DCP [n, H] (of the previous cell state; may alias DC). scratch: 8 * kBlock
+// * H floats.
+void cell_backward_rows(const float* P, const float* CP, const float* DH, const float* DC,
+                        float* DP, float* DCP, int64_t n, int64_t hidden, float* scratch) {
+  const int64_t stride = kBlock * hidden;
+  float *bi = scratch, *bf = bi + stride, *bg = bf + stride, *bo = bg + stride;
+  float *di = bo + stride, *df = di + stride, *dg = df + stride, *dO = dg + stride;
+  for (int64_t r0 = 0; r0 < n; r0 += kBlock) {
+    const int64_t m = std::min(kBlock, n - r0);
+    float* p = const_cast<float*>(P) + r0 * 4 * hidden;
+    float* gates[4] = {bi, bf, bg, bo};
+    for (int64_t gate = 0; gate < 4; ++gate) move_gate<false>(p, m, hidden, gate, gates[gate]);
+    const float* cp = CP + r0 * hidden;
+    const float* dhr = DH + r0 * hidden;
+    const float* dcr = DC + r0 * hidden;
+    float* dcp = DCP + r0 * hidden;
+    const int64_t len = m * hidden;
+#pragma omp simd
+    for (int64_t k = 0; k < len; ++k) {
+      const float i = sigmoid(bi[k]);
+      const float f = sigmoid(bf[k]);
+      const float g = tanh_fast(bg[k]);
+      const float o = sigmoid(bo[k]);
+      const float tc = tanh_fast(f * cp[k] + i * g);
+      const float dhk = dhr[k];
+      const float dck = dhk * o * (1.0f - tc * tc) + dcr[k];
+      di[k] = dck * g * i * (1.0f - i);
+      df[k] = dck * cp[k] * f * (1.0f - f);
+      dg[k] = dck * i * (1.0f - g * g);
+      dO[k] = dhk * tc * o * (1.0f - o);
+      dcp[k] = dck * f;
+    }
+    float* dp = DP + r0 * 4 * hidden;
+    float* dgates[4] = {di, df, dg, dO};
+    for (int64_t gate = 0; gate < 4; ++gate) move_gate<true>(dp, m, hidden, gate, dgates[gate]);
+  }
+}
+
+// The layers of a multi-layer LSTM as one GEMM each on [input | h]: wt[l] is [(F_l + H), 4H]
+// (= cat(W_ih, W_hh, dim=1).t(), contiguous), b[l] = b_ih + b_hh.
+struct Layers {
+  std::vector<at::Tensor> wt, b;
+  int64_t hidden = 0;
+  int64_t in_features(size_t l) const { return wt[l].size(0) - hidden; }
+};
+
+Layers check_layers(const std::vector<at::Tensor>& wt, const std::vector<at::Tensor>& b,
+                    int64_t hidden) {
+  TORCH_CHECK(!wt.empty() && wt.size() == b.size(), "one weight and one bias per layer");
+  Layers layers{wt, b, hidden};
+  for (size_t l = 0; l < wt.size(); ++l) {
+    check(wt[l], "wt", wt[l].size(0), 4 * hidden);
+    TORCH_CHECK(b[l].numel() == 4 * hidden && b[l].is_contiguous(), "bias must be [4H]");
+    if (l > 0) TORCH_CHECK(layers.in_features(l) == hidden, "layer ", l, " must take h");
+  }
+  return layers;
+}
+
+// rows x [n, F] and h [n, H] side by side into z [n, F + H].
+inline void concat_rows(const float* x, int64_t f, const float* h, int64_t hidden, float* z,
+                        int64_t n) {
+  for (int64_t r = 0; r < n; ++r) {
+    std::memcpy(z + r * (f + hidden), x + r * f, f * sizeof(float));
+    std::memcpy(z + r * (f + hidden) + f, h + r * hidden, hidden * sizeof(float));
+  }
+}
+
+constexpr int64_t kRows = 512;  // rows per GEMM block: the block's gates stay in L2
 
 }  // namespace
 
@@ -83,26 +174,9 @@ void cell_forward_into(const at::Tensor& pre, const at::Tensor& c_prev, at::Tens
   float* Hout = h.data_ptr<float>();
   float* Cout = c.data_ptr<float>();
   at::parallel_for(0, rows, kGrain, [&](int64_t begin, int64_t end) {
-    std::vector<float> buf(4 * kBlock * hidden);
-    float *bi = buf.data(), *bf = bi + kBlock * hidden, *bg = bf + kBlock * hidden,
-          *bo = bg + kBlock * hidden;
-    for (int64_t r0 = begin; r0 < end; r0 += kBlock) {
-      const int64_t n = std::min(kBlock, end - r0);
-      gather_gate(P, r0, n, hidden, 0, bi);
-      gather_gate(P, r0, n, hidden, 1, bf);
-      gather_gate(P, r0, n, hidden, 2, bg);
-      gather_gate(P, r0, n, hidden, 3, bo);
-      const float* cp = CP + r0 * hidden;
-      float* hr = Hout + r0 * hidden;
-      float* cr = Cout + r0 * hidden;
-      const int64_t len = n * hidden;
-#pragma omp simd
-      for (int64_t k = 0; k < len; ++k) {
-        const float cn = sigmoid(bf[k]) * cp[k] + sigmoid(bi[k]) * tanh_fast(bg[k]);
-        cr[k] = cn;
-        hr[k] = sigmoid(bo[k]) * tanh_fast(cn);
-      }
-    }
+    std::vector<float> scratch(4 * kBlock * hidden);
+    cell_forward_rows(P + begin * 4 * hidden, CP + begin * hidden, Hout + begin * hidden,
+                      Cout + begin * hidden, end - begin, hidden, scratch.data());
   });
 }
 
@@ -131,43 +205,196 @@ std::vector<at::Tensor> cell_backward(const at::Tensor& pre, const at::Tensor& c
   float* DP = dpre.data_ptr<float>();
   float* DCP = dc_prev.data_ptr<float>();
   at::parallel_for(0, rows, kGrain, [&](int64_t begin, int64_t end) {
-    const int64_t stride = kBlock * hidden;
-    std::vector<float> buf(8 * stride);
-    float *bi = buf.data(), *bf = bi + stride, *bg = bf + stride, *bo = bg + stride;
-    float *di = bo + stride, *df = di + stride, *dg = df + stride, *dO = dg + stride;
-    for (int64_t r0 = begin; r0 < end; r0 += kBlock) {
-      const int64_t n = std::min(kBlock, end - r0);
-      gather_gate(P, r0, n, hidden, 0, bi);
-      gather_gate(P, r0, n, hidden, 1, bf);
-      gather_gate(P, r0, n, hidden, 2, bg);
-      gather_gate(P, r0, n, hidden, 3, bo);
-      const float* cp = CP + r0 * hidden;
-      const float* dhr = DH + r0 * hidden;
-      const float* dcr = DC + r0 * hidden;
-      float* dcp = DCP + r0 * hidden;
-      const int64_t len = n * hidden;
-#pragma omp simd
-      for (int64_t k = 0; k < len; ++k) {
-        const float i = sigmoid(bi[k]);
-        const float f = sigmoid(bf[k]);
-        const float g = tanh_fast(bg[k]);
-        const float o = sigmoid(bo[k]);
-        const float tc = tanh_fast(f * cp[k] + i * g);
-        const float dhk = dhr[k];
-        const float dck = dhk * o * (1.0f - tc * tc) + dcr[k];
-        di[k] = dck * g * i * (1.0f - i);
-        df[k] = dck * cp[k] * f * (1.0f - f);
-        dg[k] = dck * i * (1.0f - g * g);
-        dO[k] = dhk * tc * o * (1.0f - o);
-        dcp[k] = dck * f;
-      }
-      scatter_gate(DP, r0, n, hidden, 0, di);
-      scatter_gate(DP, r0, n, hidden, 1, df);
-      scatter_gate(DP, r0, n, hidden, 2, dg);
-      scatter_gate(DP, r0, n, hidden, 3, dO);
-    }
+    std::vector<float> scratch(8 * kBlock * hidden);
+    cell_backward_rows(P + begin * 4 * hidden, CP + begin * hidden, DH + begin * hidden,
+                       DC + begin * hidden, DP + begin * 4 * hidden, DCP + begin * hidden,
+                       end - begin, hidden, scratch.data());
   });
   return {dpre, dc_prev};
+}
+
+// One time step of all layers for M independent rows, without a graph: x [M, F]; h_in, c_in,
+// h_out, c_out [L, M, H] (the outputs may be the inputs: in place). Writes (or, with accumulate,
+// adds) head_b + head_w . h_top into out [M]. Runs in cache-sized blocks of rows, two threads
+// on different blocks, each GEMM on one block.
+void lstm_step_forward(const at::Tensor& x, const at::Tensor& h_in, const at::Tensor& c_in,
+                       at::Tensor& h_out, at::Tensor& c_out, const std::vector<at::Tensor>& wt,
+                       const std::vector<at::Tensor>& b, const at::Tensor& head_w, double head_b,
+                       at::Tensor& out, bool accumulate) {
+  const int64_t num_layers = h_in.size(0), rows = x.size(0), hidden = h_in.size(2);
+  const Layers layers = check_layers(wt, b, hidden);
+  TORCH_CHECK(static_cast<int64_t>(wt.size()) == num_layers, "one weight per layer");
+  const int64_t f0 = layers.in_features(0);
+  check(x, "x", rows, f0);
+  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&h_in, &c_in, &h_out, &c_out}) {
+    TORCH_CHECK(t->dim() == 3 && t->size(0) == num_layers && t->size(1) == rows &&
+                    t->size(2) == hidden && t->is_contiguous() && t->scalar_type() == at::kFloat,
+                "states must be contiguous float32 [L, M, H]");
+  }
+  TORCH_CHECK(head_w.numel() == hidden && head_w.is_contiguous(), "head_w must be [H]");
+  TORCH_CHECK(out.numel() == rows && out.is_contiguous() && out.scalar_type() == at::kFloat,
+              "out must be contiguous float32 [M]");
+  const float* X = x.data_ptr<float>();
+  const float* HW = head_w.data_ptr<float>();
+  float* O = out.data_ptr<float>();
+  const float hb = static_cast<float>(head_b);
+  const int64_t layer_rows = rows * hidden;
+  const float* Hin = h_in.data_ptr<float>();
+  const float* Cin = c_in.data_ptr<float>();
+  float* Hout = h_out.data_ptr<float>();
+  float* Cout = c_out.data_ptr<float>();
+  const int64_t blocks = (rows + kRows - 1) / kRows;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scratch(4 * kBlock * hidden);
+    auto opts = at::TensorOptions().dtype(at::kFloat);
+    auto z = at::empty({kRows * (std::max(f0, hidden) + hidden)}, opts);
+    auto pre = at::empty({kRows, 4 * hidden}, opts);
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t r0 = blk * kRows, n = std::min(kRows, rows - r0);
+      for (int64_t l = 0; l < num_layers; ++l) {
+        const int64_t f = layers.in_features(l);
+        const float* inp = l == 0 ? X + r0 * f0 : Hout + (l - 1) * layer_rows + r0 * hidden;
+        auto zl = z.narrow(0, 0, n * (f + hidden)).view({n, f + hidden});
+        concat_rows(inp, f, Hin + l * layer_rows + r0 * hidden, hidden, zl.data_ptr<float>(), n);
+        auto p = pre.narrow(0, 0, n);
+        at::addmm_out(p, layers.b[l], zl, layers.wt[l]);
+        cell_forward_rows(p.data_ptr<float>(), Cin + l * layer_rows + r0 * hidden,
+                          Hout + l * layer_rows + r0 * hidden,
+                          Cout + l * layer_rows + r0 * hidden, n, hidden, scratch.data());
+      }
+      const float* ht = Hout + (num_layers - 1) * layer_rows + r0 * hidden;
+      for (int64_t r = 0; r < n; ++r) {
+        float s = hb;
+#pragma omp simd reduction(+ : s)
+        for (int64_t u = 0; u < hidden; ++u) s += HW[u] * ht[r * hidden + u];
+        O[r0 + r] = accumulate ? O[r0 + r] + s : s;
+      }
+    }
+  });
+}
+
+// The exact first-order meta-gradient of a truncation through the LSTM, from its tape: xs
+// [T, M, F] inputs, hs, cs [T + 1, L, M, H] states (hs[t] before step t), cot [T, M] the
+// cotangents of the updates u_t = scale * (head_w . h_top + head_b). Back-propagates through
+// time block by block of rows (each block's carries and gates stay in cache), recomputing the
+// pre-activations with one GEMM per layer and step. Returns per layer d wt [(F_l + H), 4H] and
+// d b [4H], then d head_w [H] and d head_b [1]. Each block accumulates its own partial sums,
+// added up in block order: the result does not depend on the thread count.
+std::vector<at::Tensor> lstm_sequence_backward(const at::Tensor& xs, const at::Tensor& hs,
+                                               const at::Tensor& cs, const at::Tensor& cot,
+                                               const std::vector<at::Tensor>& wt,
+                                               const std::vector<at::Tensor>& b,
+                                               const at::Tensor& head_w, double scale) {
+  const int64_t steps = xs.size(0), rows = xs.size(1), f0 = xs.size(2);
+  const int64_t num_layers = hs.size(1), hidden = hs.size(3);
+  const Layers layers = check_layers(wt, b, hidden);
+  TORCH_CHECK(static_cast<int64_t>(wt.size()) == num_layers && layers.in_features(0) == f0,
+              "weights do not match the tape");
+  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&xs, &hs, &cs, &cot}) {
+    TORCH_CHECK(t->is_contiguous() && t->scalar_type() == at::kFloat && t->is_cpu(),
+                "tape tensors must be contiguous float32 on the CPU");
+  }
+  TORCH_CHECK(hs.sizes() == cs.sizes() && hs.size(0) == steps + 1 && hs.size(2) == rows,
+              "hs, cs must be [T + 1, L, M, H]");
+  TORCH_CHECK(cot.dim() == 2 && cot.size(0) == steps && cot.size(1) == rows, "cot: [T, M]");
+  TORCH_CHECK(head_w.numel() == hidden, "head_w must be [H]");
+  const int64_t blocks = (rows + kRows - 1) / kRows;
+  auto opts = at::TensorOptions().dtype(at::kFloat);
+  std::vector<at::Tensor> w, dwt, db;  // w[l]: [4H, F_l + H]; partial sums per block
+  for (int64_t l = 0; l < num_layers; ++l) {
+    w.push_back(layers.wt[l].t().contiguous());
+    dwt.push_back(at::zeros({blocks, layers.wt[l].size(0), 4 * hidden}, opts));
+    db.push_back(at::zeros({blocks, 4 * hidden}, opts));
+  }
+  const auto w_hh0 = layers.wt[0].narrow(0, f0, hidden).t().contiguous();  // [4H, H]
+  auto dhead = at::zeros({blocks, hidden + 1}, at::TensorOptions().dtype(at::kDouble));
+  const float* X = xs.data_ptr<float>();
+  const float* HS = hs.data_ptr<float>();
+  const float* CS = cs.data_ptr<float>();
+  const float* COT = cot.data_ptr<float>();
+  auto hw_scaled = (head_w.reshape({hidden}).to(at::kFloat) * scale).contiguous();
+  const float* HW = hw_scaled.data_ptr<float>();
+  const int64_t layer_rows = rows * hidden, step_rows = num_layers * layer_rows;
+  const int64_t widest = std::max(f0, hidden) + hidden;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scratch(8 * kBlock * hidden), head_step(hidden + 1);
+    auto z = at::empty({kRows * widest}, opts);
+    auto dz = at::empty({kRows * widest}, opts);
+    auto pre = at::empty({kRows, 4 * hidden}, opts);
+    auto dpre = at::empty({kRows, 4 * hidden}, opts);
+    auto dh = at::empty({num_layers, kRows, hidden}, opts);
+    auto dc = at::empty({num_layers, kRows, hidden}, opts);
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t r0 = blk * kRows, n = std::min(kRows, rows - r0);
+      dh.zero_();
+      dc.zero_();
+      float* DH = dh.data_ptr<float>();
+      float* DC = dc.data_ptr<float>();
+      double* dhd = dhead.data_ptr<double>() + blk * (hidden + 1);
+      auto p = pre.narrow(0, 0, n);
+      auto dp = dpre.narrow(0, 0, n);
+      for (int64_t t = steps - 1; t >= 0; --t) {
+        // the head: u = scale * (head_w . h_top + head_b), h_top = hs[t + 1][L - 1]
+        const float* ct = COT + t * rows + r0;
+        const float* htop = HS + (t + 1) * step_rows + (num_layers - 1) * layer_rows + r0 * hidden;
+        float* dtop = DH + (num_layers - 1) * kRows * hidden;
+        std::fill(head_step.begin(), head_step.end(), 0.0f);
+        float* hsum = head_step.data();
+        for (int64_t r = 0; r < n; ++r) {
+          const float cr = ct[r];
+          hsum[hidden] += cr;
+#pragma omp simd
+          for (int64_t u = 0; u < hidden; ++u) {
+            dtop[r * hidden + u] += cr * HW[u];
+            hsum[u] += cr * htop[r * hidden + u];
+          }
+        }
+        for (int64_t u = 0; u <= hidden; ++u) dhd[u] += hsum[u];
+        for (int64_t l = num_layers - 1; l >= 0; --l) {
+          const int64_t f = layers.in_features(l), width = f + hidden;
+          const float* inp = l == 0 ? X + (t * rows + r0) * f0
+                                    : HS + (t + 1) * step_rows + (l - 1) * layer_rows + r0 * hidden;
+          const float* h_prev = HS + t * step_rows + l * layer_rows + r0 * hidden;
+          const float* c_prev = CS + t * step_rows + l * layer_rows + r0 * hidden;
+          auto zl = z.narrow(0, 0, n * width).view({n, width});
+          concat_rows(inp, f, h_prev, hidden, zl.data_ptr<float>(), n);
+          at::addmm_out(p, layers.b[l], zl, layers.wt[l]);
+          float* dhl = DH + l * kRows * hidden;
+          float* dcl = DC + l * kRows * hidden;
+          cell_backward_rows(p.data_ptr<float>(), c_prev, dhl, dcl, dp.data_ptr<float>(), dcl, n,
+                             hidden, scratch.data());
+          auto dw_blk = dwt[l][blk];
+          dw_blk.addmm_(zl.t(), dp);
+          db[l][blk].add_(dp.sum(0));
+          if (l == 0) {  // the input needs no gradient: only the recurrent part
+            auto dh0 = dh[0].narrow(0, 0, n);
+            at::mm_out(dh0, dp, w_hh0);
+            continue;
+          }
+          auto dzl = dz.narrow(0, 0, n * width).view({n, width});
+          at::mm_out(dzl, dp, w[l]);
+          const float* DZ = dzl.data_ptr<float>();
+          float* below = DH + (l - 1) * kRows * hidden;
+          for (int64_t r = 0; r < n; ++r) {
+#pragma omp simd
+            for (int64_t u = 0; u < hidden; ++u) {
+              dhl[r * hidden + u] = DZ[r * width + f + u];
+              below[r * hidden + u] += DZ[r * width + u];
+            }
+          }
+        }
+      }
+    }
+  });
+  std::vector<at::Tensor> out;
+  for (int64_t l = 0; l < num_layers; ++l) {
+    out.push_back(dwt[l].sum(0));
+    out.push_back(db[l].sum(0));
+  }
+  auto head = dhead.sum(0) * scale;
+  out.push_back(head.narrow(0, 0, hidden).to(at::kFloat));
+  out.push_back(head.narrow(0, hidden, 1).to(at::kFloat));
+  return out;
 }
 
 // Deployment step of the MLP optimizer for one tensor, in place on param: per coordinate the raw
@@ -340,4 +567,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cell_forward", &cell_forward, "LSTM cell elementwise forward");
   m.def("cell_forward_into", &cell_forward_into, "LSTM cell elementwise forward, into outputs");
   m.def("cell_backward", &cell_backward, "LSTM cell elementwise backward");
+  m.def("lstm_step_forward", &lstm_step_forward, "LSTM step over rows, no graph");
+  m.def("lstm_sequence_backward", &lstm_sequence_backward,
+        "first-order meta-gradient of an LSTM truncation from its tape");
 }

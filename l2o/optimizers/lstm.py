@@ -19,8 +19,11 @@ from l2o.optimizers.base import LearnedOptimizerNet, ParamSpec, State, register
 from l2o.optimizers.features import TIME_SCALES, log_sign_preprocess, time_features
 from l2o.optimizers.lstm_kernels import (
     NATIVE_MIN_ROWS,
+    LSTMTape,
+    TapedUpdates,
     _cell_forward,
     fused_lstm_sequence,
+    gemm_layers,
     lstm_forward,
     lstm_weights,
     native_kernels,
@@ -161,6 +164,62 @@ class LSTMOptimizer(LearnedOptimizerNet):
         new["h"] = h.reshape(state["h"].shape)
         new["c"] = c.reshape(state["c"].shape)
         return updates.reshape(seq, *lead_n), new
+
+    def new_tape(self, steps: int, params: torch.Tensor) -> LSTMTape | None:
+        hooked = any(m._forward_hooks or m._forward_pre_hooks for m in self.modules())
+        usable = (
+            self.use_fused
+            and not hooked  # the tape runs no module: hooks need the autograd path
+            and params.device.type == "cpu"
+            and params.dtype == torch.float32
+            and native_kernels() is not None
+        )
+        if not usable:
+            return None
+        sizes = (steps, params.numel(), self.num_features, self.num_layers, self.hidden_size)
+        tape = self.__dict__.get("_spare_tape")
+        if tape is None or not tape.reusable(*sizes, params):
+            # a tape is ~100 MB for the classic task: reusing it spares the page faults of
+            # fresh memory at every truncation
+            tape = LSTMTape(*sizes, params)
+            self.__dict__["_spare_tape"] = tape
+        tape.t = 0
+        tape.shape = params.shape
+        tape.weights = gemm_layers([w.detach() for w in lstm_weights(self.lstm)])
+        tape.head = (
+            (self.head.weight.detach()[0] * self.output_scale).contiguous(),
+            float(self.head.bias.detach()) * self.output_scale,
+        )
+        return tape
+
+    @torch.no_grad()
+    def core_taped(
+        self, features: torch.Tensor, state: State, tape: LSTMTape
+    ) -> tuple[torch.Tensor, State]:
+        lead_n, rows = features.shape[:-1], features[..., 0].numel()
+        layers, hidden = self.num_layers, self.hidden_size
+        upd, h, c = tape.step(
+            features.reshape(rows, -1),
+            state["h"].reshape(layers, rows, hidden),
+            state["c"].reshape(layers, rows, hidden),
+            *tape.weights,
+            *tape.head,
+        )
+        if tape.t == tape.steps:  # the final state outlives the tape: own copies
+            h, c = h.clone(), c.clone()
+        new = dict(state)
+        new["h"] = h.view(state["h"].shape)
+        new["c"] = c.view(state["c"].shape)
+        return upd.view(lead_n), new
+
+    def taped_updates(self, tape: LSTMTape) -> torch.Tensor:
+        params = [*lstm_weights(self.lstm), self.head.weight, self.head.bias]
+        return TapedUpdates.apply(tape, self.output_scale, *params).view(tape.steps, *tape.shape)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())
+        state.pop("_spare_tape", None)  # scratch memory, not part of the optimizer
+        return state
 
     def _run_lstm(self, x, h0, c0):
         if not self.use_fused:

@@ -188,6 +188,93 @@ def fused_lstm_sequence(x, h0, c0, flat_weights):
     return out, h0, c0
 
 
+def gemm_layers(flat_weights) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per layer ``[W_ih | W_hh]ᵀ`` (contiguous ``[(F + H), 4H]``) and ``b_ih + b_hh``: the
+    layouts the C++ step and tape kernels take."""
+    wts, biases = [], []
+    for i in range(0, len(flat_weights), 4):
+        w_cat, bias = _layer_weights(*flat_weights[i : i + 4])
+        wts.append(w_cat.t().contiguous())
+        biases.append(bias.contiguous())
+    return wts, biases
+
+
+class LSTMTape:
+    """What a first-order truncation keeps for its backward: every step's inputs ``xs [T, M,
+    F]`` and states ``hs, cs [T + 1, L, M, H]`` (``hs[t]`` before step ``t``) and the updates
+    ``[T, M]``, in buffers allocated once. ``lstm_step_forward`` fills it step by step without a
+    graph; ``TapedUpdates`` turns it into updates whose backward is one call of
+    ``lstm_sequence_backward``: no autograd graph at all."""
+
+    def __init__(self, steps: int, rows: int, features: int, layers: int, hidden: int, like):
+        self.steps, self.t = steps, 0
+        self.xs = like.new_empty(steps, rows, features)
+        self.hs = like.new_empty(steps + 1, layers, rows, hidden)
+        self.cs = like.new_empty(steps + 1, layers, rows, hidden)
+        self.updates = like.new_empty(steps, rows)
+        self.consumed = True  # no truncation in flight: the buffers may be refilled
+
+    def reusable(self, steps: int, rows: int, features: int, layers: int, hidden: int, like):
+        """True if this tape fits a new truncation of these sizes and its last one is done."""
+        return (
+            self.consumed
+            and self.xs.shape == (steps, rows, features)
+            and self.hs.shape == (steps + 1, layers, rows, hidden)
+            and self.xs.device == like.device
+            and self.xs.dtype == like.dtype
+        )
+
+    def step(self, x, h, c, wts, biases, head_w, head_b) -> tuple[torch.Tensor, ...]:
+        """Records step ``t`` from inputs ``x [M, F]`` and states ``h, c [L, M, H]``; returns
+        ``(updates [M], h, c)`` after the step (views into the tape)."""
+        t = self.t
+        if t >= self.steps:
+            raise RuntimeError(f"the tape holds {self.steps} steps")
+        if t == 0:
+            self.consumed = False
+            self.hs[0].copy_(h)
+            self.cs[0].copy_(c)
+        self.xs[t].copy_(x)
+        native_kernels().lstm_step_forward(
+            self.xs[t], self.hs[t], self.cs[t], self.hs[t + 1], self.cs[t + 1],
+            wts, biases, head_w, float(head_b), self.updates[t], False,
+        )  # fmt: skip
+        self.t = t + 1
+        return self.updates[t], self.hs[t + 1], self.cs[t + 1]
+
+
+class TapedUpdates(torch.autograd.Function):
+    """``updates [T, M]`` of a filled ``LSTMTape`` as a function of the LSTM's weights and its
+    head (``flat_weights`` as ``lstm_weights``, then head weight and bias): the exact
+    first-order meta-gradient, its backward being one fused backward-through-time pass."""
+
+    @staticmethod
+    def forward(ctx, tape: LSTMTape, scale: float, *params):
+        if tape.t != tape.steps:
+            raise RuntimeError(f"the tape holds {tape.t} of its {tape.steps} steps")
+        ctx.tape, ctx.scale = tape, scale
+        ctx.save_for_backward(*params)
+        return tape.updates.clone()
+
+    @staticmethod
+    def backward(ctx, cot):
+        *flat, head_w, _ = ctx.saved_tensors
+        tape = ctx.tape
+        wts, biases = gemm_layers([w.detach() for w in flat])
+        out = native_kernels().lstm_sequence_backward(
+            tape.xs, tape.hs, tape.cs, cot.contiguous(), wts, biases,
+            head_w.detach().reshape(-1), ctx.scale,
+        )  # fmt: skip
+        tape.consumed = True
+        grads = []
+        for layer in range(len(flat) // 4):
+            dwt, db = out[2 * layer], out[2 * layer + 1]
+            n_in = dwt.shape[0] - flat[4 * layer + 1].shape[1]
+            grads += [dwt[:n_in].t(), dwt[n_in:].t(), db, db]
+        grads += [out[-2].view_as(head_w), out[-1]]
+        return None, None, *grads
+
+
 def lstm_weights(lstm: torch.nn.LSTM) -> list[torch.Tensor]:
     """``nn.LSTM``'s weights in the kernels' order: per layer ``w_ih, w_hh, b_ih, b_hh``."""
     if lstm.bidirectional or lstm.proj_size or not lstm.bias or lstm.batch_first:
