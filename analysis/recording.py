@@ -377,7 +377,7 @@ def clone_optimizer(
 
     Copies the optimizer's whole ``__dict__`` rather than calling ``copy.deepcopy(optimizer)``:
     ``torch.optim.Optimizer.__getstate__`` keeps only defaults, state and param_groups, which
-    would drop attributes a subclass needs (e.g. a learned optimizer's network). Step hooks are
+    would drop attributes a subclass needs (anyone's optimizer, not only ours). Step hooks are
     not copied (the recorder's own would otherwise be deep-copied with it).
     """
     memo: dict[int, object] = {}

@@ -62,7 +62,9 @@ class UnrollSection:
     meta_loss: str = "log_sum"  # sum | mean | log_sum | mean_log (meta_train.meta_losses)
     order: Literal["first", "second"] = "first"
     checkpoint_every: int = 0  # activation checkpointing every N inner steps; 0: off
-    chunk_size: int = 0  # first order: replay the optimizer over this many coordinates; 0: all
+    # first order with checkpointing: replay the optimizer over this many coordinates at a
+    # time (0: all at once); the same default as meta_train.unroll.UnrollConfig (tested)
+    chunk_size: int = 8192
 
 
 @dataclass

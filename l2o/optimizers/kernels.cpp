@@ -214,7 +214,7 @@ std::vector<at::Tensor> cell_backward(const at::Tensor& pre, const at::Tensor& c
 }
 
 // One time step of all layers for M independent rows, without a graph: x [M, F]; h_in, c_in,
-// h_out, c_out [L, M, H] (the outputs may be the inputs: in place). Writes (or, with accumulate,
+// h_out, c_out [L, M, H] with contiguous rows (the outputs may be the inputs: in place). Writes (or, with accumulate,
 // adds) head_b + head_w . h_top into out [M]. Runs in cache-sized blocks of rows, two threads
 // on different blocks, each GEMM on one block.
 void lstm_step_forward(const at::Tensor& x, const at::Tensor& h_in, const at::Tensor& c_in,
@@ -228,8 +228,9 @@ void lstm_step_forward(const at::Tensor& x, const at::Tensor& h_in, const at::Te
   check(x, "x", rows, f0);
   for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&h_in, &c_in, &h_out, &c_out}) {
     TORCH_CHECK(t->dim() == 3 && t->size(0) == num_layers && t->size(1) == rows &&
-                    t->size(2) == hidden && t->is_contiguous() && t->scalar_type() == at::kFloat,
-                "states must be contiguous float32 [L, M, H]");
+                    t->size(2) == hidden && t->stride(2) == 1 && t->stride(1) == hidden &&
+                    t->scalar_type() == at::kFloat,
+                "states must be float32 [L, M, H] with contiguous rows (e.g. a slice of rows)");
   }
   TORCH_CHECK(head_w.numel() == hidden && head_w.is_contiguous(), "head_w must be [H]");
   TORCH_CHECK(out.numel() == rows && out.is_contiguous() && out.scalar_type() == at::kFloat,
@@ -238,7 +239,8 @@ void lstm_step_forward(const at::Tensor& x, const at::Tensor& h_in, const at::Te
   const float* HW = head_w.data_ptr<float>();
   float* O = out.data_ptr<float>();
   const float hb = static_cast<float>(head_b);
-  const int64_t layer_rows = rows * hidden;
+  const int64_t sh_in = h_in.stride(0), sc_in = c_in.stride(0);  // layer strides
+  const int64_t sh_out = h_out.stride(0), sc_out = c_out.stride(0);
   const float* Hin = h_in.data_ptr<float>();
   const float* Cin = c_in.data_ptr<float>();
   float* Hout = h_out.data_ptr<float>();
@@ -253,16 +255,16 @@ void lstm_step_forward(const at::Tensor& x, const at::Tensor& h_in, const at::Te
       const int64_t r0 = blk * kRows, n = std::min(kRows, rows - r0);
       for (int64_t l = 0; l < num_layers; ++l) {
         const int64_t f = layers.in_features(l);
-        const float* inp = l == 0 ? X + r0 * f0 : Hout + (l - 1) * layer_rows + r0 * hidden;
+        const float* inp = l == 0 ? X + r0 * f0 : Hout + (l - 1) * sh_out + r0 * hidden;
         auto zl = z.narrow(0, 0, n * (f + hidden)).view({n, f + hidden});
-        concat_rows(inp, f, Hin + l * layer_rows + r0 * hidden, hidden, zl.data_ptr<float>(), n);
+        concat_rows(inp, f, Hin + l * sh_in + r0 * hidden, hidden, zl.data_ptr<float>(), n);
         auto p = pre.narrow(0, 0, n);
         at::addmm_out(p, layers.b[l], zl, layers.wt[l]);
-        cell_forward_rows(p.data_ptr<float>(), Cin + l * layer_rows + r0 * hidden,
-                          Hout + l * layer_rows + r0 * hidden,
-                          Cout + l * layer_rows + r0 * hidden, n, hidden, scratch.data());
+        cell_forward_rows(p.data_ptr<float>(), Cin + l * sc_in + r0 * hidden,
+                          Hout + l * sh_out + r0 * hidden, Cout + l * sc_out + r0 * hidden, n,
+                          hidden, scratch.data());
       }
-      const float* ht = Hout + (num_layers - 1) * layer_rows + r0 * hidden;
+      const float* ht = Hout + (num_layers - 1) * sh_out + r0 * hidden;
       for (int64_t r = 0; r < n; ++r) {
         float s = hb;
 #pragma omp simd reduction(+ : s)

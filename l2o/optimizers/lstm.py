@@ -18,7 +18,6 @@ from torch import nn
 from l2o.optimizers.base import LearnedOptimizerNet, ParamSpec, State, register
 from l2o.optimizers.features import TIME_SCALES, log_sign_preprocess, time_features
 from l2o.optimizers.lstm_kernels import (
-    NATIVE_MIN_ROWS,
     LSTMTape,
     TapedUpdates,
     _cell_forward,
@@ -236,30 +235,39 @@ class LSTMOptimizer(LearnedOptimizerNet):
     def apply_updates_(
         self, tensors: list[tuple[torch.Tensor, torch.Tensor, State]], chunk_size: int
     ) -> None:
-        """Deployment: per chunk of coordinates, the layers run on preallocated buffers and the
-        elementwise kernel writes the new ``h, c`` straight into the state (no copies)."""
+        """Deployment: per chunk of coordinates, the features, then the LSTM in place on the
+        state: the C++ step (cache-sized row blocks, the update added to the parameters) or,
+        without it, the layers on preallocated buffers."""
+        ref = tensors[0][0]
+        ext = native_kernels() if ref.dtype == torch.float32 and ref.device.type == "cpu" else None
+        if ext is not None:
+            wts, biases = gemm_layers(lstm_weights(self.lstm))
+            head_w = (self.head.weight[0] * self.output_scale).contiguous()
+            head_b = float(self.head.bias) * self.output_scale
+            for param, grad, state in tensors:
+                for lo in range(0, param.shape[-1], chunk_size):
+                    hi = min(lo + chunk_size, param.shape[-1])
+                    part = self._observe_in_place(grad, param, state, lo, hi)
+                    h, c = state["h"][:, lo:hi], state["c"][:, lo:hi]
+                    x = part.contiguous()
+                    ext.lstm_step_forward(x, h, c, h, c, wts, biases, head_w, head_b,
+                                          param[lo:hi], True)  # fmt: skip
+                state["t"].add_(1)
+            return
         weights = lstm_weights(self.lstm)
         layers = []
         for i in range(0, len(weights), 4):
             w_ih, w_hh, b_ih, b_hh = weights[i : i + 4]
             layers.append((torch.cat((w_ih, w_hh), dim=1).t().contiguous(), b_ih + b_hh))
         head_w, head_b = self.head.weight[0] * self.output_scale, self.head.bias * self.output_scale
-        largest = max(p.shape[-1] for p, _, _ in tensors)
-        rows = min(chunk_size, largest)
-        ref = tensors[0][0]
-        ext = native_kernels() if rows >= NATIVE_MIN_ROWS and ref.dtype == torch.float32 else None
+        rows = min(chunk_size, max(p.shape[-1] for p, _, _ in tensors))
         z_bufs = [ref.new_empty(rows, w.shape[0]) for w, _ in layers]
         pre_buf = ref.new_empty(rows, 4 * self.hidden_size)
         for param, grad, state in tensors:
-            n = param.shape[-1]
             h_all, c_all = state["h"], state["c"]
-            for lo in range(0, n, chunk_size):
-                hi = min(lo + chunk_size, n)
-                part = self.slice_state(state, lo, hi)
-                inp, new = self.observe(grad[lo:hi], param[lo:hi], part)
-                for k in ("m", "v"):
-                    if k in new:
-                        part[k].copy_(new[k])
+            for lo in range(0, param.shape[-1], chunk_size):
+                hi = min(lo + chunk_size, param.shape[-1])
+                inp = self._observe_in_place(grad, param, state, lo, hi)
                 for layer, (w_t, bias) in enumerate(layers):
                     n_in = inp.shape[-1]
                     z = z_bufs[layer][: hi - lo]
@@ -267,12 +275,18 @@ class LSTMOptimizer(LearnedOptimizerNet):
                     z[:, :n_in].copy_(inp)
                     z[:, n_in:].copy_(h)
                     pre = torch.addmm(bias, z, w_t, out=pre_buf[: hi - lo])
-                    if ext is not None and hi - lo >= NATIVE_MIN_ROWS:
-                        ext.cell_forward_into(pre, c, h, c)
-                    else:
-                        h_new, c_new = _cell_forward(pre, c)
-                        h.copy_(h_new)
-                        c.copy_(c_new)
+                    h_new, c_new = _cell_forward(pre, c)
+                    h.copy_(h_new)
+                    c.copy_(c_new)
                     inp = h
                 param[lo:hi].add_(torch.addmv(head_b, inp, head_w))
             state["t"].add_(1)
+
+    def _observe_in_place(self, grad, param, state, lo, hi) -> torch.Tensor:
+        """Features of coordinates ``lo:hi``, their accumulators advanced in ``state``."""
+        part = self.slice_state(state, lo, hi)
+        features, new = self.observe(grad[lo:hi], param[lo:hi], part)
+        for k in ("m", "v"):
+            if k in new:
+                part[k].copy_(new[k])
+        return features

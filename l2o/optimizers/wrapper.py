@@ -107,6 +107,13 @@ class LearnedOptimizer(torch.optim.Optimizer):
             p.copy_(flat.view_as(p))
         return loss
 
+    def __getstate__(self) -> dict[str, Any]:
+        # torch.optim.Optimizer keeps only defaults, state and param_groups: without the
+        # network, a deep copy or an unpickled optimizer could not step
+        state = super().__getstate__()
+        state.update(net=self.net, chunk_size=self.chunk_size, metadata=self.metadata)
+        return state
+
     def _move_net(self, device: torch.device) -> None:
         first = next(iter(self.net.parameters()), None)
         if first is not None and first.device != device:

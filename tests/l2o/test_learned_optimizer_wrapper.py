@@ -99,6 +99,25 @@ def test_state_dict_round_trip_continues_identically(tmp_path):
         opt_mlp.load_state_dict(opt_a.state_dict())
 
 
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copied_optimizer_with_its_model_continues_identically(how):
+    """``copy.deepcopy`` / pickle keep the network (torch's ``Optimizer.__getstate__`` alone
+    would drop it) and the per-parameter state."""
+    import copy
+    import pickle
+
+    torch.manual_seed(0)
+    model, x, y = regression_problem()
+    opt = LearnedOptimizer(model.parameters(), create("lstm", extra_inputs=["momentum"]))
+    train(model, opt, x, y, 3)
+    pair = (model, opt)
+    model_b, opt_b = copy.deepcopy(pair) if how == "deepcopy" else pickle.loads(pickle.dumps(pair))
+    assert opt_b.net is not opt.net and opt_b.chunk_size == opt.chunk_size
+    assert train(model, opt, x, y, 3) == train(model_b, opt_b, x, y, 3)
+    for pa, pb in zip(model.parameters(), model_b.parameters()):
+        assert torch.equal(pa, pb)
+
+
 def test_loads_checkpoint_paths_closures_and_skips_params_without_grad(tmp_path):
     path = save_learned_optimizer(tmp_path / "gd.pt", normalized_gd(), {"note": "hand-set"})
     model, x, y = regression_problem()

@@ -188,3 +188,13 @@ def test_regularization_section_builds_the_regularizer():
     assert isinstance(make_regularizer(cfg, make_task(cfg), torch.device("cpu")), NormRegularizer)
     cfg = load_config("relu_bn")
     assert make_regularizer(cfg, make_task(cfg), torch.device("cpu")) is None
+
+
+def test_unroll_defaults_are_the_unrolls_own():
+    """The config section's defaults are those of ``UnrollConfig`` (one default, one place)."""
+    from meta_train.config import UnrollSection
+    from meta_train.unroll import UnrollConfig
+
+    section, unroll = UnrollSection(), UnrollConfig()
+    assert section.checkpoint_every == unroll.checkpoint_every
+    assert section.chunk_size == unroll.chunk_size
