@@ -111,9 +111,10 @@ def first_order(
 ) -> tuple[UnrollResult, InnerState]:
     """The exact first-order meta-gradient (see the module docstring).
 
-    Without checkpointing, the optimizer's network runs with a graph during the unroll (its
-    inputs are constants, the optimizee has no graph) and one backward with the c_j cotangents
-    ends the truncation. With ``checkpoint_every``, the unroll runs without any graph and the
+    Without checkpointing, the optimizer's steps are recorded on its tape (``lopt.new_tape``:
+    no graph at all) or, without one, run with a graph of the optimizer only (its inputs are
+    constants, the optimizee has no graph); one backward with the c_j cotangents ends the
+    truncation. With ``checkpoint_every``, the unroll runs without any graph and the
     network is replayed segment by segment (``_replay_backward``)."""
     from meta_train.unroll import next_batches
 

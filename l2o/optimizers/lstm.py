@@ -184,12 +184,17 @@ class LSTMOptimizer(LearnedOptimizerNet):
             self.__dict__["_spare_tape"] = tape
         tape.t = 0
         tape.shape = params.shape
-        tape.weights = gemm_layers([w.detach() for w in lstm_weights(self.lstm)])
-        tape.head = (
-            (self.head.weight.detach()[0] * self.output_scale).contiguous(),
-            float(self.head.bias.detach()) * self.output_scale,
-        )
+        wts, biases, head_w, head_b = self._kernel_weights()
+        tape.weights, tape.head = (wts, biases), (head_w, head_b)
         return tape
+
+    @torch.no_grad()
+    def _kernel_weights(self):
+        """The layers as the C++ kernels take them (``gemm_layers``) and the head with η_out
+        folded in: ``(wts, biases, head_w [H], head_b float)``."""
+        wts, biases = gemm_layers([w.detach() for w in lstm_weights(self.lstm)])
+        head_w = (self.head.weight[0] * self.output_scale).contiguous()
+        return wts, biases, head_w, float(self.head.bias) * self.output_scale
 
     @torch.no_grad()
     def core_taped(
@@ -240,10 +245,8 @@ class LSTMOptimizer(LearnedOptimizerNet):
         without it, the layers on preallocated buffers."""
         ref = tensors[0][0]
         ext = native_kernels() if ref.dtype == torch.float32 and ref.device.type == "cpu" else None
+        wts, biases, head_w, head_b = self._kernel_weights()
         if ext is not None:
-            wts, biases = gemm_layers(lstm_weights(self.lstm))
-            head_w = (self.head.weight[0] * self.output_scale).contiguous()
-            head_b = float(self.head.bias) * self.output_scale
             for param, grad, state in tensors:
                 for lo in range(0, param.shape[-1], chunk_size):
                     hi = min(lo + chunk_size, param.shape[-1])
@@ -254,12 +257,7 @@ class LSTMOptimizer(LearnedOptimizerNet):
                                           param[lo:hi], True)  # fmt: skip
                 state["t"].add_(1)
             return
-        weights = lstm_weights(self.lstm)
-        layers = []
-        for i in range(0, len(weights), 4):
-            w_ih, w_hh, b_ih, b_hh = weights[i : i + 4]
-            layers.append((torch.cat((w_ih, w_hh), dim=1).t().contiguous(), b_ih + b_hh))
-        head_w, head_b = self.head.weight[0] * self.output_scale, self.head.bias * self.output_scale
+        layers = list(zip(wts, biases, strict=True))
         rows = min(chunk_size, max(p.shape[-1] for p, _, _ in tensors))
         z_bufs = [ref.new_empty(rows, w.shape[0]) for w, _ in layers]
         pre_buf = ref.new_empty(rows, 4 * self.hidden_size)
@@ -279,7 +277,7 @@ class LSTMOptimizer(LearnedOptimizerNet):
                     h.copy_(h_new)
                     c.copy_(c_new)
                     inp = h
-                param[lo:hi].add_(torch.addmv(head_b, inp, head_w))
+                param[lo:hi].add_(torch.mv(inp, head_w).add_(head_b))
             state["t"].add_(1)
 
     def _observe_in_place(self, grad, param, state, lo, hi) -> torch.Tensor:
