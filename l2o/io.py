@@ -1,0 +1,82 @@
+"""The one atomic writer: every file the project writes goes through ``atomic_write``.
+
+A write goes to a temporary file in the destination's folder (same file system), is flushed and
+fsynced, then renamed over the destination with ``os.replace`` (atomic on POSIX) and the folder is
+fsynced. A crash or a full disk at any moment leaves either the old file or the new one, never a
+torn one; the temporary is removed when the write fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+#: Temporaries are named ``.<name>.<random>.tmp``; ``stale_temporaries`` finds them by this glob.
+TEMPORARY_GLOB = ".*.tmp"
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some file systems refuse to open folders; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs: Any) -> Iterator[IO]:
+    """Open a temporary beside ``path``; on a clean exit it replaces ``path`` atomically."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open writes whole files: mode must be 'w' or 'wb', not {mode!r}")
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **kwargs) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write(
+    path: str | os.PathLike, data: bytes | str | Callable[[IO], None], *, text: bool | None = None
+) -> Path:
+    """Write ``data`` to ``path`` atomically and return the path.
+
+    ``data`` is bytes, a string (written as UTF-8 text), or a callable that writes into the open
+    file (``lambda fh: torch.save(obj, fh)``); ``text=True`` opens the file in text mode for a
+    callable (``csv.writer``, ``json.dump``).
+    """
+    if isinstance(data, bytes | bytearray):
+        mode, write = "wb", (lambda fh: fh.write(data))
+    elif isinstance(data, str):
+        mode, write = "w", (lambda fh: fh.write(data))
+    elif callable(data):
+        mode, write = ("w" if text else "wb"), data
+    else:
+        raise TypeError(f"atomic_write takes bytes, str or a callable, not {type(data).__name__}")
+    kwargs = {"encoding": "utf-8", "newline": ""} if mode == "w" else {}
+    with atomic_open(path, mode, **kwargs) as fh:
+        write(fh)
+    return Path(path)
+
+
+def stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Temporaries left in ``folder`` by a writer that was killed mid-write (never read)."""
+    return sorted(Path(folder).glob(TEMPORARY_GLOB))
