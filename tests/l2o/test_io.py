@@ -34,5 +34,5 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
 
 def test_refuses_a_directory_target(tmp_path):
     (tmp_path / "best.pt").mkdir()
-    with pytest.raises(IsADirectoryError, match="best.pt"):
+    with pytest.raises(IsADirectoryError, match=r"best\.pt"):
         atomic_write(tmp_path / "best.pt", b"x")
