@@ -38,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from l2o.optimizers import ParamSpec, create
 from l2o.optimizers.features import log_sign_preprocess
 from l2o.tasks import get_task
-from meta_train.unroll import UnrollConfig, init_inner_state, meta_step_gradient
+from meta_train.estimators import meta_step_gradient
+from meta_train.unroll import UnrollConfig, init_inner_state
 
 
 def limit_malloc_caching(threshold_bytes: int) -> bool:

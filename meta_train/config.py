@@ -20,9 +20,12 @@ from typing import Any, Literal
 
 import yaml
 
+from meta_train.config_engine import ConfigError
+from meta_train.estimators import available_estimators
+from meta_train.unroll import UnrollConfig
 
-class ConfigError(ValueError):
-    """A configuration problem, reported before any heavy work starts."""
+# Keys renamed since older configs and checkpoints were written: old dotted key → new one.
+RENAMED_KEYS = {"unroll.order": "unroll.estimator"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -52,19 +55,6 @@ class OptimizerConfig:
 
     name: str = "lstm"
     kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class UnrollSection:
-    """Truncated BPTT: ``length`` inner steps per meta-step (K), meta-loss and gradient order."""
-
-    length: int = 20
-    meta_loss: str = "log_sum"  # sum | mean | log_sum | mean_log (meta_train.meta_losses)
-    order: Literal["first", "second"] = "first"
-    checkpoint_every: int = 0  # activation checkpointing every N inner steps; 0: off
-    # first order with checkpointing: replay the optimizer over this many coordinates at a
-    # time (0: all at once); the same default as meta_train.unroll.UnrollConfig (tested)
-    chunk_size: int = 8192
 
 
 @dataclass
@@ -170,7 +160,7 @@ class MetaTrainConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    unroll: UnrollSection = field(default_factory=UnrollSection)
+    unroll: UnrollConfig = field(default_factory=UnrollConfig)  # meta_train.unroll
     meta_optimizer: MetaOptimizerConfig = field(default_factory=MetaOptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
@@ -418,12 +408,26 @@ def _set_dotted(data: dict, key: str, value: Any) -> None:
         node = child
 
 
+def _rename_old_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the :data:`RENAMED_KEYS` moved to their new names (old configs and
+    checkpoints keep working); giving both names is an error."""
+    out = _deep_merge({}, data)
+    for old, new in RENAMED_KEYS.items():
+        (section, old_leaf), (_, new_leaf) = old.split("."), new.split(".")
+        node = out.get(section)
+        if isinstance(node, dict) and old_leaf in node:
+            if new_leaf in node:
+                raise ConfigError(f"{old} is the old name of {new}: give only {new}")
+            node[new_leaf] = node.pop(old_leaf)
+    return out
+
+
 def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> MetaTrainConfig:
     """Build and validate a config from a (YAML) mapping plus ``key=value`` overrides."""
-    data = _deep_merge({}, data or {})
+    data = _rename_old_keys(data or {})
     for text in overrides or []:
         key, value = parse_override(text)
-        _set_dotted(data, key, value)
+        _set_dotted(data, RENAMED_KEYS.get(key, key), value)
     cfg = _build(MetaTrainConfig, data)
     validate(cfg)
     return cfg
@@ -514,15 +518,12 @@ SEED_SPACE = 2**20  # validation and meta-test seeds live below this; training s
 def validate(cfg: MetaTrainConfig) -> None:
     """Ranges and cross-field constraints; every message names the key."""
     _positive("task.batch_size", cfg.task.batch_size)
-    _positive("unroll.length", cfg.unroll.length)
-    _non_negative("unroll.checkpoint_every", cfg.unroll.checkpoint_every)
-    _non_negative("unroll.chunk_size", cfg.unroll.chunk_size)
-    from meta_train.meta_losses import META_LOSSES
-
-    if cfg.unroll.meta_loss not in META_LOSSES:
-        raise ConfigError(
-            f"unroll.meta_loss must be one of {sorted(META_LOSSES)}, got {cfg.unroll.meta_loss!r}"
-        )
+    _require(
+        cfg.unroll.estimator in available_estimators(),
+        "unroll.estimator",
+        f"must be one of {available_estimators()}",
+        cfg.unroll.estimator,
+    )
     m = cfg.meta_optimizer
     _positive("meta_optimizer.lr", m.lr)
     for i, beta in enumerate(m.betas):

@@ -35,9 +35,10 @@ from l2o.seeding import derive_seed
 from l2o.tasks import Task, get_task
 from l2o.training import data_seed, train_optimizee
 from meta_train import checkpointing as ckpt
-from meta_train.config import ConfigError, MetaTrainConfig, validate_names
+from meta_train.config import ConfigError, MetaTrainConfig, config_from_dict, validate_names
+from meta_train.estimators import make_estimator, meta_step_gradient
 from meta_train.tracking import Tracker
-from meta_train.unroll import InnerState, UnrollConfig, init_inner_state, meta_step_gradient
+from meta_train.unroll import InnerState, init_inner_state
 
 
 class NonFiniteError(RuntimeError):
@@ -120,17 +121,6 @@ def make_regularizer(cfg: MetaTrainConfig, task: Task, device: torch.device) -> 
     )
 
 
-def unroll_config(cfg: MetaTrainConfig) -> UnrollConfig:
-    u = cfg.unroll
-    return UnrollConfig(
-        unroll=u.length,
-        meta_loss=u.meta_loss,
-        order=u.order,
-        checkpoint_every=u.checkpoint_every,
-        chunk_size=u.chunk_size,
-    )
-
-
 def run_seeds(cfg: MetaTrainConfig, epoch: int, run: int) -> list[int]:
     """The optimizee seeds of one training run: 63-bit, so never among the small held-out seeds."""
     return [
@@ -163,9 +153,10 @@ StepFn = Callable[..., tuple[Any, InnerState]]
 class Trainer:
     """Owns a run's state; :meth:`train` runs (or continues) it to the end.
 
-    ``task`` and ``step_fn`` default to the config's task and ``meta_step_gradient``; tests pass
-    others to inject faults. ``on_meta_step(trainer, record)`` is called after every meta-step
-    (the soak benchmark samples memory through it).
+    ``task`` defaults to the config's task; ``step_fn`` (same signature as
+    ``meta_step_gradient``) to the run's estimator (``self.estimator``, made from
+    ``unroll.estimator``); tests pass others to inject faults. ``on_meta_step(trainer, record)``
+    is called after every meta-step (the soak benchmark samples memory through it).
     """
 
     def __init__(
@@ -193,8 +184,9 @@ class Trainer:
             self.lopt.parameters(), lr=m.lr, betas=m.betas, eps=m.eps, weight_decay=m.weight_decay
         )
         self.regularizer = make_regularizer(cfg, self.task, self.device)
-        self.unroll_cfg = unroll_config(cfg)
-        self.step_fn = step_fn or meta_step_gradient
+        self.unroll_cfg = cfg.unroll
+        self.estimator = make_estimator(cfg.unroll)
+        self.step_fn = step_fn or self._estimate
         self.on_meta_step = on_meta_step
         self.position = Position()
         self.inner: InnerState | None = None
@@ -231,6 +223,7 @@ class Trainer:
                 "state_dict": self.lopt.state_dict(),
             },
             "meta_optimizer": self.meta_opt.state_dict(),
+            "estimator": self.estimator.state_dict(),
             "rng": ckpt.rng_state(),
             "samplers": None if self.samplers is None else [s.state_dict() for s in self.samplers],
             "inner": None if self.inner is None else self.inner.state_dict(),
@@ -247,7 +240,8 @@ class Trainer:
         return ckpt.atomic_save(self.state_payload(), self.run_dir / ckpt.LAST)
 
     def _restore(self, payload: dict) -> tuple[int | None, str | None]:
-        mismatches = ckpt.config_mismatches(payload["config"], self.cfg.to_dict())
+        saved_cfg = config_from_dict(payload["config"]).to_dict()  # old key names, new defaults
+        mismatches = ckpt.config_mismatches(saved_cfg, self.cfg.to_dict())
         if mismatches:
             raise ckpt.CheckpointError(
                 "the checkpoint was written by a differently configured run; these settings "
@@ -261,6 +255,7 @@ class Trainer:
             )
         ckpt.load_module_state(self.lopt, saved["state_dict"], "the checkpoint's learned optimizer")
         self.meta_opt.load_state_dict(payload["meta_optimizer"])
+        self.estimator.load_state_dict(payload.get("estimator", {}))
         m = self.cfg.meta_optimizer  # settings that may change on resume (e.g. a lower lr)
         for group in self.meta_opt.param_groups:
             group.update(lr=m.lr, betas=m.betas, eps=m.eps, weight_decay=m.weight_decay)
@@ -304,6 +299,13 @@ class Trainer:
             return "meta_loss"
         return None
 
+    def _estimate(self, lopt, task, inner, samplers, cfg, regularizer):
+        """The default ``step_fn``: the run's estimator, with this meta-step's seed."""
+        seed = derive_seed(self.cfg.seed, "estimator", self.position.global_step)
+        return meta_step_gradient(
+            lopt, task, inner, samplers, cfg, regularizer, estimator=self.estimator, seed=seed
+        )
+
     def meta_step(self) -> dict[str, Any]:
         """One meta-step; returns its metric record. Skips (and counts) non-finite ones."""
         assert self.inner is not None and self.samplers is not None
@@ -343,6 +345,7 @@ class Trainer:
                     else 0.0,
                 }
             )
+            record.update({f"train/{k}": v for k, v in getattr(result, "metrics", {}).items()})
         else:
             self.meta_opt.zero_grad(set_to_none=True)
             self.inner = InnerState.from_state_dict(backup, self.task, self.device)

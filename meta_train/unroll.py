@@ -1,47 +1,56 @@
 """The unrolled inner loop of meta-training: B optimizees trained functionally, in lockstep, by a
 learned optimizer, K steps per truncation.
 
-Typical use (the trainer in ``meta_train`` does this, plus clipping, logging and checkpoints)::
+This module owns the inner loop's types and its one configuration; the meta-gradient
+estimators (``meta_train.estimators``) build on it, never the other way round. Typical use (the
+trainer does this, plus clipping, logging and checkpoints)::
 
-    cfg = UnrollConfig(unroll=20, meta_loss="log_sum", order="first")
+    cfg = UnrollConfig(length=20, meta_loss="log_sum", estimator="first")
     inner = init_inner_state(task, lopt, seeds=[0, 1], device="cpu")
     samplers = [data.sampler(task.batch_size, seed=s) for s in (0, 1)]
-    for _ in range(horizon // cfg.unroll):
+    estimator = make_estimator(cfg)                      # meta_train.estimators
+    for _ in range(horizon // cfg.length):
         meta_opt.zero_grad()
-        result, inner = meta_step_gradient(lopt, task, inner, samplers, cfg)
+        result, inner = meta_step_gradient(lopt, task, inner, samplers, cfg, estimator=estimator)
         if result.finite: clip(lopt.parameters()); meta_opt.step()
 
-Truncated BPTT: each call differentiates the meta-loss of its own K steps only; the returned
-inner state is detached, so no graph outlives a call (the paper's pitfall 3).
+``meta_train.reference.reference_meta_step`` is the plain specification of one such meta-step.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from l2o.optimizers.base import LearnedOptimizerNet, ParamSpec, State
-from meta_train.meta_grad import available_estimators, get_estimator
-from meta_train.meta_losses import check_meta_loss
+from meta_train.config_engine import require, require_non_negative, require_positive
+from meta_train.meta_losses import META_LOSSES, meta_loss
 
 Regularizer = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], torch.Tensor]
 
 
 @dataclass(frozen=True)
 class UnrollConfig:
-    """How one meta-step unrolls the inner loop.
+    """How one meta-step unrolls the inner loop: the ``unroll`` section of the YAML config too
+    (field names are the YAML keys; ``unroll.order`` is the old name of ``unroll.estimator``).
 
     Attributes:
-        unroll: K, inner steps per truncation (one meta-gradient per K steps).
+        length: K, inner steps per truncation (one meta-gradient per K steps).
         meta_loss: ``sum`` | ``mean`` | ``log_sum`` | ``mean_log`` (see ``meta_losses``).
-        order: ``first``: the optimizer's inputs (gradients, parameter values) are constants, the
-            paper's default; exact and cheap (no optimizee graph, see ``meta_grad``).
+        estimator: the meta-gradient estimator's registered name (``meta_train.estimators``):
+            ``first``: the optimizer's inputs (gradients, parameter values) are constants, the
+            paper's default; exact and cheap (no optimizee graph).
             ``second``: differentiate through the optimizee's gradients too (Hessian terms).
+            The name is checked against the registry when the estimator is made.
+        estimator_kwargs: extra settings for estimators that take some (e.g. ES's sigma),
+            passed to the estimator's constructor; the truncated-BPTT estimators take none.
         checkpoint_every: activation checkpointing: keep the learned optimizer's activations
             for only this many steps at a time, recomputing them in the backward pass
             (0 = off). Lets long unrolls (K = 200+) fit in little memory.
@@ -51,22 +60,26 @@ class UnrollConfig:
             steps, or an optimizer that is not coordinatewise; unused in second order.
     """
 
-    unroll: int = 20
+    length: int = 20
     meta_loss: str = "log_sum"
-    order: str = "first"
+    estimator: str = "first"
+    estimator_kwargs: dict[str, Any] = field(default_factory=dict)
     checkpoint_every: int = 0
     chunk_size: int = 8192
 
     def __post_init__(self) -> None:
-        if self.unroll <= 0:
-            raise ValueError(f"unroll must be positive, got {self.unroll}")
-        check_meta_loss(self.meta_loss)
-        if self.order not in available_estimators():
-            raise ValueError(f"order must be one of {available_estimators()}, got {self.order!r}")
-        if self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
-        if self.chunk_size < 0:
-            raise ValueError(f"chunk_size must be >= 0, got {self.chunk_size}")
+        require_positive("unroll.length", self.length)
+        require(
+            self.meta_loss in META_LOSSES,
+            "unroll.meta_loss",
+            f"must be one of {sorted(META_LOSSES)}",
+            self.meta_loss,
+        )
+        require(
+            bool(self.estimator), "unroll.estimator", "must be a non-empty name", self.estimator
+        )
+        require_non_negative("unroll.checkpoint_every", self.checkpoint_every)
+        require_non_negative("unroll.chunk_size", self.chunk_size)
 
 
 @dataclass
@@ -81,6 +94,7 @@ class UnrollResult:
         reg_loss: the regularization added to the meta-loss (summed over steps, mean over B).
         finite: every inner loss and the meta-loss are finite (otherwise discard the gradient).
         mean_abs_update: mean |Δθ| over steps, coordinates and optimizees (for logging).
+        metrics: estimator-specific numbers (logged as ``train/<name>``).
     """
 
     meta_loss: float
@@ -88,6 +102,7 @@ class UnrollResult:
     reg_loss: float
     finite: bool
     mean_abs_update: float = float("nan")
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -257,30 +272,49 @@ def next_batches(samplers: Sequence, device: torch.device) -> tuple[torch.Tensor
     )
 
 
-def meta_step_gradient(
-    lopt: LearnedOptimizerNet,
-    task,
+def regularization(
+    regularizer: Regularizer, spec: ParamSpec, updates: torch.Tensor, params: torch.Tensor
+) -> torch.Tensor:
+    """Σ over steps, mean over optimizees, of ``regularizer`` on ``[T, B, N]`` updates/params."""
+    total = updates.new_zeros(())
+    steps, batch = updates.shape[0], updates.shape[1]
+    for t in range(steps):
+        for b in range(batch):
+            total = total + regularizer(spec.unflatten(updates[t, b]), spec.unflatten(params[t, b]))
+    return total / batch
+
+
+def finish_truncation(
     inner: InnerState,
-    samplers: Sequence,
+    params: torch.Tensor,
+    buffers: dict[str, torch.Tensor],
+    opt_state: State,
+    losses: torch.Tensor,
     cfg: UnrollConfig,
-    regularizer: Regularizer | None = None,
+    reg_value: torch.Tensor | None,
+    abs_update_sum: torch.Tensor,
 ) -> tuple[UnrollResult, InnerState]:
-    """Run ``cfg.unroll`` inner steps of the B optimizees and ACCUMULATE the meta-gradient
-    (the meta-loss averaged over B, plus the regularization) into ``lopt``'s ``.grad``.
-
-    ``samplers``: one minibatch sampler per optimizee (``.next() -> (x, y)``).
-    ``regularizer(updates, params) -> scalar``: added per inner step to the meta-loss, where
-    ``updates`` are the applied changes Δθ (θ ← θ + Δθ) and ``params`` the (detached) parameters
-    the step started from, both as ``{name: tensor}`` of one optimizee.
-
-    Does not step, clip or zero any optimizer: the caller checks ``result.finite`` and the
-    gradient's finiteness, clips, steps the meta-optimizer and zeroes the gradients.
-    Returns the result and the new inner state, detached from every graph.
-    """
-    if len(samplers) != inner.batch_size:
-        raise ValueError(f"got {len(samplers)} samplers for {inner.batch_size} optimizees")
-    optimizee = functional_optimizee(task, inner.params.device)
-    if optimizee.spec != inner.spec:
-        raise ValueError(f"inner state does not match task {task.name!r}'s parameters")
-    estimator = get_estimator(cfg.order)
-    return estimator(lopt, optimizee, inner, samplers, cfg, regularizer)
+    """The result of a truncation of ``cfg.length`` steps that ended at ``params``/``opt_state``
+    with ``losses [B, K]``, and the new inner state, detached from every graph."""
+    with torch.no_grad():
+        m = meta_loss(losses, cfg.meta_loss).mean()
+        reg = reg_value.detach() if reg_value is not None else torch.zeros(())
+        # one host sync for everything the caller reads
+        summary = torch.stack([m, reg.to(m), abs_update_sum.to(m)]).tolist()
+    meta_value, reg_float, abs_sum = summary
+    finite = (
+        math.isfinite(meta_value)
+        and math.isfinite(reg_float)
+        and bool(torch.isfinite(losses).all())
+    )
+    new_inner = InnerState(
+        params=params.detach(),
+        buffers={k: v.detach() for k, v in buffers.items()},
+        opt_state={k: v.detach() for k, v in opt_state.items()},
+        step=inner.step + cfg.length,
+        seeds=inner.seeds,
+        spec=inner.spec,
+    )
+    count = cfg.length * params.numel()
+    result = UnrollResult(meta_value, losses.detach(), reg_float, finite, abs_sum / count)
+    return result, new_inner

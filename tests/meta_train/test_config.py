@@ -108,7 +108,8 @@ def test_unknown_key_lists_near_matches():
         ("schedule.epochs=1.5", r"schedule\.epochs must be an integer"),
         ("schedule.meta_batch=true", r"schedule\.meta_batch must be an integer"),
         ("logging.progress=maybe", r"logging\.progress must be a bool"),
-        ("unroll.order=third", r"unroll\.order must be one of \['first', 'second'\]"),
+        ("unroll.estimator=third", r"unroll\.estimator must be one of \['first', 'second'\]"),
+        ("unroll.order=third", r"unroll\.estimator must be one of \['first', 'second'\]"),
         ("unroll.meta_loss=median", r"unroll\.meta_loss must be one of"),
         ("wandb.mode=loud", r"wandb\.mode must be one of"),
         ("regularization.kind=symmetry", r"regularization\.reg_mul is 0"),
@@ -190,11 +191,12 @@ def test_regularization_section_builds_the_regularizer():
     assert make_regularizer(cfg, make_task(cfg), torch.device("cpu")) is None
 
 
-def test_unroll_defaults_are_the_unrolls_own():
-    """The config section's defaults are those of ``UnrollConfig`` (one default, one place)."""
-    from meta_train.config import UnrollSection
+def test_the_unroll_section_is_the_unrolls_config():
+    """One dataclass: the YAML section builds the ``UnrollConfig`` the estimators run with; the
+    old key ``unroll.order`` still works as ``unroll.estimator``, but not both at once."""
     from meta_train.unroll import UnrollConfig
 
-    section, unroll = UnrollSection(), UnrollConfig()
-    assert section.checkpoint_every == unroll.checkpoint_every
-    assert section.chunk_size == unroll.chunk_size
+    cfg = load_config("tiny", ["unroll.order=second"])
+    assert isinstance(cfg.unroll, UnrollConfig) and cfg.unroll.estimator == "second"
+    with pytest.raises(ConfigError, match=r"unroll\.order is the old name of unroll\.estimator"):
+        config_from_dict({"unroll": {"order": "first", "estimator": "first"}})

@@ -1,8 +1,8 @@
-"""The unroll's meta-gradient equals an independent, hand-written autograd unroll.
+"""The estimators' meta-gradients equal the reference meta-step (``meta_train.reference``).
 
-The reference below keeps per-tensor parameter dicts per optimizee, builds the whole graph
-(optimizee included), takes inner gradients with ``torch.autograd.grad`` and calls backward once
-on the meta-loss. The estimators under test instead run vectorized flat optimizees through
+The reference keeps per-tensor parameter dicts per optimizee, builds the whole graph (optimizee
+included), takes inner gradients with ``torch.autograd.grad`` and calls backward once on the
+meta-loss. The estimators under test instead run vectorized flat optimizees through
 ``torch.func`` and (first order) replay the optimizer with the c_j cotangents.
 """
 
@@ -12,12 +12,13 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from torch.func import functional_call
 
-from l2o.optimizers import ParamSpec, create
+from l2o.optimizers import create
 from l2o.tasks.models import MLP
-from meta_train.meta_losses import META_LOSSES, meta_loss
-from meta_train.unroll import UnrollConfig, init_inner_state, meta_step_gradient
+from meta_train.estimators import meta_step_gradient
+from meta_train.meta_losses import META_LOSSES
+from meta_train.reference import reference_meta_gradient
+from meta_train.unroll import UnrollConfig, init_inner_state
 
 
 @dataclass(frozen=True)
@@ -63,47 +64,12 @@ def samplers_for(batches):
 
 
 def naive_meta_grad(lopt, task, seeds, batches, steps, kind, order, regularizer=None):
-    """Reference: the straightforward differentiable unroll, one backward at the end."""
-    models = [task.make_model(s) for s in seeds]
-    names = [n for n, _ in models[0].named_parameters()]
-    spec = ParamSpec.from_module(models[0])
-    thetas = [
-        {n: p.detach().clone().requires_grad_(True) for n, p in m.named_parameters()}
-        for m in models
-    ]
-    flat = torch.stack([torch.cat([t[n].reshape(-1) for n in names]) for t in thetas])
-    state = lopt.init_state(flat.detach(), spec)
-    losses = [[] for _ in seeds]
-    reg_total = torch.zeros(())
-    for k in range(steps):
-        grads, flats = [], []
-        for b, theta in enumerate(thetas):
-            x, y = batches[b][k]
-            loss = task.loss(functional_call(models[b], theta, (x,)), y)
-            losses[b].append(loss)
-            g = torch.autograd.grad(
-                loss, [theta[n] for n in names], create_graph=order == "second", retain_graph=True
-            )
-            grads.append(torch.cat([gi.reshape(-1) for gi in g]))
-            flats.append(torch.cat([theta[n].reshape(-1) for n in names]))
-        g_all, p_all = torch.stack(grads), torch.stack(flats)
-        if order == "first":
-            g_all, p_all = g_all.detach(), p_all.detach()
-        upd, state = lopt.step(g_all, p_all, state)
-        for b, theta in enumerate(thetas):
-            off = 0
-            u_dict = {}
-            for n in names:
-                numel = theta[n].numel()
-                u_dict[n] = upd[b, off : off + numel].reshape(theta[n].shape)
-                off += numel
-            if regularizer is not None:
-                p_dict = {n: theta[n].detach() for n in names}
-                reg_total = reg_total + regularizer(u_dict, p_dict) / len(seeds)
-            thetas[b] = {n: theta[n] + u_dict[n] for n in names}
-    per_opt = meta_loss(torch.stack([torch.stack(ls) for ls in losses]), kind)
-    (per_opt.mean() + reg_total).backward()
-    return {n: p.grad.clone() for n, p in lopt.named_parameters()}, per_opt.mean().item()
+    """The specification: ``meta_train.reference``'s plain autograd unroll, from the same start."""
+    lopt.zero_grad(set_to_none=True)
+    inner = init_inner_state(task, lopt, seeds, "cpu")
+    cfg = UnrollConfig(steps, kind, order)
+    value, _ = reference_meta_gradient(lopt, task, inner, samplers_for(batches), cfg, regularizer)
+    return {n: p.grad.clone() for n, p in lopt.named_parameters()}, value
 
 
 def toy_regularizer(updates, params):
@@ -196,10 +162,10 @@ def test_single_optimizee_and_regularizer(order):
 def test_checkpointing_and_chunking_give_the_same_gradient(cfg):
     task, seeds = TinyTask(), [0, 1]
     lopt = lopt_for("lstm_extras")
-    batches = make_batches(cfg.unroll, 2, seed=3)
-    plain = UnrollConfig(cfg.unroll, cfg.meta_loss, cfg.order)
+    batches = make_batches(cfg.length, 2, seed=3)
+    plain = UnrollConfig(cfg.length, cfg.meta_loss, cfg.estimator)
     want, _, _ = ours(lopt, task, seeds, batches, plain)
-    got, _, _ = ours(lopt, task, seeds, make_batches(cfg.unroll, 2, seed=3), cfg)
+    got, _, _ = ours(lopt, task, seeds, make_batches(cfg.length, 2, seed=3), cfg)
     assert_grads_close(got, want, rtol=1e-5)
 
 

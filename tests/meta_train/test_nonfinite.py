@@ -9,9 +9,9 @@ import torch
 
 from meta_train import checkpointing as ckpt
 from meta_train.config import load_config
+from meta_train.estimators import meta_step_gradient
 from meta_train.tracking import read_metrics
 from meta_train.trainer import NonFiniteError, Trainer
-from meta_train.unroll import meta_step_gradient
 
 
 def _cfg(*overrides: str):

@@ -11,13 +11,14 @@ from l2o.optimizers import LSTMOptimizer, ParamSpec
 from l2o.regularization import build_regularizer
 from l2o.symmetry import find_structures, update_deviations
 from l2o.tasks import get_task
-from meta_train.unroll import UnrollConfig, init_inner_state, meta_step_gradient
+from meta_train.estimators import meta_step_gradient
+from meta_train.unroll import UnrollConfig, init_inner_state
 
 TASK = dict(name="mnist_mlp_relu_bn", dataset="mnist5k", batch_size=32)
 
 
 def _meta_train(lopt, task, data, regularizer, meta_steps=12, unroll=5, horizon=20):
-    cfg = UnrollConfig(unroll=unroll, meta_loss="log_sum", order="first")
+    cfg = UnrollConfig(length=unroll, meta_loss="log_sum", estimator="first")
     meta_opt = torch.optim.Adam(lopt.parameters(), lr=3e-3)
     run = 0
     inner = None

@@ -7,13 +7,9 @@ import torch
 
 from l2o.optimizers import create
 from l2o.tasks import get_task
+from meta_train.estimators import meta_step_gradient
 from meta_train.meta_losses import meta_loss, meta_loss_weights
-from meta_train.unroll import (
-    InnerState,
-    UnrollConfig,
-    init_inner_state,
-    meta_step_gradient,
-)
+from meta_train.unroll import InnerState, UnrollConfig, init_inner_state
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +29,9 @@ def samplers(data, seeds):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        (dict(unroll=0), "unroll"),
+        (dict(length=0), "length"),
         (dict(meta_loss="log"), "meta_loss"),
-        (dict(order="third"), "order"),
+        (dict(estimator=""), "estimator"),
         (dict(checkpoint_every=-1), "checkpoint_every"),
         (dict(chunk_size=-5), "chunk_size"),
     ],
@@ -76,7 +72,7 @@ def test_meta_step_on_the_classic_task_and_exact_resume(task, data, arch, tmp_pa
     """Two meta-steps straight equal one, a save/load of state and samplers, and another."""
     torch.manual_seed(0)
     lopt = create(arch)
-    cfg = UnrollConfig(unroll=3, meta_loss="log_sum")
+    cfg = UnrollConfig(length=3, meta_loss="log_sum")
     seeds = [0, 1]
 
     inner = init_inner_state(task, lopt, seeds, "cpu")
@@ -111,7 +107,7 @@ def test_meta_step_on_the_batchnorm_task_second_order(data):
     lopt = create("lstm")
     inner = init_inner_state(task, lopt, [0, 1], "cpu")
     res, inner = meta_step_gradient(
-        lopt, task, inner, samplers(data, [0, 1]), UnrollConfig(unroll=2, order="second")
+        lopt, task, inner, samplers(data, [0, 1]), UnrollConfig(length=2, estimator="second")
     )
     assert res.finite and inner.step == 2
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in lopt.parameters())
@@ -121,10 +117,10 @@ def test_mismatches_are_reported(task, data):
     lopt = create("lstm")
     inner = init_inner_state(task, lopt, [0, 1], "cpu")
     with pytest.raises(ValueError, match="samplers"):
-        meta_step_gradient(lopt, task, inner, samplers(data, [0]), UnrollConfig(unroll=1))
+        meta_step_gradient(lopt, task, inner, samplers(data, [0]), UnrollConfig(length=1))
     other = get_task("mnist_mlp_sigmoid_h40", dataset="mnist5k")
     with pytest.raises(ValueError, match="does not match"):
-        meta_step_gradient(lopt, other, inner, samplers(data, [0, 1]), UnrollConfig(unroll=1))
+        meta_step_gradient(lopt, other, inner, samplers(data, [0, 1]), UnrollConfig(length=1))
     with pytest.raises(ValueError, match="do not fit"):
         InnerState.from_state_dict(inner.state_dict(), other)
     with pytest.raises(ValueError, match="lacks"):

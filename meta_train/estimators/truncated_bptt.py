@@ -1,8 +1,8 @@
-"""Meta-gradient estimators behind one interface.
+"""Truncated backpropagation through time: the exact meta-gradient of one truncation of
+``cfg.length`` inner steps, first order (``"first"``) or second order (``"second"``).
 
-``estimator(lopt, optimizee, inner, samplers, cfg, regularizer) -> (UnrollResult, InnerState)``
-runs one truncation of ``cfg.unroll`` inner steps and accumulates d(meta-loss)/dφ into the
-learned optimizer's ``.grad``.
+Both must equal ``meta_train.reference.reference_meta_step`` (the tests check it); they are
+faster because of the structure below.
 
 First order (``"first"``, exact for the first-order meta-gradient): the optimizer's inputs are
 constants, so with u_j the update of step j and the meta-loss M(l_1, ..., l_K) of the losses
@@ -23,75 +23,24 @@ backward of the meta-loss at the end of the truncation.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from l2o.optimizers.base import LearnedOptimizerNet, State
+from meta_train.estimators.base import Estimator
 from meta_train.meta_losses import meta_loss, meta_loss_weights
-
-if TYPE_CHECKING:
-    from meta_train.unroll import (
-        FunctionalOptimizee,
-        InnerState,
-        Regularizer,
-        UnrollConfig,
-        UnrollResult,
-    )
-
-Estimator = Callable[..., tuple["UnrollResult", "InnerState"]]
-
-
-def _regularization(
-    regularizer: Regularizer, inner: InnerState, updates: torch.Tensor, params: torch.Tensor
-) -> torch.Tensor:
-    """Σ over steps, mean over optimizees, of ``regularizer`` on ``[T, B, N]`` updates/params."""
-    total = updates.new_zeros(())
-    steps, batch = updates.shape[0], updates.shape[1]
-    for t in range(steps):
-        for b in range(batch):
-            u = inner.spec.unflatten(updates[t, b])
-            p = inner.spec.unflatten(params[t, b])
-            total = total + regularizer(u, p)
-    return total / batch
-
-
-def _finish(
-    inner: InnerState,
-    params: torch.Tensor,
-    buffers: dict,
-    opt_state: State,
-    losses: torch.Tensor,
-    cfg: UnrollConfig,
-    reg_value: torch.Tensor | None,
-    abs_update_sum: torch.Tensor,
-) -> tuple[UnrollResult, InnerState]:
-    from meta_train.unroll import InnerState, UnrollResult
-
-    with torch.no_grad():
-        m = meta_loss(losses, cfg.meta_loss).mean()
-        reg = reg_value.detach() if reg_value is not None else torch.zeros(())
-        # one host sync for everything the caller reads
-        summary = torch.stack([m, reg.to(m), abs_update_sum.to(m)]).tolist()
-    meta_value, reg_float, abs_sum = summary
-    finite = (
-        math.isfinite(meta_value)
-        and math.isfinite(reg_float)
-        and bool(torch.isfinite(losses).all())
-    )
-    new_inner = InnerState(
-        params=params.detach(),
-        buffers={k: v.detach() for k, v in buffers.items()},
-        opt_state={k: v.detach() for k, v in opt_state.items()},
-        step=inner.step + cfg.unroll,
-        seeds=inner.seeds,
-        spec=inner.spec,
-    )
-    count = cfg.unroll * params.numel()
-    result = UnrollResult(meta_value, losses.detach(), reg_float, finite, abs_sum / count)
-    return result, new_inner
+from meta_train.unroll import (
+    FunctionalOptimizee,
+    InnerState,
+    Regularizer,
+    UnrollConfig,
+    UnrollResult,
+    finish_truncation,
+    next_batches,
+    regularization,
+)
 
 
 def _suffix_cotangents(grads: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -116,12 +65,10 @@ def first_order(
     constants, the optimizee has no graph); one backward with the c_j cotangents ends the
     truncation. With ``checkpoint_every``, the unroll runs without any graph and the
     network is replayed segment by segment (``_replay_backward``)."""
-    from meta_train.unroll import next_batches
-
-    if cfg.checkpoint_every == 0 or cfg.checkpoint_every >= cfg.unroll:
+    if cfg.checkpoint_every == 0 or cfg.checkpoint_every >= cfg.length:
         return _first_order_direct(lopt, optimizee, inner, samplers, cfg, regularizer)
 
-    steps = cfg.unroll
+    steps = cfg.length
     device = inner.params.device
     core_keys = lopt.core_state_keys
     seg = cfg.checkpoint_every if 0 < cfg.checkpoint_every < steps else steps
@@ -156,7 +103,7 @@ def first_order(
     reg_value = _replay_backward(
         lopt, inner, feats, cot, boundaries, seg, cfg, regularizer, start_params
     )
-    return _finish(inner, params, buffers, state, losses, cfg, reg_value, abs_update)
+    return finish_truncation(inner, params, buffers, state, losses, cfg, reg_value, abs_update)
 
 
 def _first_order_direct(
@@ -169,9 +116,7 @@ def _first_order_direct(
 ) -> tuple[UnrollResult, InnerState]:
     """One pass: the optimizer's steps are recorded on its tape (``lopt.new_tape``: no graph,
     one fused backward at the end) or, without one, run under autograd step by step."""
-    from meta_train.unroll import next_batches
-
-    steps = cfg.unroll
+    steps = cfg.length
     device = inner.params.device
     meta_params = [p for p in lopt.parameters() if p.requires_grad]
     params, buffers, state = inner.params, inner.buffers, dict(inner.opt_state)
@@ -209,11 +154,11 @@ def _first_order_direct(
         cotangents = [cot]
         reg_total = None
         if regularizer is not None:
-            reg_total = _regularization(regularizer, inner, outputs[0], torch.stack(starts))
+            reg_total = regularization(regularizer, inner.spec, outputs[0], torch.stack(starts))
             outputs.append(reg_total)
             cotangents.append(torch.ones_like(reg_total))
         torch.autograd.backward(outputs, cotangents, inputs=meta_params)
-    return _finish(inner, params, buffers, state, losses, cfg, reg_total, abs_update)
+    return finish_truncation(inner, params, buffers, state, losses, cfg, reg_total, abs_update)
 
 
 def _replay_backward(
@@ -255,7 +200,7 @@ def _replay_backward(
                         outputs.append(end[k])
                         cotangents.append(g)
                 if regularizer is not None:
-                    reg = _regularization(regularizer, inner, upd, start_params[a:b])
+                    reg = regularization(regularizer, inner.spec, upd, start_params[a:b])
                     reg_total = reg.detach() if reg_total is None else reg_total + reg.detach()
                     outputs.append(reg)
                     cotangents.append(torch.ones_like(reg))
@@ -284,11 +229,9 @@ def second_order(
     regularizer: Regularizer | None = None,
 ) -> tuple[UnrollResult, InnerState]:
     """The full meta-gradient: through the optimizee's gradients and the optimizer's inputs."""
-    from meta_train.unroll import next_batches
-
     device = inner.params.device
     meta_params = [p for p in lopt.parameters() if p.requires_grad]
-    steps = cfg.unroll
+    steps = cfg.length
     step_fn = lopt.step
     if cfg.checkpoint_every:
         step_fn = _checkpointed_step(lopt)
@@ -304,8 +247,8 @@ def second_order(
             (grad,) = torch.autograd.grad(loss.sum(), params, create_graph=True)
             upd, state = step_fn(grad, params, state)
             if regularizer is not None:
-                reg_total = reg_total + _regularization(
-                    regularizer, inner, upd.unsqueeze(0), params.detach().unsqueeze(0)
+                reg_total = reg_total + regularization(
+                    regularizer, inner.spec, upd.unsqueeze(0), params.detach().unsqueeze(0)
                 )
             abs_update = abs_update + upd.detach().abs().sum()
             params = params + upd
@@ -314,13 +257,13 @@ def second_order(
         total = meta_loss(stacked, cfg.meta_loss).mean() + reg_total
         torch.autograd.backward(total, inputs=meta_params)
     reg_value = reg_total.detach() if regularizer is not None else None
-    return _finish(inner, params, buffers, state, stacked.detach(), cfg, reg_value, abs_update)
+    return finish_truncation(
+        inner, params, buffers, state, stacked.detach(), cfg, reg_value, abs_update
+    )
 
 
 def _checkpointed_step(lopt: LearnedOptimizerNet):
     """``lopt.step`` whose internals are recomputed in the backward pass (saves memory)."""
-    from torch.utils.checkpoint import checkpoint
-
     keys: list[str] = []
 
     def flat_step(grad, params, *values):
@@ -335,21 +278,19 @@ def _checkpointed_step(lopt: LearnedOptimizerNet):
     return step
 
 
-_ESTIMATORS: dict[str, Estimator] = {"first": first_order, "second": second_order}
+class FirstOrder(Estimator):
+    """``first``: the exact first-order meta-gradient (see :func:`first_order`)."""
+
+    name = "first"
+
+    def estimate(self, lopt, optimizee, inner, samplers, regularizer=None, seed=0):
+        return first_order(lopt, optimizee, inner, samplers, self.cfg, regularizer)
 
 
-def register_estimator(name: str, fn: Estimator) -> None:
-    """Add an estimator (e.g. evolution strategies) selectable as ``UnrollConfig(order=name)``."""
-    _ESTIMATORS[name] = fn
+class SecondOrder(Estimator):
+    """``second``: the full meta-gradient (:func:`second_order`)."""
 
+    name = "second"
 
-def available_estimators() -> list[str]:
-    return sorted(_ESTIMATORS)
-
-
-def get_estimator(name: str) -> Estimator:
-    if name not in _ESTIMATORS:
-        raise ValueError(
-            f"unknown meta-gradient estimator {name!r}; available: {sorted(_ESTIMATORS)}"
-        )
-    return _ESTIMATORS[name]
+    def estimate(self, lopt, optimizee, inner, samplers, regularizer=None, seed=0):
+        return second_order(lopt, optimizee, inner, samplers, self.cfg, regularizer)
