@@ -9,11 +9,11 @@ reference loop run in the same process.
 Classic configuration: MNIST 784-20-10 sigmoid MLP (``mnist_mlp_sigmoid`` on ``mnist5k``), batch
 128, LSTM 2×20 with log/sign preprocessing, unroll 20, first-order, meta-batch 1, CPU, 2 threads.
 
-The reference is the straightforward loop (all coordinates flattened, two ``nn.LSTMCell``s,
-``torch.autograd.grad`` per inner step, one backward per truncation). Ours and the reference run
-alternately, ``--repeats`` rounds of ``--meta-steps`` meta-steps each, so both see the same
-machine load; the figures are medians over rounds and ``ratio`` is the median of the per-round
-ratios. ``peak_rss_mb`` is the process's peak after our loop (before the reference runs);
+The reference is ``meta_train.reference.reference_meta_step`` on the same learned optimizer
+(per-optimizee autograd, the whole graph kept, one backward per truncation). Ours and the
+reference run alternately, ``--repeats`` rounds of ``--meta-steps`` meta-steps each, so both see
+the same machine load; the figures are medians over rounds and ``ratio`` is the median of the
+per-round ratios. ``peak_rss_mb`` is the process's peak after our loop (before the reference runs);
 ``reference_peak_rss_mb`` the peak after both.
 
 Prints one JSON line.
@@ -35,10 +35,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from l2o.optimizers import ParamSpec, create
-from l2o.optimizers.features import log_sign_preprocess
+from l2o.optimizers import create
 from l2o.tasks import get_task
 from meta_train.estimators import meta_step_gradient
+from meta_train.reference import reference_meta_step
 from meta_train.unroll import UnrollConfig, init_inner_state
 
 
@@ -58,62 +58,18 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-class ReferenceLoop:
-    """The straightforward loop: flattened coordinates, two LSTMCells, autograd.grad per step,
-    one backward per truncation (B = 1)."""
-
-    def __init__(self, task, data, unroll: int, output_scale: float, seed: int = 0) -> None:
-        torch.manual_seed(seed)
-        self.cell1, self.cell2 = nn.LSTMCell(2, 20), nn.LSTMCell(20, 20)
-        self.head = nn.Linear(20, 1)
-        self.meta_params = [
-            *self.cell1.parameters(),
-            *self.cell2.parameters(),
-            *self.head.parameters(),
-        ]
-        self.meta_opt = torch.optim.Adam(self.meta_params, lr=1e-3)
-        self.task, self.unroll, self.scale = task, unroll, output_scale
-        self.model = task.make_model(seed)
-        self.spec = ParamSpec.from_module(self.model)
-        self.theta = self.spec.flatten(dict(self.model.named_parameters())).detach()
-        n = self.theta.numel()
-        self.state = [torch.zeros(n, 20) for _ in range(4)]
-        self.sampler = data.sampler(task.batch_size, seed=seed)
-
-    def meta_step(self) -> float:
-        theta = self.theta.detach().requires_grad_(True)
-        h1, c1, h2, c2 = (s.detach() for s in self.state)
-        losses = []
-        for _ in range(self.unroll):
-            x, y = self.sampler.next()
-            logits = torch.func.functional_call(self.model, self.spec.unflatten(theta), (x,))
-            loss = self.task.loss(logits, y)
-            (grad,) = torch.autograd.grad(loss, theta, retain_graph=True)
-            inp = log_sign_preprocess(grad.detach(), 10.0)
-            h1, c1 = self.cell1(inp, (h1, c1))
-            h2, c2 = self.cell2(h1, (h2, c2))
-            theta = theta + self.scale * self.head(h2).squeeze(-1)
-            losses.append(loss)
-        meta = torch.stack(losses).mean()
-        self.meta_opt.zero_grad()
-        meta.backward()
-        nn.utils.clip_grad_norm_(self.meta_params, 1.0)
-        self.meta_opt.step()
-        self.theta = theta.detach()
-        self.state = [h1.detach(), c1.detach(), h2.detach(), c2.detach()]
-        return float(meta.detach())
-
-
 class OurLoop:
+    """Meta-steps of the configured estimator (``meta_step_gradient``), clip 1, Adam."""
+
     def __init__(self, task, data, args) -> None:
         torch.manual_seed(0)
         kwargs = {"output_scale": args.output_scale} if args.arch == "lstm" else {}
         self.lopt = create(args.arch, **kwargs).to(args.device)
         self.meta_opt = torch.optim.Adam(self.lopt.parameters(), lr=1e-3)
         self.cfg = UnrollConfig(
-            unroll=args.K,
+            length=args.K,
             meta_loss="mean",
-            order=args.order,
+            estimator=args.order,
             checkpoint_every=args.checkpoint_every,
             chunk_size=args.chunk_size,
         )
@@ -130,6 +86,17 @@ class OurLoop:
         nn.utils.clip_grad_norm_(self.lopt.parameters(), 1.0)
         self.meta_opt.step()
         return result.meta_loss
+
+
+class ReferenceLoop(OurLoop):
+    """The same meta-steps through ``meta_train.reference.reference_meta_step``, the plain
+    specification (per-optimizee autograd, whole graph, one backward)."""
+
+    def meta_step(self) -> float:
+        value, self.inner = reference_meta_step(
+            self.lopt, self.meta_opt, self.task, self.inner, self.samplers, self.cfg
+        )
+        return value
 
 
 def timed(loop, meta_steps: int) -> float:
@@ -195,9 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
         "mmap_threshold": args.mmap_threshold if mmap_set else None,
     }
     if not args.no_reference:
-        if args.device != "cpu" or args.B != 1 or args.arch != "lstm":
-            parser.error("the reference loop is defined for the classic config (CPU, B=1, lstm)")
-        ref = ReferenceLoop(task, data, args.K, args.output_scale)
+        ref = ReferenceLoop(task, data, args)
         for _ in range(args.warmup):
             ref.meta_step()
         ref_times, ratios = [], []

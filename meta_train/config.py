@@ -5,6 +5,11 @@ value fails in milliseconds, naming the key, before data is loaded or a network 
 YAML files in ``configs/meta_train/`` mirror these dataclasses section by section; overrides use
 dotted keys (``meta_optimizer.lr=3e-3``) in either the ``key=value`` or the ``--key=value`` form
 (the one ``wandb agent`` passes).
+
+This module is the schema: the sections, their range checks (each ``__post_init__``), the
+checks across sections and the name checks. Turning YAML and overrides into these dataclasses
+is ``meta_train.config_engine``'s generic job; the ``unroll`` section is
+``meta_train.unroll.UnrollConfig`` itself.
 """
 
 from __future__ import annotations
@@ -12,15 +17,26 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
-import math
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from meta_train.config_engine import ConfigError
+from meta_train.config_engine import (
+    ConfigError,
+    build,
+    coerce,
+    deep_merge,
+    load_yaml,
+    parse_override,
+    plain,
+    require,
+    require_non_negative,
+    require_positive,
+    set_dotted,
+)
+from meta_train.config_engine import all_keys as _all_keys
 from meta_train.estimators import available_estimators
 from meta_train.unroll import UnrollConfig
 
@@ -39,6 +55,9 @@ class TaskConfig:
     name: str = "mnist_mlp_sigmoid"
     dataset: str | None = "mnist5k"  # None: the task's own dataset
     batch_size: int | None = None  # None: the task's own (128)
+
+    def __post_init__(self) -> None:
+        require_positive("task.batch_size", self.batch_size)
 
 
 @dataclass
@@ -67,6 +86,14 @@ class MetaOptimizerConfig:
     weight_decay: float = 0.0
     grad_clip_norm: float | None = 1.0  # None: no clipping
 
+    def __post_init__(self) -> None:
+        require_positive("meta_optimizer.lr", self.lr)
+        for i, beta in enumerate(self.betas):
+            require(0.0 <= beta < 1.0, f"meta_optimizer.betas[{i}]", "must be in [0, 1)", beta)
+        require_positive("meta_optimizer.eps", self.eps)
+        require_non_negative("meta_optimizer.weight_decay", self.weight_decay)
+        require_positive("meta_optimizer.grad_clip_norm", self.grad_clip_norm)
+
 
 @dataclass
 class ScheduleConfig:
@@ -77,6 +104,10 @@ class ScheduleConfig:
     runs_per_epoch: int = 20
     horizon: int = 200
     meta_batch: int = 1
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "runs_per_epoch", "horizon", "meta_batch"):
+            require_positive(f"schedule.{key}", getattr(self, key))
 
 
 @dataclass
@@ -89,6 +120,12 @@ class ValidationConfig:
     steps: int = 200
     seeds: int = 2
     first_seed: int = 500
+
+    def __post_init__(self) -> None:
+        require_non_negative("validation.every_runs", self.every_runs)
+        require_positive("validation.steps", self.steps)
+        require_positive("validation.seeds", self.seeds)
+        require_non_negative("validation.first_seed", self.first_seed)
 
 
 @dataclass
@@ -107,12 +144,32 @@ class MetaTestConfig:
     report_steps: list[int] = field(default_factory=list)  # extra table columns: loss at step k
     plot: bool = True
 
+    def __post_init__(self) -> None:
+        require_positive("meta_test.steps", self.steps)
+        require_positive("meta_test.seeds", self.seeds)
+        require_non_negative("meta_test.first_seed", self.first_seed)
+        require_positive("meta_test.grid_steps", self.grid_steps)
+        require_positive("meta_test.grid_seeds", self.grid_seeds)
+        for i, k in enumerate(self.report_steps):
+            key = f"meta_test.report_steps[{i}]"
+            require(1 <= k <= self.steps, key, f"must be in [1, {self.steps}]", k)
+        if self.lr_grid is not None:
+            require(len(self.lr_grid) > 0, "meta_test.lr_grid", "must not be empty", self.lr_grid)
+            for i, lr in enumerate(self.lr_grid):
+                require_positive(f"meta_test.lr_grid[{i}]", lr)
+        unique = len(set(self.baselines)) == len(self.baselines)
+        require(unique, "meta_test.baselines", "has duplicates", self.baselines)
+
 
 @dataclass
 class RegularizationWeights:
     rescale: float = 1.0 / 3.0
     scale: float = 1.0 / 3.0
     translation: float = 1.0 / 3.0
+
+    def __post_init__(self) -> None:
+        for key in ("rescale", "scale", "translation"):
+            require_non_negative(f"regularization.weights.{key}", getattr(self, key))
 
 
 @dataclass
@@ -122,6 +179,13 @@ class RegularizationConfig:
     kind: Literal["none", "symmetry", "norm"] = "none"
     reg_mul: float = 0.0
     weights: RegularizationWeights = field(default_factory=RegularizationWeights)
+
+    def __post_init__(self) -> None:
+        require_non_negative("regularization.reg_mul", self.reg_mul)
+        if self.kind != "none" and self.reg_mul == 0:
+            raise ConfigError(
+                f"regularization.kind is {self.kind!r} but regularization.reg_mul is 0"
+            )
 
 
 @dataclass
@@ -143,16 +207,25 @@ class ReliabilityConfig:
 
     max_consecutive_nonfinite: int = 5
 
+    def __post_init__(self) -> None:
+        require_positive("reliability.max_consecutive_nonfinite", self.max_consecutive_nonfinite)
+
 
 @dataclass
 class LoggingConfig:
     every: int = 1  # meta-steps between console/JSONL/W&B records
     progress: bool = True  # tqdm bar
 
+    def __post_init__(self) -> None:
+        require_positive("logging.every", self.every)
+
 
 @dataclass
 class CheckpointConfig:
     every: int = 10  # meta-steps between ``last.pt`` writes (and always at the end of a run)
+
+    def __post_init__(self) -> None:
+        require_positive("checkpoint.every", self.every)
 
 
 @dataclass
@@ -177,241 +250,27 @@ class MetaTrainConfig:
     deterministic: bool = True  # torch.use_deterministic_algorithms: bit-reproducible CPU runs
     threads: int | None = None  # torch.set_num_threads; None: torch's default
 
+    def __post_init__(self) -> None:
+        _check_across_sections(self)
+
     @property
     def meta_steps_per_run(self) -> int:
         return self.schedule.horizon // self.unroll.length
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML/JSON/``weights_only``-safe containers (tuples become lists)."""
-        return _plain(dataclasses.asdict(self))
+        return plain(dataclasses.asdict(self))
 
 
-# --------------------------------------------------------------------------------------------
-# Building from dicts, with type coercion
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def all_keys(cls: type = MetaTrainConfig, prefix: str = "") -> list[str]:
-    """Every dotted key of the schema (``optimizer.kwargs`` stands for its free-form dict)."""
-    keys = []
-    for f in dataclasses.fields(cls):
-        hint = _hints(cls)[f.name]
-        if dataclasses.is_dataclass(hint):
-            keys.extend(all_keys(hint, f"{prefix}{f.name}."))
-        else:
-            keys.append(f"{prefix}{f.name}")
-    return keys
-
-
-def _unknown_key_error(key: str, candidates: list[str]) -> ConfigError:
-    """Near matches: the same leaf in another section, similar leaves in the same section,
-    similar section names."""
-    split = lambda k: k.rsplit(".", 1) if "." in k else ("", k)
-    section, leaf = split(key)
-    sections = sorted({split(c)[0] for c in candidates} - {""})
-    keyed = [(c, *split(c)) for c in candidates]
-    near = [c for c, _, lf in keyed if lf == leaf and c != key]
-    siblings = [lf for _, sec, lf in keyed if sec == section]
-    near += [
-        f"{section}.{lf}" if section else lf
-        for lf in difflib.get_close_matches(leaf, siblings, n=3, cutoff=0.6)
-    ]
-    if section not in sections:  # a misspelt section (or a section given as a value)
-        near += difflib.get_close_matches(section or leaf, sections, n=2, cutoff=0.6)
-    near += [
-        c for c in difflib.get_close_matches(key, candidates, n=3, cutoff=0.75) if c not in near
-    ]
-    near = list(dict.fromkeys(near))[:4]
-    hint = f" Did you mean {', '.join(near)}?" if near else ""
-    return ConfigError(f"unknown config key {key!r}.{hint}")
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def coerce(key: str, value: Any, tp: Any) -> Any:
-    """``value`` converted to type ``tp`` where that is lossless, else a ConfigError naming ``key``.
-
-    Strings are accepted for numbers and booleans (YAML reads ``1e-3`` as a string, and command
-    line values arrive as strings); an int is accepted where a float is expected, never the reverse.
-    """
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, _UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return coerce(key, value, arg)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of {tp}")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{key} must be one of {list(args)}, got {value!r}")
-        return value
-    if origin in (list, tuple):
-        if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        if origin is tuple:
-            if len(args) != len(value) and not (len(args) == 2 and args[1] is Ellipsis):
-                raise ConfigError(f"{key} must have {len(args)} elements, got {list(value)}")
-            item_types = [args[0]] * len(value) if args[1:] == (Ellipsis,) else args
-            return tuple(
-                coerce(f"{key}[{i}]", v, t) for i, (v, t) in enumerate(zip(value, item_types))
-            )
-        return [coerce(f"{key}[{i}]", v, args[0] if args else Any) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping, got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
-            return value.lower() in ("true", "yes", "on")
-        raise ConfigError(f"{key} must be a bool (true/false), got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.replace("_", ""))
-            except ValueError:
-                pass
-        raise ConfigError(f"{key} must be an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key} must be a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key} must be a string, got {value!r} ({type(value).__name__})")
-    raise TypeError(f"config schema: unsupported type {_type_name(tp)} for {key}")  # a schema bug
-
-
-_UnionType = type(int | None)
-
-
-def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
-    hints = _hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in names:
-            raise _unknown_key_error(f"{prefix}{key}", all_keys())
-    values = {}
-    for name in names & set(data):
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            values[name] = _build(
-                tp, data[name] if data[name] is not None else {}, f"{prefix}{name}."
-            )
-        else:
-            values[name] = coerce(f"{prefix}{name}", data[name], tp)
-    return cls(**values)
-
-
-def _deep_merge(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "kwargs":
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``key=value`` or ``--key=value`` → (dotted key, YAML-parsed value)."""
-    body = text[2:] if text.startswith("--") else text
-    if "=" not in body:
-        raise ConfigError(
-            f"override {text!r} must look like key=value or --key=value "
-            "(e.g. meta_optimizer.lr=3e-3)"
-        )
-    key, raw = body.split("=", 1)
-    key = key.strip().replace("-", "_") if not key.startswith("optimizer.kwargs.") else key.strip()
-    if not key:
-        raise ConfigError(f"override {text!r} has an empty key")
-    if raw.strip() == "None":  # how ``wandb agent`` writes a null
-        return key, None
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key, value
-
-
-def _set_dotted(data: dict, key: str, value: Any) -> None:
-    """Write ``value`` at dotted ``key``, validating the path against the schema as it goes."""
-    parts = key.split(".")
-    cls: Any = MetaTrainConfig
-    node = data
-    for depth, part in enumerate(parts):
-        path = ".".join(parts[: depth + 1])
-        if cls is dict:  # inside optimizer.kwargs: free-form, checked against the constructor
-            if depth != len(parts) - 1:
-                node = node.setdefault(part, {})
-                continue
-            node[part] = value
-            return
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        if part not in names:
-            raise _unknown_key_error(key if depth == len(parts) - 1 else path, all_keys())
-        hint = _hints(cls)[part]
-        if depth == len(parts) - 1:
-            node[part] = value
-            return
-        if dataclasses.is_dataclass(hint):
-            cls = hint
-        elif typing.get_origin(hint) is dict:
-            cls = dict
-        else:
-            raise ConfigError(f"{path} is a value, not a section: cannot set {key!r}")
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = {}
-            node[part] = child
-        node = child
+def all_keys() -> list[str]:
+    """Every dotted key of the config (``optimizer.kwargs`` stands for its free-form dict)."""
+    return _all_keys(MetaTrainConfig)
 
 
 def _rename_old_keys(data: dict[str, Any]) -> dict[str, Any]:
     """``data`` with the :data:`RENAMED_KEYS` moved to their new names (old configs and
     checkpoints keep working); giving both names is an error."""
-    out = _deep_merge({}, data)
+    out = deep_merge({}, data)
     for old, new in RENAMED_KEYS.items():
         (section, old_leaf), (_, new_leaf) = old.split("."), new.split(".")
         node = out.get(section)
@@ -427,23 +286,8 @@ def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -
     data = _rename_old_keys(data or {})
     for text in overrides or []:
         key, value = parse_override(text)
-        _set_dotted(data, RENAMED_KEYS.get(key, key), value)
-    cfg = _build(MetaTrainConfig, data)
-    validate(cfg)
-    return cfg
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    return data
+        set_dotted(MetaTrainConfig, data, RENAMED_KEYS.get(key, key), value)
+    return build(MetaTrainConfig, data)
 
 
 def load_config(source: str | Path, overrides: list[str] | None = None) -> MetaTrainConfig:
@@ -495,82 +339,35 @@ def resolve_config_path(source: str | Path) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-# Validation: ranges here; names (task, optimizer, baselines) in validate_names
-
-
-def _require(ok: bool, key: str, message: str, value: Any) -> None:
-    if not ok:
-        raise ConfigError(f"{key} {message}, got {value!r}")
-
-
-def _positive(key: str, value: float | int | None) -> None:
-    if value is not None:
-        _require(value > 0 and math.isfinite(value), key, "must be positive", value)
-
-
-def _non_negative(key: str, value: float | int) -> None:
-    _require(value >= 0 and math.isfinite(value), key, "must be >= 0", value)
+# Validation: ranges next to the fields (``__post_init__``); names (task, optimizer,
+# baselines) in validate_names
 
 
 SEED_SPACE = 2**20  # validation and meta-test seeds live below this; training seeds are 63-bit
 
 
-def validate(cfg: MetaTrainConfig) -> None:
-    """Ranges and cross-field constraints; every message names the key."""
-    _positive("task.batch_size", cfg.task.batch_size)
-    _require(
-        cfg.unroll.estimator in available_estimators(),
-        "unroll.estimator",
-        f"must be one of {available_estimators()}",
-        cfg.unroll.estimator,
+def _check_across_sections(cfg: MetaTrainConfig) -> None:
+    """The checks that involve more than one section (each section checks its own ranges);
+    every message names the keys."""
+    u, s, v, t = cfg.unroll, cfg.schedule, cfg.validation, cfg.meta_test
+    estimators = available_estimators()
+    require(
+        u.estimator in estimators, "unroll.estimator", f"must be one of {estimators}", u.estimator
     )
-    m = cfg.meta_optimizer
-    _positive("meta_optimizer.lr", m.lr)
-    for i, beta in enumerate(m.betas):
-        _require(0.0 <= beta < 1.0, f"meta_optimizer.betas[{i}]", "must be in [0, 1)", beta)
-    _positive("meta_optimizer.eps", m.eps)
-    _non_negative("meta_optimizer.weight_decay", m.weight_decay)
-    _positive("meta_optimizer.grad_clip_norm", m.grad_clip_norm)
-    s = cfg.schedule
-    for key in ("epochs", "runs_per_epoch", "horizon", "meta_batch"):
-        _positive(f"schedule.{key}", getattr(s, key))
-    if cfg.unroll.length > s.horizon:
+    if u.length > s.horizon:
         raise ConfigError(
-            f"unroll.length ({cfg.unroll.length}) must not exceed schedule.horizon ({s.horizon})"
+            f"unroll.length ({u.length}) must not exceed schedule.horizon ({s.horizon})"
         )
-    if s.horizon % cfg.unroll.length:
+    if s.horizon % u.length:
         raise ConfigError(
             f"schedule.horizon ({s.horizon}) must be a multiple of unroll.length "
-            f"({cfg.unroll.length}) so that every run has whole truncations"
+            f"({u.length}) so that every run has whole truncations"
         )
-    v = cfg.validation
-    _non_negative("validation.every_runs", v.every_runs)
-    _positive("validation.steps", v.steps)
-    _positive("validation.seeds", v.seeds)
-    _non_negative("validation.first_seed", v.first_seed)
-    t = cfg.meta_test
-    _positive("meta_test.steps", t.steps)
-    _positive("meta_test.seeds", t.seeds)
-    _non_negative("meta_test.first_seed", t.first_seed)
-    _positive("meta_test.grid_steps", t.grid_steps)
-    _positive("meta_test.grid_seeds", t.grid_seeds)
-    for i, k in enumerate(t.report_steps):
-        _require(1 <= k <= t.steps, f"meta_test.report_steps[{i}]", f"must be in [1, {t.steps}]", k)
-    if t.lr_grid is not None:
-        _require(len(t.lr_grid) > 0, "meta_test.lr_grid", "must not be empty", t.lr_grid)
-        for i, lr in enumerate(t.lr_grid):
-            _positive(f"meta_test.lr_grid[{i}]", lr)
-    _require(
-        len(set(t.baselines)) == len(t.baselines),
-        "meta_test.baselines",
-        "has duplicates",
-        t.baselines,
-    )
     val_seeds = set(range(v.first_seed, v.first_seed + v.seeds))
     test_seeds = set(range(t.first_seed, t.first_seed + t.seeds))
     grid_seeds = set(range(t.grid_seeds))
     for key, seeds in (("validation", val_seeds), ("meta_test", test_seeds)):
-        _require(
+        require(
             max(seeds) < SEED_SPACE,
             f"{key}.first_seed",
             f"+ seeds must be < {SEED_SPACE}",
@@ -583,22 +380,13 @@ def validate(cfg: MetaTrainConfig) -> None:
             f"must be disjoint: held-out means held out (got {sorted(val_seeds)[:3]}..., "
             f"{sorted(test_seeds)[:3]}..., {sorted(grid_seeds)[:3]}...)"
         )
-    r = cfg.regularization
-    _non_negative("regularization.reg_mul", r.reg_mul)
-    for key in ("rescale", "scale", "translation"):
-        _non_negative(f"regularization.weights.{key}", getattr(r.weights, key))
-    if r.kind != "none" and r.reg_mul == 0:
-        raise ConfigError(f"regularization.kind is {r.kind!r} but regularization.reg_mul is 0")
-    _positive("reliability.max_consecutive_nonfinite", cfg.reliability.max_consecutive_nonfinite)
-    _positive("logging.every", cfg.logging.every)
-    _positive("checkpoint.every", cfg.checkpoint.every)
-    _positive("threads", cfg.threads)
-    _require(cfg.seed >= 0, "seed", "must be >= 0", cfg.seed)
-    _require(
+    require_positive("threads", cfg.threads)
+    require(cfg.seed >= 0, "seed", "must be >= 0", cfg.seed)
+    require(
         bool(cfg.name) and "/" not in cfg.name, "name", "must be a non-empty file name", cfg.name
     )
     device = cfg.device
-    _require(
+    require(
         device in ("cpu", "cuda", "auto", "mps") or device.startswith("cuda:"),
         "device",
         "must be cpu, cuda, cuda:N, mps or auto",
