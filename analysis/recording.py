@@ -20,8 +20,8 @@ Streams (each recorded at the steps the :class:`RecordingPlan` asks for):
 File format: a magic line, then frames of ``[8-byte length][torch.save payload]``, each payload
 a dict of tensors, lists, strings and numbers read back with ``torch.load(weights_only=True)``.
 Frames are appended as buffers fill (``chunk_mb``), so long runs never hold the whole recording;
-the file is written as ``PATH.partial`` and renamed when complete, and a run that crashes
-leaves a readable prefix.
+the file is written through ``l2o.io.atomic_open`` (a temporary beside ``PATH``, renamed when
+complete): a run killed mid-way leaves that temporary, whose frames up to the kill are readable.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from analysis.symmetry_traces import step_deviation_table
+from l2o.io import atomic_open
 from l2o.symmetry import SymmetryStructure, find_structures
 from l2o.tasks import Task
 from l2o.training import TrainResult, train_optimizee
@@ -59,9 +60,8 @@ class RecordingWriter:
 
     def __init__(self, path: str | os.PathLike, meta: Mapping, chunk_mb: float = 64.0) -> None:
         self.path = Path(path)
-        self.partial = self.path.with_name(self.path.name + ".partial")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.partial, "wb")  # noqa: SIM115 (closed in close())
+        self._writing = atomic_open(self.path, "wb")  # entered here, exited in close()/abort()
+        self._file = self._writing.__enter__()
         self._file.write(MAGIC)
         self._frame({"kind": "meta", "format_version": FORMAT_VERSION, **meta})
         self._chunk_bytes = int(chunk_mb * 2**20)
@@ -108,16 +108,13 @@ class RecordingWriter:
 
     def close(self) -> Path:
         self.flush()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self.partial, self.path)
+        self._writing.__exit__(None, None, None)  # fsync, then rename over ``path``
         return self.path
 
     def abort(self) -> None:
+        """Discard the unfinished recording (its temporary is removed)."""
         if not self._file.closed:
-            self.flush()
-            self._file.close()
+            self._writing.__exit__(RuntimeError, RuntimeError("recording aborted"), None)
 
 
 def iter_frames(path: str | os.PathLike) -> Iterator[dict]:

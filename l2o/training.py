@@ -45,6 +45,13 @@ def model_seed(seed: int) -> int:
     return derive_seed(seed, "optimizee-init")
 
 
+def make_optimizee(task: Task, seed: int, device: torch.device | str = "cpu") -> nn.Module:
+    """Optimizee ``seed`` of ``task``, freshly initialized: THE convention for initial weights,
+    used by ``train_optimizee`` and by meta-training's inner loop (``meta_train.unroll``), so
+    that seed s starts from the same weights in both."""
+    return task.make_model(model_seed(seed), device)
+
+
 def data_seed(seed: int) -> int:
     return derive_seed(seed, "optimizee-data")
 
@@ -87,7 +94,7 @@ def train_optimizee(
     if steps <= 0:
         raise ValueError(f"steps must be positive, got {steps}")
     data = data if data is not None else task.load_data(device)
-    model = task.make_model(model_seed(seed), device)
+    model = make_optimizee(task, seed, device)
     model.train()
     optimizer = make_optimizer(list(model.parameters()))
     sampler = data.sampler(task.batch_size, data_seed(seed))

@@ -1,15 +1,14 @@
 """Crash-safe checkpoints that continue a run exactly, and loading that never runs code.
 
-A checkpoint is written to a temporary file in the same folder, flushed and fsynced, then renamed
-over the old one with ``os.replace`` (atomic on POSIX) and the folder fsynced: a kill at any moment
-leaves either the previous checkpoint or the new one, never a torn file. Every load goes through
+A checkpoint is written by ``l2o.io.atomic_write`` (a temporary in the same folder, fsynced, then
+renamed over the old one): a kill at any moment leaves either the previous checkpoint or the new
+one, never a torn file. Every load goes through
 ``torch.load(weights_only=True)``, whose unpickler builds only tensors and plain containers: a
 file that would import a callable (the way pickle runs code) is refused before anything runs.
 """
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import zipfile
@@ -18,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from l2o.io import atomic_write, stale_temporaries
 
 FORMAT = "l2o-meta-train-checkpoint"
 VERSION = 1
@@ -37,39 +38,19 @@ class UnsafeCheckpointError(CheckpointError):
 # Writing
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to ``path`` so that a crash mid-write never damages the existing file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+    return atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+_LEGACY_TEMPORARY_GLOB = ".*.tmp-*"  # this module's own temporaries before ``l2o.io``
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     """Delete temporary files left by a write that was killed (they are never read)."""
-    removed = []
-    for pattern in (".*.tmp-*", ".*.pt.*.tmp"):  # ours, and save_learned_optimizer's (best.pt)
-        for tmp in sorted(Path(folder).glob(pattern)):
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
+    removed = sorted({*stale_temporaries(folder), *Path(folder).glob(_LEGACY_TEMPORARY_GLOB)})
+    for tmp in removed:
+        tmp.unlink(missing_ok=True)
     return removed
 
 
@@ -174,32 +155,6 @@ def config_mismatches(
 
 def _normalize(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
-
-
-def load_module_state(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    """``load_state_dict`` whose error names the missing, unexpected and mis-shaped tensors."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(state))
-        if isinstance(state[k], torch.Tensor) and state[k].shape != own[k].shape
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing {missing[:6]}")
-        if unexpected:
-            parts.append(f"unexpected {unexpected[:6]}")
-        if shapes:
-            parts.append("shape mismatch " + "; ".join(shapes[:6]))
-        raise CheckpointError(
-            f"{what} does not fit this {type(module).__name__}: "
-            + ", ".join(parts)
-            + ". Was it written for another architecture (optimizer.name / optimizer.kwargs)?"
-        )
-    module.load_state_dict(state)
 
 
 # --------------------------------------------------------------------------------------------

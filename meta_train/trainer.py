@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 import l2o.optimizers as lo
 from l2o.data import DatasetNotFoundError
+from l2o.optimizers import checkpoint_io
 from l2o.seeding import derive_seed
 from l2o.tasks import Task, get_task
 from l2o.training import data_seed, train_optimizee
@@ -217,11 +218,7 @@ class Trainer:
             "format": ckpt.FORMAT,
             "version": ckpt.VERSION,
             "config": self.cfg.to_dict(),
-            "lopt": {
-                "arch": self.cfg.optimizer.name,
-                "config": self.lopt.config(),
-                "state_dict": self.lopt.state_dict(),
-            },
+            "lopt": checkpoint_io.to_payload(self.lopt),
             "meta_optimizer": self.meta_opt.state_dict(),
             "estimator": self.estimator.state_dict(),
             "rng": ckpt.rng_state(),
@@ -247,13 +244,7 @@ class Trainer:
                 "the checkpoint was written by a differently configured run; these settings "
                 "differ: " + "; ".join(mismatches)
             )
-        saved = payload["lopt"]
-        if saved.get("arch") != self.cfg.optimizer.name:
-            raise ckpt.CheckpointError(
-                f"checkpoint holds a {saved.get('arch')!r} learned optimizer, the config asks "
-                f"for {self.cfg.optimizer.name!r}"
-            )
-        ckpt.load_module_state(self.lopt, saved["state_dict"], "the checkpoint's learned optimizer")
+        self._restore_lopt(payload["lopt"])
         self.meta_opt.load_state_dict(payload["meta_optimizer"])
         self.estimator.load_state_dict(payload.get("estimator", {}))
         m = self.cfg.meta_optimizer  # settings that may change on resume (e.g. a lower lr)
@@ -270,6 +261,23 @@ class Trainer:
             for sampler, state in zip(self.samplers, payload["samplers"], strict=True):
                 sampler.load_state_dict(state)
         return int(payload["metrics_bytes"]), payload.get("wandb_id")
+
+    def _restore_lopt(self, saved: dict) -> None:
+        """The checkpoint's learned-optimizer weights into ``self.lopt`` (which the meta-optimizer
+        holds), checked by ``checkpoint_io.from_payload``: architecture, config and shapes."""
+        if "format" not in saved:  # written before the payload came from checkpoint_io
+            saved = {"format": checkpoint_io.FORMAT, "version": 1, "metadata": {}, **saved}
+        source = "the checkpoint's learned optimizer"
+        try:
+            restored, _ = checkpoint_io.from_payload(saved, self.cfg.optimizer.name, source)
+        except ValueError as exc:
+            raise ckpt.CheckpointError(str(exc)) from None
+        if restored.config() != self.lopt.config():
+            raise ckpt.CheckpointError(
+                f"{source} has config {restored.config()}, the run's optimizer "
+                f"{self.lopt.config()} (optimizer.kwargs)"
+            )
+        self.lopt.load_state_dict(restored.state_dict())
 
     # -- the loop -------------------------------------------------------------------------------
     def _make_samplers(self, epoch: int, run: int) -> list:

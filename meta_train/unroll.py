@@ -30,6 +30,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from l2o.optimizers.base import LearnedOptimizerNet, ParamSpec, State
+from l2o.training import make_optimizee
 from meta_train.config_engine import require, require_non_negative, require_positive
 from meta_train.meta_losses import META_LOSSES, meta_loss
 
@@ -229,7 +230,7 @@ class FunctionalOptimizee:
     def init_params(self, seeds: Sequence[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         params, buffers = [], []
         for seed in seeds:
-            model = self.task.make_model(int(seed), self.device)
+            model = make_optimizee(self.task, int(seed), self.device)
             params.append(self.spec.flatten(dict(model.named_parameters())).detach())
             buffers.append({k: v.detach().clone() for k, v in model.named_buffers()})
         stacked = {k: torch.stack([b[k] for b in buffers]) for k in self.buffer_names}
@@ -249,7 +250,8 @@ def functional_optimizee(task, device: torch.device | str) -> FunctionalOptimize
 def init_inner_state(
     task, lopt: LearnedOptimizerNet, seeds: Sequence[int], device: torch.device | str
 ) -> InnerState:
-    """Fresh optimizees ``task.make_model(seed)``, one per seed, and the optimizer state."""
+    """Fresh optimizees ``l2o.training.make_optimizee(task, seed)``, one per seed (the weights
+    ``train_optimizee(seed=seed)`` starts from), and the optimizer state."""
     seeds = tuple(int(s) for s in seeds)
     if not seeds:
         raise ValueError("init_inner_state needs at least one seed")

@@ -1,8 +1,8 @@
 """Saving and loading a learned optimizer: architecture name + constructor kwargs + weights +
 metadata, in one ``torch.save`` file that loads with ``weights_only=True``.
 
-Files are written atomically (a temporary file in the same folder, then ``os.replace``), so an
-interrupted save never leaves a truncated checkpoint behind.
+Files are written atomically (``l2o.io.atomic_write``), so an interrupted save never leaves a
+truncated checkpoint behind.
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from l2o.io import atomic_write
 from l2o.optimizers.base import LearnedOptimizerNet, available_architectures, create
 
 FORMAT = "l2o.learned_optimizer"
@@ -98,20 +98,8 @@ def save_learned_optimizer(
     path: str | os.PathLike, lopt: LearnedOptimizerNet, metadata: Mapping[str, Any] | None = None
 ) -> Path:
     """Write ``lopt`` (and JSON-like ``metadata``) to ``path`` atomically; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = to_payload(lopt, metadata)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda fh: torch.save(payload, fh))
 
 
 def load_learned_optimizer(

@@ -7,6 +7,7 @@ import torch
 
 from l2o.optimizers import create
 from l2o.tasks import get_task
+from l2o.training import make_optimizee, model_seed, train_optimizee
 from meta_train.estimators import meta_step_gradient
 from meta_train.meta_losses import meta_loss, meta_loss_weights
 from meta_train.unroll import InnerState, UnrollConfig, init_inner_state
@@ -59,12 +60,28 @@ def test_init_inner_state(task):
     inner = init_inner_state(task, lopt, [0, 1, 2], "cpu")
     assert inner.params.shape == (3, 784 * 20 + 20 + 20 * 10 + 10)
     assert inner.step == 0 and inner.seeds == (0, 1, 2)
-    ref = task.make_model(1)
+    ref = make_optimizee(task, 1)  # the one seed convention, shared with train_optimizee
     torch.testing.assert_close(inner.named_params(1)["fc1.weight"], ref.fc1.weight.detach())
     assert inner.opt_state["h"].shape == (2, 3, inner.params.shape[1], 20)
     assert not torch.equal(inner.params[0], inner.params[1])
     with pytest.raises(ValueError, match="seed"):
         init_inner_state(task, lopt, [], "cpu")
+
+
+def test_meta_training_and_train_optimizee_start_seed_s_from_the_same_weights(task, data):
+    """Pinned: optimizee seed s is ``task.make_model(model_seed(s))`` in meta-training and in
+    ``train_optimizee`` (seen through its callback; lr 0 keeps the initial weights)."""
+    seen = {}
+
+    def capture(step, model, optimizer, loss, x, y):
+        seen["fc1.weight"] = model.fc1.weight.detach().clone()
+
+    sgd0 = lambda params: torch.optim.SGD(params, lr=0.0)
+    train_optimizee(task, sgd0, 1, seed=7, data=data, callback=capture, evaluate_test=False)
+    inner = init_inner_state(task, create("mlp"), [7], "cpu")
+    want = task.make_model(model_seed(7)).fc1.weight.detach()
+    torch.testing.assert_close(seen["fc1.weight"], want, rtol=0, atol=0)
+    torch.testing.assert_close(inner.named_params(0)["fc1.weight"], want, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("arch", ["lstm", "mlp"])
