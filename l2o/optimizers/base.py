@@ -14,7 +14,7 @@ Every network is split into two parts, so that meta-training can choose how to d
 ``step`` is ``observe`` followed by ``core`` on a length-1 sequence. In first-order
 meta-training the optimizer's inputs are constants, so the unroll can run ``step`` without a
 graph, keep the features, and later *replay* ``core`` over the whole truncation in one
-differentiable call (see ``meta_train.meta_grad``).
+differentiable call (see ``meta_train.estimators.truncated_bptt``).
 """
 
 from __future__ import annotations
@@ -112,10 +112,6 @@ def segment_mean(x: torch.Tensor, segment_ids: torch.Tensor, counts: torch.Tenso
     sums = sums.index_add(coord_dim, segment_ids, x)
     means = sums / counts.to(x.dtype).unsqueeze(-1)
     return means.index_select(coord_dim, segment_ids)
-
-
-def state_detach(state: Mapping[str, torch.Tensor]) -> State:
-    return {k: v.detach() for k, v in state.items()}
 
 
 class LearnedOptimizerNet(nn.Module, abc.ABC):

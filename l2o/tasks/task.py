@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from l2o.data import DATASET_SHAPES, Dataset, available_datasets, load_dataset
 
@@ -73,15 +72,6 @@ class Task:
             model = self.model_factory(self.input_shape, self.num_classes)
         return model.to(device)
 
-    def init_params(
-        self, seed: int = 0, device: torch.device | str = "cpu"
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Detached ``(params, buffers)`` dicts of a fresh model, for functional training."""
-        model = self.make_model(seed, device)
-        params = {k: v.detach().clone() for k, v in model.named_parameters()}
-        buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
-        return params, buffers
-
     def load_data(
         self, device: torch.device | str = "cpu", root=None, download: bool = False
     ) -> Dataset:
@@ -90,15 +80,3 @@ class Task:
     @staticmethod
     def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, targets)
-
-    def functional_loss(
-        self,
-        model: nn.Module,
-        params: dict[str, torch.Tensor],
-        buffers: dict[str, torch.Tensor],
-        x: torch.Tensor,
-        y: torch.Tensor,
-    ) -> torch.Tensor:
-        """The loss of ``model`` run with the given parameters and buffers (``torch.func``)."""
-        logits = functional_call(model, (params, buffers), (x,))
-        return self.loss(logits, y)

@@ -16,7 +16,7 @@ import torch
 from l2o.optimizers import create
 from l2o.tasks.models import MLP
 from meta_train.estimators import meta_step_gradient
-from meta_train.meta_losses import META_LOSSES
+from meta_train.meta_losses import META_LOSSES, meta_loss
 from meta_train.reference import reference_meta_gradient
 from meta_train.unroll import UnrollConfig, init_inner_state
 
@@ -238,3 +238,45 @@ def test_gradients_accumulate_and_average_over_the_meta_batch():
     two, _, _ = ours(lopt, task, [1], [batches[1]], cfg)
     for n in both:
         torch.testing.assert_close(both[n], (one[n] + two[n]) / 2, rtol=1e-5, atol=1e-8)
+
+
+def higher_meta_grad(lopt, task, seeds, batches, steps, kind):
+    """An oracle independent of ``torch.func`` and ``ParamSpec``: ``higher``'s functional model,
+    parameters as plain lists, the second-order unroll written out, one backward."""
+    higher = pytest.importorskip("higher")
+    lopt.zero_grad(set_to_none=True)
+    fmodel = higher.monkeypatch(task.make_model(0), copy_initial_weights=True)
+    inner = init_inner_state(task, lopt, seeds, "cpu")
+    shapes = [p.shape for p in fmodel.parameters()]
+    sizes = [s.numel() for s in shapes]
+    thetas = [list(torch.split(inner.params[b].clone(), sizes)) for b in range(len(seeds))]
+    thetas = [[t.reshape(s).requires_grad_(True) for t, s in zip(th, shapes)] for th in thetas]
+    state, losses = dict(inner.opt_state), []
+    for k in range(steps):
+        step_losses, grads, flats = [], [], []
+        for b, theta in enumerate(thetas):
+            x, y = batches[b][k]
+            loss = task.loss(fmodel(x, params=theta), y)
+            g = torch.autograd.grad(loss, theta, create_graph=True)
+            step_losses.append(loss)
+            grads.append(torch.cat([gi.reshape(-1) for gi in g]))
+            flats.append(torch.cat([t.reshape(-1) for t in theta]))
+        upd, state = lopt.step(torch.stack(grads), torch.stack(flats), state)
+        thetas = [
+            [t + u.reshape(t.shape) for t, u in zip(theta, torch.split(upd[b], sizes))]
+            for b, theta in enumerate(thetas)
+        ]
+        losses.append(torch.stack(step_losses))
+    meta_loss(torch.stack(losses, dim=1), kind).mean().backward()
+    return {n: p.grad.clone() for n, p in lopt.named_parameters()}
+
+
+@pytest.mark.parametrize("arch", ["lstm_extras", "mlp"])
+def test_second_order_matches_the_higher_oracle(arch):
+    """``higher`` (a dev dependency) as a second, independent oracle for second order."""
+    task, seeds, steps = TinyTask(), [3, 4], 4
+    lopt = lopt_for(arch)
+    want = higher_meta_grad(lopt, task, seeds, make_batches(steps, 2, seed=5), steps, "log_sum")
+    cfg = UnrollConfig(steps, "log_sum", "second")
+    got, _, _ = ours(lopt, task, seeds, make_batches(steps, 2, seed=5), cfg)
+    assert_grads_close(got, want)

@@ -51,7 +51,7 @@ def _measured_deviation(lopt, task, data, steps=10, seed=777):
         params = spec.unflatten(theta)
         with torch.enable_grad():
             p = {n: v.clone().requires_grad_(True) for n, v in params.items()}
-            loss = task.functional_loss(model, p, {}, x, y)
+            loss = task.loss(torch.func.functional_call(model, p, (x,)), y)
             g = torch.autograd.grad(loss, list(p.values()))
         grads = spec.flatten(dict(zip(p, g)))
         updates, state = lopt.step(grads, theta, state)
