@@ -221,3 +221,39 @@ def test_weights_of_another_shape_name_the_tensors(tmp_path):
         match=r"shape mismatch .*lstm\.weight_hh_l0: \(16, 4\) vs \(32, 8\)",
     ):
         Trainer(_tiny(), tmp_path, resume=payload)
+
+
+def test_the_estimators_state_travels_in_last_pt(tmp_path, monkeypatch):
+    """A stateful estimator (as PES will be) is saved in ``last.pt`` and restored on resume."""
+    import meta_train.estimators as estimators
+    from meta_train.estimators.truncated_bptt import FirstOrder
+
+    monkeypatch.setattr(estimators, "_ESTIMATORS", dict(estimators._ESTIMATORS))  # undone after
+
+    class Counting(FirstOrder):
+        name = "counting_test"
+
+        def __init__(self, cfg, **kwargs):
+            super().__init__(cfg, **kwargs)
+            self.calls = torch.zeros((), dtype=torch.long)
+
+        def estimate(self, *args, **kwargs):
+            self.calls += 1
+            return super().estimate(*args, **kwargs)
+
+        def state_dict(self):
+            return {"calls": self.calls.clone()}
+
+        def load_state_dict(self, state):
+            self.calls = state["calls"].clone()
+
+    estimators.register_estimator("counting_test", Counting)
+    trainer = Trainer(_tiny("unroll.estimator=counting_test"), tmp_path)
+    trainer.train()
+    trainer.close()
+    payload = ckpt.load_run_checkpoint(tmp_path / "last.pt")
+    steps = payload["position"]["global_step"]
+    assert steps > 0 and int(payload["estimator"]["calls"]) == steps
+    resumed = Trainer(_tiny("unroll.estimator=counting_test"), tmp_path, resume=payload)
+    assert int(resumed.estimator.calls) == steps
+    resumed.close()
