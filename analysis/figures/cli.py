@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         "'none' leaves it out",
     )
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--seeds", type=int, default=None, help="override the mode's seed count")
+    parser.add_argument(
+        "--seeds", type=int, default=None, help="evaluation seeds per optimizer (fig9 runs one)"
+    )
     parser.add_argument(
         "--paper-lrs",
         action="store_true",

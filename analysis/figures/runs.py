@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -37,6 +37,7 @@ class Context:
     lopt: str | None = None
     lopt_file: Path | None = None
     device: str = "cpu"
+    lr_cache: LrCache = field(init=False)
 
     def __post_init__(self) -> None:
         self.lr_cache = LrCache(self.out / "lr_cache.json")

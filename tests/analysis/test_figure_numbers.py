@@ -117,3 +117,15 @@ def test_fig9_summary_tracks_the_l2o_median_against_adam(figures):
     assert "|log10(L2O/Adam)| 3.00 → 1.00; approaches Adam: True" in summary["verdict"]
     rows = fig9.histogram_rows("L2O", hists["L2O"], edges)
     assert len(rows) == 2 * 60 and sum(r["fraction"] for r in rows if r["step"] == 0) == 1.0
+
+
+def test_every_figure_has_each_size_and_the_paper_sizes_tune_as_the_paper(figures):
+    from l2o.training import PAPER_LR_GRID
+
+    for name in ("fig4", "fig5", "fig7", "fig8", "fig9"):
+        settings = figures[name].SETTINGS
+        assert set(settings) == {"tiny", "quick", "full"}, name
+        for size in ("quick", "full"):
+            tuning = getattr(settings[size], "tuning", None)
+            if tuning is not None:  # fig5 tunes nothing: it meta-trains
+                assert (tuning.lr_grid, tuning.steps) == (PAPER_LR_GRID, 50), (name, size)

@@ -140,7 +140,16 @@ def test_bad_lopt_fails_before_any_baseline_work(tmp_path, monkeypatch, capsys, 
 def test_command_lines_report_a_missing_lopt_with_exit_code_2(tmp_path, launcher):
     """Both documented ways to run the figures reach the same command line."""
     proc = subprocess.run(
-        [sys.executable, *launcher, "all", "--tiny", "--out", str(tmp_path), "--lopt", "missing.pt"],
+        [
+            sys.executable,
+            *launcher,
+            "all",
+            "--tiny",
+            "--out",
+            str(tmp_path),
+            "--lopt",
+            "missing.pt",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
