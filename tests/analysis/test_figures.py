@@ -1,4 +1,5 @@
-"""Each figure command runs end to end in its tiny mode and writes PNG + CSV + summary."""
+"""Each figure command runs end to end in its tiny mode and writes PNG + CSV + summary; bad
+input fails at once with one line and exit code 2."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from analysis import figures
+from analysis.figures import fig5, tuning
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -105,8 +107,8 @@ def test_fig5_tiny_runs_meta_training_through_the_cli(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = _check_outputs(tmp_path, "fig5", {"reg_mul", "step", "loss", "relative_deviation"})
-    assert {float(r["reg_mul"]) for r in rows} == set(figures.MODES["tiny"].fig5_reg_muls)
-    for reg_mul in figures.MODES["tiny"].fig5_reg_muls:
+    assert {float(r["reg_mul"]) for r in rows} == set(fig5.SETTINGS["tiny"].reg_muls)
+    for reg_mul in fig5.SETTINGS["tiny"].reg_muls:
         assert (tmp_path / f"fig5_runs/reg_mul={reg_mul:g}/best.pt").exists()
 
 
@@ -115,3 +117,44 @@ def test_cli_errors(tmp_path):
         figures.main(["fig6", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
         figures.main(["fig4", "--quick", "--tiny"])
+
+
+@pytest.mark.parametrize("content", [None, b"not a checkpoint"])
+def test_bad_lopt_fails_before_any_baseline_work(tmp_path, monkeypatch, capsys, content):
+    def no_tuning(*args, **kwargs):
+        raise AssertionError("a baseline was tuned before --lopt was checked")
+
+    monkeypatch.setattr(tuning, "grid_search_lr", no_tuning)
+    lopt = tmp_path / "missing.pt"
+    if content is not None:
+        lopt.write_bytes(content)
+    out = tmp_path / "out"
+    assert figures.main(["fig4", "--tiny", "--out", str(out), "--lopt", str(lopt)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --lopt {lopt}") and err.count("\n") == 1, err
+    assert ("no such checkpoint file" if content is None else "not a loadable") in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("launcher", [["analysis/figures.py"], ["-m", "analysis.figures"]])
+def test_command_lines_report_a_missing_lopt_with_exit_code_2(tmp_path, launcher):
+    """Both documented ways to run the figures reach the same command line."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            *launcher,
+            "all",
+            "--tiny",
+            "--out",
+            str(tmp_path),
+            "--lopt",
+            "missing.pt",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("error: --lopt missing.pt: no such checkpoint")
+    assert not any(tmp_path.iterdir())

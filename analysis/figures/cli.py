@@ -1,0 +1,96 @@
+"""The figures' command line: ``python analysis/figures.py figN|all [--quick|--tiny] …``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from analysis.figures import fig4, fig5, fig7, fig8, fig9, plots
+from analysis.figures.output import write_csv, write_summary
+from analysis.figures.runs import Context, resolve_lopt
+
+#: Each figure's module (settings per size, ``compute``) and its plot.
+FIGURES = {
+    "fig4": (fig4, plots.fig4),
+    "fig5": (fig5, plots.fig5),
+    "fig7": (fig7, plots.fig7),
+    "fig8": (fig8, plots.fig8),
+    "fig9": (fig9, plots.fig9),
+}
+DEFAULT_LOPT = "lstm-mnist"
+
+
+def run_figure(ctx: Context, fig: str, settings) -> dict:
+    """Compute figure ``fig``, write its CSV, PNG and summary; returns the summary."""
+    module, plot = FIGURES[fig]
+    data = module.compute(ctx, settings)
+    write_csv(ctx.path(f"{fig}.csv"), data.rows)
+    plot(data, ctx.path(f"{fig}.png"))
+    lopt = ctx.lopt if module.USES_LOPT else None
+    path = write_summary(ctx.path(f"{fig}_summary.json"), fig, ctx.size, lopt, data.summary)
+    return json.loads(path.read_text())
+
+
+def settings_for(fig: str, size: str, seeds: int | None, paper_lrs: bool):
+    """The figure's settings of this size, with the command line's overrides."""
+    settings = FIGURES[fig][0].SETTINGS[size]
+    changes = {}
+    if seeds is not None and hasattr(settings, "seeds"):
+        changes["seeds"] = seeds
+    if paper_lrs and hasattr(settings, "paper_lrs"):
+        changes["paper_lrs"] = True
+    return dataclasses.replace(settings, **changes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python analysis/figures.py",
+        description="Reproduce the paper's figures (PNG + CSV + summary JSON per figure).",
+    )
+    parser.add_argument("figure", choices=[*FIGURES, "all"])
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="minutes on 2 CPU cores")
+    size.add_argument("--tiny", action="store_true", help="seconds: a smoke test of the pipeline")
+    parser.add_argument("--out", default="out/figures", help="output folder (default out/figures)")
+    parser.add_argument(
+        "--lopt",
+        default=DEFAULT_LOPT,
+        help=f"learned optimizer: pretrained name or checkpoint path (default {DEFAULT_LOPT}); "
+        "'none' leaves it out",
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--seeds", type=int, default=None, help="evaluation seeds per optimizer (fig9 runs one)"
+    )
+    parser.add_argument(
+        "--paper-lrs",
+        action="store_true",
+        help="fig7: the paper's fixed learning rates (SGD 0.5, Lion 0.005) instead of tuned ones",
+    )
+    args = parser.parse_args(argv)
+    if args.seeds is not None and args.seeds < 1:
+        parser.error("--seeds must be ≥ 1")
+    size = "quick" if args.quick else "tiny" if args.tiny else "full"
+    figures = tuple(FIGURES) if args.figure == "all" else (args.figure,)
+    lopt = None if args.lopt.lower() == "none" else args.lopt
+    lopt_file = None
+    if lopt is not None and any(FIGURES[f][0].USES_LOPT for f in figures):
+        try:  # before any baseline is tuned: a typo must not cost minutes
+            lopt_file = resolve_lopt(lopt)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    ctx = Context(size, Path(args.out), lopt, lopt_file, args.device)
+    for fig in figures:
+        start = time.perf_counter()
+        summary = run_figure(ctx, fig, settings_for(fig, size, args.seeds, args.paper_lrs))
+        print(f"{fig}: {time.perf_counter() - start:.0f} s → {ctx.out}/{fig}.png, {fig}.csv")
+        verdict = summary.get("verdict")
+        for line in verdict if isinstance(verdict, list) else [verdict]:
+            if line:
+                print(f"  {line}")
+    return 0

@@ -1,0 +1,170 @@
+"""Figure 4: symmetry breaking along meta-test trajectories, per optimizer.
+
+Deviations of −Δθ from the rescale / scale / translation constraints at every step, for the L2O,
+SGD, Adam, Lion (and, beyond ``--tiny``, every other registered baseline) at tuned learning rates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import baselines
+from analysis.figures.runs import (
+    Context,
+    eval_seeds,
+    optimizers_for,
+    symmetry_run,
+    task_for,
+)
+from analysis.figures.stats import mean_std, smooth, window_mean
+from analysis.figures.tuning import TUNING, Tuning
+from analysis.recording import Recording
+from analysis.symmetry_traces import by_kind
+
+USES_LOPT = True
+BASE = ("sgd", "adam", "lion")
+# lion_sgd is figure 7's subject; adamw equals adam without weight decay
+SKIP = ("lion_sgd", "adamw")
+
+#: ``(task, kind, optimizer)`` → one ``(update magnitude, update relative, gradient magnitude,
+#: loss)`` tuple of per-step curves per seed.
+Curves = dict[tuple[str, str, str], list[tuple[torch.Tensor, ...]]]
+
+
+@dataclass(frozen=True)
+class Fig4Settings:
+    tasks: tuple[str, ...]
+    extra_baselines: bool  # also every other registered baseline
+    steps: int
+    seeds: int
+    dataset: str | None  # None: the task's own dataset (full MNIST when present)
+    tuning: Tuning
+
+
+SETTINGS = {
+    "tiny": Fig4Settings(
+        tasks=("mnist_mlp_relu_bn",),
+        extra_baselines=False,
+        steps=12,
+        seeds=1,
+        dataset="mnist5k",
+        tuning=TUNING["tiny"],
+    ),
+    "quick": Fig4Settings(
+        tasks=("mnist_mlp_relu", "mnist_mlp_relu_bn"),
+        extra_baselines=True,
+        steps=200,
+        seeds=3,
+        dataset="mnist5k",
+        tuning=TUNING["quick"],
+    ),
+    "full": Fig4Settings(
+        tasks=("mnist_mlp_relu", "mnist_mlp_relu_bn", "mnist_mlp_relu_2layer", "mnist_conv"),
+        extra_baselines=True,
+        steps=500,
+        seeds=5,
+        dataset=None,
+        tuning=TUNING["full"],
+    ),
+}
+
+
+@dataclass
+class Fig4Data:
+    rows: list[dict]
+    curves: Curves
+    summary: dict
+
+
+def compute(ctx: Context, s: Fig4Settings) -> Fig4Data:
+    extra = []
+    if s.extra_baselines:
+        extra = [b for b in baselines.available() if b not in BASE and b not in SKIP]
+    rows: list[dict] = []
+    curves: Curves = {}
+    for task_name in s.tasks:
+        task = task_for(task_name, s.dataset)
+        for name, factory in optimizers_for(ctx, task, s.tuning, BASE, extra).items():
+            for seed in eval_seeds(s.seeds):
+                rec, _ = symmetry_run(ctx, "fig4", task, name, factory, seed, s.steps)
+                rows += add_run(curves, task_name, name, seed, rec)
+    return Fig4Data(rows, curves, summarize(curves, s.steps))
+
+
+def add_run(curves: Curves, task_name: str, name: str, seed: int, rec: Recording) -> list[dict]:
+    """Add one recorded run's curves per kind to ``curves``; returns its CSV rows."""
+    sym = rec.streams["symmetry"]
+    kinds = rec.meta["structures"]["kinds"]
+    mags = by_kind(sym["table"], kinds, "magnitude")
+    rels = by_kind(sym["table"], kinds, "relative")
+    loss = sym["loss"]
+    rows = []
+    for kind in mags:
+        curves.setdefault((task_name, kind, name), []).append(
+            (mags[kind][:, 0], rels[kind][:, 0], mags[kind][:, 1], loss)
+        )
+        for t in range(loss.shape[0]):
+            rows.append(
+                {
+                    "task": task_name,
+                    "optimizer": name,
+                    "seed": seed,
+                    "step": t,
+                    "kind": kind,
+                    "update_magnitude": float(mags[kind][t, 0]),
+                    "update_relative": float(rels[kind][t, 0]),
+                    "gradient_magnitude": float(mags[kind][t, 1]),
+                    "gradient_relative": float(rels[kind][t, 1]),
+                    "loss": float(loss[t]),
+                }
+            )
+    return rows
+
+
+def summarize(curves: Curves, steps: int) -> dict:
+    """Per curve: mean deviations, early vs later, loss, and their correlation; a verdict line
+    per (task, kind) comparing L2O and Lion with Adam."""
+    early = max(1, steps // 10)
+    table = {}
+    for (task_name, kind, name), runs in curves.items():
+        mag, _ = mean_std([r[0] for r in runs])
+        rel, _ = mean_std([r[1] for r in runs])
+        loss, _ = mean_std([r[3] for r in runs])
+        entry = {
+            "mean_magnitude": float(mag.mean()),
+            "mean_relative": float(rel.mean()),
+            "relative_first_10pct": window_mean(rel, 0, early),
+            "relative_rest": window_mean(rel, early, steps),
+            "loss_first_10pct": window_mean(loss, 0, early),
+            "final_loss": float(loss[-10:].mean()),
+        }
+        if mag.shape[0] > 100:
+            entry["magnitude_at_step_100"] = float(mag[100])
+        # does the deviation come with the fast loss decrease? correlation of the per-step
+        # deviation with the per-step loss drop (both smoothed over 5 steps)
+        drop = -(loss[1:] - loss[:-1])
+        if drop.numel() > 10:
+            d, r = smooth(drop), smooth(mag[:-1])
+            entry["corr_deviation_vs_loss_drop"] = float(torch.corrcoef(torch.stack([d, r]))[0, 1])
+        table[f"{task_name}/{kind}/{name}"] = entry
+    verdict = []
+    for task_name, kind in sorted({(t, k) for t, k, _ in curves}):
+        entries = {
+            n: table[f"{task_name}/{kind}/{n}"] for t, k, n in curves if (t, k) == (task_name, kind)
+        }
+        adam = entries.get("Adam")
+        parts = []
+        for n in ("L2O", "Lion"):
+            if n in entries and adam is not None:
+                ratio = entries[n]["mean_magnitude"] / max(adam["mean_magnitude"], 1e-30)
+                parts.append(
+                    f"{n}/Adam magnitude ×{ratio:.3g}, relative "
+                    f"{entries[n]['mean_relative']:.3g} vs {adam['mean_relative']:.3g}"
+                )
+        sgd = entries.get("SGD")
+        if sgd is not None:
+            parts.append(f"SGD relative {sgd['mean_relative']:.1e}")
+        verdict.append(f"{task_name}/{kind}: " + "; ".join(parts))
+    return {"per_curve": table, "verdict": verdict}

@@ -1,0 +1,178 @@
+"""Figure 5: L2Os meta-trained with the symmetry regularizer at several strengths, meta-tested.
+
+Meta-training goes through the ``meta_train/run.py`` command line (analysis never imports
+``meta_train``); each run's ``best.pt`` is then recorded on the task it was trained on.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from analysis.figures.runs import Context, eval_seeds, lopt_factory, symmetry_run, task_for
+from analysis.figures.stats import mean_std
+from analysis.symmetry_traces import by_kind
+
+USES_LOPT = False  # it trains its own
+
+#: ``reg_mul`` → one ``(loss, mean relative deviation, summed magnitude)`` per seed.
+Curves = dict[float, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]
+
+
+@dataclass(frozen=True)
+class Fig5Settings:
+    reg_muls: tuple[float, ...]  # the first is the unregularized reference
+    overrides: tuple[str, ...]  # meta_train/run.py arguments
+    steps: int  # meta-test steps
+    seeds: int
+    dataset: str | None
+
+
+SETTINGS = {
+    "tiny": Fig5Settings(
+        reg_muls=(0.0, 1.0),
+        overrides=("--config=tiny", "task.name=mnist_mlp_relu_bn"),
+        steps=12,
+        seeds=1,
+        dataset="mnist5k",
+    ),
+    "quick": Fig5Settings(
+        reg_muls=(0.0, 1e-3, 1.0),
+        overrides=(
+            "--config=relu_bn",
+            "task.dataset=mnist5k",
+            "schedule.epochs=1",
+            "schedule.runs_per_epoch=8",
+            "schedule.horizon=100",
+            "unroll.length=20",
+            "validation.steps=100",
+            "validation.seeds=1",
+        ),
+        steps=200,
+        seeds=3,
+        dataset="mnist5k",
+    ),
+    "full": Fig5Settings(
+        reg_muls=(0.0, 1e-3, 1.0),
+        overrides=("--config=relu_bn",),
+        steps=500,
+        seeds=5,
+        dataset=None,
+    ),
+}
+
+
+@dataclass
+class Fig5Data:
+    rows: list[dict]
+    curves: Curves
+    summary: dict
+
+
+def compute(ctx: Context, s: Fig5Settings) -> Fig5Data:
+    rows: list[dict] = []
+    curves: Curves = {}
+    task = None
+    for reg_mul in s.reg_muls:
+        best = meta_train_with_regularization(ctx, s, reg_mul)
+        task = task_for(run_task(best.parent), s.dataset)
+        for seed in eval_seeds(s.seeds):
+            rec, result = symmetry_run(
+                ctx, "fig5", task, f"reg{reg_mul:g}", lopt_factory(best), seed, s.steps
+            )
+            sym = rec.streams["symmetry"]
+            kinds = rec.meta["structures"]["kinds"]
+            rel = by_kind(sym["table"], kinds, "relative")
+            total_rel = torch.stack([v[:, 0] for v in rel.values()]).mean(0)
+            # what the regularizer penalizes: the paper's summed deviation over all structures
+            total_mag = sum(v[:, 0] for v in by_kind(sym["table"], kinds, "magnitude").values())
+            curves.setdefault(reg_mul, []).append((sym["loss"], total_rel, total_mag))
+            for t in range(sym["loss"].shape[0]):
+                rows.append(
+                    {
+                        "reg_mul": reg_mul,
+                        "seed": seed,
+                        "step": t,
+                        "loss": float(sym["loss"][t]),
+                        "relative_deviation": float(total_rel[t]),
+                        "magnitude_deviation": float(total_mag[t]),
+                        "test_loss": result.test_loss,
+                    }
+                )
+    return Fig5Data(rows, curves, summarize(curves, s.reg_muls, task.name if task else "?"))
+
+
+def summarize(curves: Curves, reg_muls: tuple[float, ...], task_name: str) -> dict:
+    """Loss and deviations per ``reg_mul``; the verdict compares the first and the last."""
+    summary = {}
+    for reg_mul, runs in curves.items():
+        loss, _ = mean_std([r[0] for r in runs])
+        dev, _ = mean_std([r[1] for r in runs])
+        mag, _ = mean_std([r[2] for r in runs])
+        summary[f"{reg_mul:g}"] = {
+            "final_loss": float(loss[-10:].mean()),
+            "mean_loss": float(loss.mean()),
+            "mean_magnitude_deviation": float(mag.mean()),
+            "mean_relative_deviation": float(dev.mean()),
+        }
+    keys = [f"{r:g}" for r in reg_muls]
+    unreg, strongest = summary[keys[0]], summary[keys[-1]]
+    verdict = (
+        f"task {task_name}: final loss reg_mul=0 {unreg['final_loss']:.3g} vs "
+        f"reg_mul={keys[-1]} {strongest['final_loss']:.3g}; deviation "
+        f"magnitude {unreg['mean_magnitude_deviation']:.3g} → "
+        f"{strongest['mean_magnitude_deviation']:.3g}, relative "
+        f"{unreg['mean_relative_deviation']:.3g} → {strongest['mean_relative_deviation']:.3g}. "
+        f"Regularization hurts: {strongest['final_loss'] > unreg['final_loss']}"
+    )
+    return {"per_reg_mul": summary, "verdict": verdict}
+
+
+def run_py() -> list[str]:
+    """The meta-training command: the checkout's script, else the installed module."""
+    script = Path(__file__).resolve().parents[2] / "meta_train" / "run.py"
+    return (
+        [sys.executable, str(script)]
+        if script.exists()
+        else [sys.executable, "-m", "meta_train.run"]
+    )
+
+
+def meta_train_with_regularization(ctx: Context, s: Fig5Settings, reg_mul: float) -> Path:
+    """Meta-train through the CLI (reusing a finished run); returns its ``best.pt``."""
+    run_dir = ctx.out / f"fig5_runs/reg_mul={reg_mul:g}"
+    best = run_dir / "best.pt"
+    if best.exists():
+        return best
+    kind = "symmetry" if reg_mul > 0 else "none"
+    args = [
+        *run_py(),
+        *s.overrides,
+        f"--run-dir={run_dir}",
+        f"regularization.kind={kind}",
+        "meta_test.enabled=false",  # this figure meta-tests the result itself
+        "wandb.mode=disabled",
+        "logging.progress=false",
+    ]
+    if reg_mul > 0:
+        args.append(f"regularization.reg_mul={reg_mul}")
+    if s.dataset and not any(a.startswith("task.dataset=") for a in args):
+        args.append(f"task.dataset={s.dataset}")
+    log = ctx.path(f"fig5_runs/reg_mul={reg_mul:g}.log")
+    with open(log, "w") as f:
+        proc = subprocess.run(args, stdout=f, stderr=subprocess.STDOUT, check=False)
+    if proc.returncode != 0 or not best.exists():
+        tail = log.read_text()[-2000:]
+        raise RuntimeError(f"meta-training failed ({' '.join(args)}), log {log}:\n{tail}")
+    return best
+
+
+def run_task(run_dir: Path) -> str:
+    """The task a meta-training run used, from its ``config.yaml``."""
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    return cfg["task"]["name"]
