@@ -1,7 +1,9 @@
 // CPU kernels of the learned optimizers (float32): the elementwise parts of an LSTM cell over
 // many independent rows, forward and backward, each one pass over memory; and the MLP
-// optimizer's whole deployment step. Built on first use by l2o/optimizers/lstm_kernels.py
-// (torch.utils.cpp_extension); when no compiler is available the same math runs as PyTorch ops.
+// optimizer's whole deployment step. Built and loaded by l2o/optimizers/native.py (on first use,
+// or `python -m l2o.optimizers.native build`); without a compiler the same math runs as PyTorch
+// ops. Compiled WITHOUT -ffast-math: a NaN or infinity in the inputs reaches the outputs as it
+// does in PyTorch, so every clamp below is written to let a NaN through.
 //
 // Layout: pre-activations [M, 4H] in gate order i, f, g, o (as torch.nn.LSTM); states [M, H].
 #include <torch/extension.h>
@@ -16,11 +18,18 @@
 
 namespace {
 
+// Clamps x to [lo, hi] and keeps a NaN a NaN (std::fmin/fmax would return the bound).
+inline float clamp_keep_nan(float x, float lo, float hi) {
+  x = x < lo ? lo : x;
+  return x > hi ? hi : x;
+}
+
 // exp(x) for x in [-87, 88] (Cody-Waite reduction and Cephes' degree-6 polynomial, ~2 ulp):
 // plain arithmetic and a bit shift, so loops over it vectorize into a few FMAs per value
-// (libm's expf is several times slower here). Arguments are clamped, so no infinity arises.
+// (libm's expf is several times slower here). Arguments are clamped, so exp(±inf) is finite and
+// the sigmoid/tanh below saturate as PyTorch's do; a NaN argument gives NaN.
 inline float fast_exp(float x) {
-  x = std::fmin(std::fmax(x, -87.0f), 88.0f);
+  x = clamp_keep_nan(x, -87.0f, 88.0f);
   const float k = std::floor(x * 1.44269504088896341f + 0.5f);
   const float r = (x - k * 0.693359375f) + k * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -30,7 +39,8 @@ inline float fast_exp(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
+  const float kk = k == k ? k : 0.0f;  // NaN: p is NaN already; keep the int conversion defined
+  const int32_t bits = (static_cast<int32_t>(kk) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return p * scale;
@@ -490,7 +500,7 @@ void mlp_update_(at::Tensor& param, const at::Tensor& grad, const at::Tensor& m,
           }
           if (k + 1 < num_layers) {
 #pragma omp simd
-            for (int64_t l = 0; l < L; ++l) o[l] = std::fmax(o[l], floor);
+            for (int64_t l = 0; l < L; ++l) o[l] = o[l] < floor ? floor : o[l];  // ReLU(NaN) = NaN
           }
         }
         std::swap(in, out);
@@ -498,7 +508,7 @@ void mlp_update_(at::Tensor& param, const at::Tensor& grad, const at::Tensor& m,
       float upd[L];
 #pragma omp simd
       for (int64_t l = 0; l < L; ++l) {
-        const float mag = std::fmin(std::fmax(em * in[L + l], -80.0f), 80.0f);
+        const float mag = clamp_keep_nan(em * in[L + l], -80.0f, 80.0f);
         upd[l] = sm * in[l] * fast_exp(mag);
       }
       for (int64_t l = 0; l < cnt; ++l) P[c0 + l] += upd[l];

@@ -37,6 +37,16 @@ EXTRA_INPUTS: dict[str, int] = {
 }
 
 
+def ema_of_square(v: torch.Tensor, g: torch.Tensor, beta: float) -> torch.Tensor:
+    """``β v + (1 - β) g²`` that saturates at the dtype's largest value where a finite ``g``
+    overflows (``1e30²`` in float32), so the coordinate stays usable as in Adam; a NaN or
+    infinite ``g`` or ``v`` stays what it is. (Not ``lerp``: at ``β ≥ 0.5`` it computes
+    ``v - (v - g²)(1 - β)``, which turns an infinite ``v`` into NaN at the next clean step.)"""
+    new = v * beta + (1 - beta) * (g * g)
+    overflow = new.isinf() & g.isfinite() & v.isfinite()
+    return torch.where(overflow, torch.finfo(new.dtype).max, new)
+
+
 @register
 class LSTMOptimizer(LearnedOptimizerNet):
     """``LSTM(num_layers × hidden_size) → Linear(hidden_size → 1)``, times ``output_scale``.
@@ -128,14 +138,17 @@ class LSTMOptimizer(LearnedOptimizerNet):
         new = dict(state)
         t = state["t"] + 1
         new["t"] = t
+        # an infinite gradient is no gradient: NaN, so its coordinate's update is NaN (as Adam's
+        # inf/inf) instead of whatever the saturated gates make of it
+        grads = torch.where(grads.isinf(), torch.nan, grads)
         parts = [log_sign_preprocess(grads, self.preprocess_p)]
         if self._needs_m:
-            new["m"] = torch.lerp(grads, state["m"], self.beta1)
+            new["m"] = state["m"] * self.beta1 + (1 - self.beta1) * grads
         for extra in self.extra_inputs:
             if extra == "momentum":
                 parts.append(log_sign_preprocess(new["m"], self.preprocess_p))
             elif extra == "adam":
-                new["v"] = torch.lerp(grads * grads, state["v"], self.beta2)
+                new["v"] = ema_of_square(state["v"], grads, self.beta2)
                 tt = t.unsqueeze(-1)
                 m_hat = new["m"] / (1 - self.beta1**tt)
                 v_hat = new["v"] / (1 - self.beta2**tt)

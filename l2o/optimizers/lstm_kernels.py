@@ -6,7 +6,7 @@ millions of rows, 20 units), and autograd through ``LSTMCell`` writes and re-rea
 ``[rows, 80]`` temporaries per step. Here one time step of all layers is one autograd node
 (``FusedLSTMStep``) that saves only its inputs and outputs; its backward recomputes the gate
 pre-activations with one GEMM per layer and runs ONE elementwise pass (C++ kernels in
-``kernels.cpp``, built on first use, with plain PyTorch ops as the fallback).
+``kernels.cpp``, see ``l2o.optimizers.native``, with plain PyTorch ops as the fallback).
 
 ``fused_lstm(lstm, x, h0, c0)`` returns what ``lstm(x, (h0, c0))`` returns, for a plain
 ``nn.LSTM`` (weights in its order and gate layout i, f, g, o).
@@ -14,11 +14,9 @@ pre-activations with one GEMM per layer and runs ONE elementwise pass (C++ kerne
 
 from __future__ import annotations
 
-import os
-import warnings
-from pathlib import Path
-
 import torch
+
+from l2o.optimizers.native import NATIVE_MIN_ROWS, native_kernels
 
 
 def _cell_forward(pre: torch.Tensor, c_prev: torch.Tensor):
@@ -47,42 +45,6 @@ def _cell_backward(pre: torch.Tensor, c_prev: torch.Tensor, dh: torch.Tensor, dc
         dim=-1,
     )
     return dpre, dc * f
-
-
-#: Rows from which the compiled elementwise kernels are used (tiny problems stay in PyTorch).
-NATIVE_MIN_ROWS = 2048
-_native = None  # the compiled extension module, False if it cannot be built
-_SOURCE = Path(__file__).with_name("kernels.cpp")
-
-
-def native_kernels():
-    """The C++ kernels (``kernels.cpp``), built once per machine on first use
-    (cached by ``torch.utils.cpp_extension``), or None where they cannot be built (no compiler,
-    or ``L2O_NATIVE=0``); PyTorch ops then compute the same thing, more slowly."""
-    global _native
-    if _native is None:
-        if os.environ.get("L2O_NATIVE", "1") == "0":
-            _native = False
-            return None
-        try:
-            from torch.utils.cpp_extension import load
-
-            _native = load(
-                "l2o_kernels",
-                [str(_SOURCE)],
-                extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"],
-                extra_ldflags=["-fopenmp"],
-                verbose=False,
-            )
-        except Exception as exc:  # no compiler / headers: fall back for good
-            _native = False
-            warnings.warn(
-                f"could not build the LSTM optimizer's C++ kernels ({type(exc).__name__}: "
-                f"{str(exc)[:200]}); using PyTorch ops (same results, slower)",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-    return _native or None
 
 
 def _kernels(x: torch.Tensor):
