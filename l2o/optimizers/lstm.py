@@ -38,13 +38,11 @@ EXTRA_INPUTS: dict[str, int] = {
 
 
 def ema_of_square(v: torch.Tensor, g: torch.Tensor, beta: float) -> torch.Tensor:
-    """``β v + (1 - β) g²`` that saturates at the dtype's largest value where a finite ``g``
-    overflows (``1e30²`` in float32), so the coordinate stays usable as in Adam; a NaN or
-    infinite ``g`` or ``v`` stays what it is. (Not ``lerp``: at ``β ≥ 0.5`` it computes
-    ``v - (v - g²)(1 - β)``, which turns an infinite ``v`` into NaN at the next clean step.)"""
-    new = v * beta + (1 - beta) * (g * g)
-    overflow = new.isinf() & g.isfinite() & v.isfinite()
-    return torch.where(overflow, torch.finfo(new.dtype).max, new)
+    """``β v + (1 - β) g²``, saturating at the dtype's largest value where a finite ``g``
+    overflows (``1e30²`` in float32), so the coordinate stays usable as in Adam; a NaN stays NaN.
+    (Not ``lerp``: at ``β ≥ 0.5`` it computes ``v - (v - g²)(1 - β)``, which turned an
+    overflowed ``v = inf`` into NaN at the next clean step.) ``g`` must not be infinite."""
+    return (v * beta).addcmul_(g, g, value=1 - beta).clamp_max_(torch.finfo(v.dtype).max)
 
 
 @register
@@ -138,12 +136,12 @@ class LSTMOptimizer(LearnedOptimizerNet):
         new = dict(state)
         t = state["t"] + 1
         new["t"] = t
-        # an infinite gradient is no gradient: NaN, so its coordinate's update is NaN (as Adam's
-        # inf/inf) instead of whatever the saturated gates make of it
-        grads = torch.where(grads.isinf(), torch.nan, grads)
+        # an infinite gradient is no gradient: NaN (inf·0), so its coordinate's update is NaN
+        # (as Adam's inf/inf) instead of whatever the saturated gates make of it
+        grads = grads + grads * 0.0
         parts = [log_sign_preprocess(grads, self.preprocess_p)]
         if self._needs_m:
-            new["m"] = state["m"] * self.beta1 + (1 - self.beta1) * grads
+            new["m"] = torch.lerp(grads, state["m"], self.beta1)
         for extra in self.extra_inputs:
             if extra == "momentum":
                 parts.append(log_sign_preprocess(new["m"], self.preprocess_p))

@@ -9,10 +9,18 @@ Each parameter tensor keeps its own slice of the optimizer's per-coordinate stat
 over chunks of coordinates small enough to stay in cache, and updates the parameters in place.
 The updates equal those of the network's ``step`` on the flat vector of all parameters (the
 meta-training path), chunking aside.
+
+Param groups carry ``lr`` (a multiplier on the learned update, 1.0 by default) and
+``weight_decay`` (decoupled, as in AdamW: ``θ ← θ - lr·wd·θ + lr·update``), so torch's lr
+schedulers and per-group settings work. Parameters may be float32, float64, float16 or bfloat16:
+the network and its state compute in float32 whatever the parameter's dtype (as fused optimizers
+keep their state), and each step's update is added in the parameter's precision (float64 stays
+float64; a half-precision parameter is rounded once per step). Any device but ``meta``.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -31,13 +39,27 @@ def available_pretrained() -> list[str]:
     return sorted(p.stem for p in PRETRAINED_DIR.glob("*.pt"))
 
 
-def pretrained_path(name: str) -> Path:
-    path = PRETRAINED_DIR / f"{name}.pt"
-    if not path.is_file():
-        raise ValueError(
-            f"no pretrained learned optimizer {name!r}; available: {available_pretrained()}"
-        )
-    return path
+def pretrained_path(name: str | os.PathLike) -> Path:
+    """The checkpoint ``name`` stands for: an existing file (a relative path is relative to the
+    current directory, as everywhere else), else a shipped optimizer's name."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    if path.exists():
+        raise ValueError(f"{path.resolve()} is not a checkpoint file (a directory?)")
+    shipped = PRETRAINED_DIR / f"{name}.pt"
+    if isinstance(name, str) and name in available_pretrained():
+        return shipped
+    raise ValueError(
+        f"{str(name)!r} is neither a file ({path.resolve()} does not exist) nor a shipped "
+        f"learned optimizer; available: {available_pretrained()}"
+    )
+
+
+#: Device types a step can run on (``meta`` tensors hold no values to update).
+SUPPORTED_DEVICE_TYPES = ("cpu", "cuda", "xpu", "mps")
+#: Parameter dtypes a step supports; the network and its state compute in float32.
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 class LearnedOptimizer(torch.optim.Optimizer):
@@ -49,6 +71,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
             ``l2o.optimizers.checkpoint_io.save_learned_optimizer``.
         chunk_size: coordinates processed at a time (memory/cache trade-off; no effect on the
             result beyond float rounding); None: the network's ``deploy_chunk_size``.
+        lr: multiplier on the learned update (per group; what lr schedulers change).
+        weight_decay: decoupled weight decay (per group): ``θ ← θ - lr·weight_decay·θ``.
     """
 
     def __init__(
@@ -56,6 +80,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
         net: LearnedOptimizerNet | str | os.PathLike,
         chunk_size: int | None = None,
+        lr: float = 1.0,
+        weight_decay: float = 0.0,
     ) -> None:
         if isinstance(net, str | os.PathLike):
             net, self.metadata = load_learned_optimizer(net)
@@ -66,17 +92,30 @@ class LearnedOptimizer(torch.optim.Optimizer):
         chunk_size = net.deploy_chunk_size if chunk_size is None else int(chunk_size)
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-        super().__init__(params, {"arch": net.arch})
+        super().__init__(params, {"arch": net.arch, "lr": lr, "weight_decay": weight_decay})
         self.net = net
         self.chunk_size = int(chunk_size)
+        self._nets: dict[torch.device, LearnedOptimizerNet] = {}
         for p in self.net.parameters():
             p.requires_grad_(False)
 
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        for key in ("lr", "weight_decay"):
+            value = param_group.get(key, self.defaults[key])
+            if isinstance(value, torch.Tensor) or not float(value) >= 0.0 or value == float("inf"):
+                raise ValueError(f"{key} must be a finite number ≥ 0, got {value!r}")
+        super().add_param_group(param_group)
+
     @classmethod
     def from_pretrained(
-        cls, name: str, params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], **kwargs: Any
+        cls,
+        name: str | os.PathLike,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        **kwargs: Any,
     ) -> LearnedOptimizer:
-        """A shipped checkpoint by name (see ``available_pretrained()``)."""
+        """A shipped optimizer by name (see ``available_pretrained()``) or a checkpoint file
+        that exists (relative paths are relative to the current directory; an existing file
+        wins over a shipped name)."""
         return cls(params, pretrained_path(name), **kwargs)
 
     @torch.no_grad()
@@ -85,27 +124,71 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        triples = []
-        write_back = []
-        for group in self.param_groups:
+        batches = self._batches()  # everything is checked before any parameter changes
+        for (device, lr, weight_decay), params in batches.items():
+            self._update(params, device, lr, weight_decay)
+        return loss
+
+    def _batches(self) -> dict[tuple, list[torch.Tensor]]:
+        """Parameters with gradients by (device, lr, weight decay), all validated."""
+        batches: dict[tuple, list[torch.Tensor]] = {}
+        for index, group in enumerate(self.param_groups):
             for p in group["params"]:
                 if p.grad is None:
                     continue
+                where = f"parameter of shape {tuple(p.shape)} in param group {index}"
                 if p.grad.is_sparse:
                     raise RuntimeError("LearnedOptimizer does not support sparse gradients")
-                state = self.state[p]
-                if not state:
-                    self._move_net(p.device)
-                    state.update(self.net.init_state(p.detach().reshape(-1)))
-                flat = p.view(-1) if p.is_contiguous() else p.detach().reshape(-1).clone()
-                if not p.is_contiguous():
-                    write_back.append((p, flat))
-                triples.append((flat, p.grad.reshape(-1), state))
-        if triples:
-            self.net.apply_updates_(triples, self.chunk_size)
-        for p, flat in write_back:
-            p.copy_(flat.view_as(p))
-        return loss
+                if p.device.type not in SUPPORTED_DEVICE_TYPES:
+                    raise ValueError(
+                        f"LearnedOptimizer cannot update a {where} on the {p.device.type!r} "
+                        f"device; supported: {', '.join(SUPPORTED_DEVICE_TYPES)}"
+                    )
+                if p.dtype not in SUPPORTED_DTYPES:
+                    raise TypeError(
+                        f"LearnedOptimizer cannot update a {p.dtype} {where}; supported: "
+                        f"{', '.join(str(d) for d in SUPPORTED_DTYPES)}"
+                    )
+                if p.grad.shape != p.shape or p.grad.device != p.device:
+                    raise ValueError(f"the gradient of a {where} has another shape or device")
+                key = (p.device, group["lr"], group["weight_decay"])
+                batches.setdefault(key, []).append(p)
+        return batches
+
+    def _update(self, params, device, lr, weight_decay) -> None:
+        """One step of the network on ``params`` (one device): in place on contiguous float32
+        parameters when the update is plain, else on float32 working copies whose change
+        (times ``lr``, after the decay) is added in each parameter's own precision."""
+        net = self._net_for(device)
+        plain = lr == 1.0 and weight_decay == 0.0
+        triples, write_back = [], []
+        for p in params:
+            in_place = plain and p.dtype == torch.float32 and p.is_contiguous()
+            flat = p.view(-1) if in_place else p.detach().reshape(-1).to(torch.float32, copy=True)
+            state = self.state[p]
+            if not state:
+                state.update(net.init_state(flat))
+            triples.append((flat, p.grad.reshape(-1).to(torch.float32), state))
+            if not in_place:
+                write_back.append((p, flat, flat.clone()))
+        net.apply_updates_(triples, self.chunk_size)
+        for p, flat, before in write_back:
+            new = p.detach().reshape(-1).to(torch.promote_types(p.dtype, torch.float32), copy=True)
+            if weight_decay:
+                new.mul_(1.0 - lr * weight_decay)
+            new.add_(flat.sub_(before), alpha=lr)
+            p.copy_(new.view_as(p))
+
+    def _net_for(self, device: torch.device) -> LearnedOptimizerNet:
+        """The network on ``device``: ``self.net`` itself where it already is, else a copy made
+        once (the network is frozen; ``self.net`` never moves)."""
+        first = next(iter(self.net.parameters()), None)
+        if first is None or first.device == device:
+            return self.net
+        nets = self.__dict__.setdefault("_nets", {})
+        if device not in nets:
+            nets[device] = copy.deepcopy(self.net).to(device=device)
+        return nets[device]
 
     def __getstate__(self) -> dict[str, Any]:
         # torch.optim.Optimizer keeps only defaults, state and param_groups: without the
@@ -113,11 +196,6 @@ class LearnedOptimizer(torch.optim.Optimizer):
         state = super().__getstate__()
         state.update(net=self.net, chunk_size=self.chunk_size, metadata=self.metadata)
         return state
-
-    def _move_net(self, device: torch.device) -> None:
-        first = next(iter(self.net.parameters()), None)
-        if first is not None and first.device != device:
-            self.net.to(device)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = {g.get("arch") for g in state_dict.get("param_groups", [])}
@@ -127,3 +205,13 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 f"this one is {self.net.arch!r}"
             )
         super().load_state_dict(state_dict)
+        # torch casts floating state to each parameter's dtype (a bfloat16 step counter stops
+        # counting at 256): keep the saved float32 state as it was saved
+        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for i, p in zip(ids, params):
+            if i in state_dict["state"]:
+                self.state[p] = {
+                    k: v.to(device=p.device, copy=True) if isinstance(v, torch.Tensor) else v
+                    for k, v in state_dict["state"][i].items()
+                }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -174,3 +176,102 @@ def test_shipped_checkpoints_train_an_mnist_model(name):
     losses = result.train_losses
     assert not result.diverged
     assert losses[-5:].mean() < 0.6 * losses[:5].mean()
+
+
+def _one_step(net, values, grads, dtype, **group):
+    """Parameters after one ``LearnedOptimizer`` step from ``values`` with ``grads`` in ``dtype``
+    (as float64), and the optimizer."""
+    params = [nn.Parameter(v.to(dtype, copy=True)) for v in values]
+    for p, g in zip(params, grads):
+        p.grad = g.to(dtype)
+    opt = LearnedOptimizer([{"params": params, **group}], net)
+    opt.step()
+    return [p.detach().double() for p in params], opt
+
+
+@pytest.mark.parametrize("arch", ["lstm", "mlp"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_float64_and_half_precision_parameters(arch, dtype):
+    """The update of a float64/bf16/fp16 parameter is the float32 one (network and state in
+    float32, the update added in the parameter's precision); the state stays float32 through a
+    state_dict round trip (torch would cast it to the parameter's dtype)."""
+    torch.manual_seed(0)
+    net = create(arch)
+    values = [torch.randn(6, 5), torch.randn(5)]
+    grads = [torch.randn(6, 5), torch.randn(5)]
+    values = [v.to(dtype).float() for v in values]  # representable in every dtype
+    grads = [g.to(dtype).float() for g in grads]
+    want, _ = _one_step(net, values, grads, torch.float32)
+    got, opt = _one_step(net, values, grads, dtype)
+    tol = {torch.float64: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    for state in opt.state.values():
+        assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+    again = LearnedOptimizer(opt.param_groups[0]["params"], net)
+    again.load_state_dict(opt.state_dict())
+    for p in again.param_groups[0]["params"]:
+        for k, v in again.state[p].items():
+            assert v.dtype == opt.state[p][k].dtype, k
+    assert next(net.parameters()).dtype == torch.float32  # the network itself is untouched
+
+
+def test_mixed_dtypes_in_one_group_each_get_their_update():
+    torch.manual_seed(0)
+    net = create("lstm")
+    values, grads = [torch.randn(7), torch.randn(3)], [torch.randn(7), torch.randn(3)]
+    want, _ = _one_step(net, values, grads, torch.float32)
+    a = nn.Parameter(values[0].clone())
+    b = nn.Parameter(values[1].double())
+    a.grad, b.grad = grads[0].clone(), grads[1].double()
+    LearnedOptimizer([a, b], net).step()
+    torch.testing.assert_close(a.detach().double(), want[0])
+    torch.testing.assert_close(b.detach(), want[1], rtol=1e-5, atol=1e-6)
+
+
+def test_unsupported_devices_and_dtypes_are_refused_before_any_change():
+    net = create("lstm")
+    ok = nn.Parameter(torch.ones(3))
+    meta = nn.Parameter(torch.ones(3, device="meta"))
+    ok.grad, meta.grad = torch.ones(3), torch.ones(3, device="meta")
+    opt = LearnedOptimizer([ok, meta], net)
+    with pytest.raises(ValueError, match=r"'meta' device; supported: cpu"):
+        opt.step()
+    assert torch.equal(ok.detach(), torch.ones(3)) and not opt.state  # nothing was touched
+    assert next(net.parameters()).device.type == "cpu"  # the network did not move
+    cplx = nn.Parameter(torch.ones(2, dtype=torch.complex64))
+    cplx.grad = torch.ones_like(cplx)
+    with pytest.raises(TypeError, match="complex64"):
+        LearnedOptimizer([ok, cplx], net).step()
+    assert torch.equal(ok.detach(), torch.ones(3))
+
+
+def test_groups_carry_lr_and_decoupled_weight_decay():
+    """θ ← θ - lr·wd·θ + lr·update, per group; torch's lr schedulers drive ``lr``."""
+    torch.manual_seed(0)
+    net = create("lstm", output_scale=1.0)
+    values, grads = [torch.randn(5), torch.randn(4)], [torch.randn(5), torch.randn(4)]
+    base, _ = _one_step(net, values, grads, torch.float32)
+    got, opt = _one_step(net, values, grads, torch.float32, lr=0.3, weight_decay=0.1)
+    for v, b, g in zip(values, base, got):
+        update = b - v.double()
+        torch.testing.assert_close(g, v.double() * (1 - 0.03) + 0.3 * update)
+    assert opt.param_groups[0]["lr"] == 0.3 and opt.defaults["lr"] == 1.0
+
+    a, b = nn.Parameter(values[0].clone()), nn.Parameter(values[1].clone())
+    a.grad, b.grad = grads[0].clone(), grads[1].clone()
+    opt = LearnedOptimizer([{"params": [a]}, {"params": [b], "lr": 0.0}], net)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=4)
+    opt.step()
+    sched.step()
+    torch.testing.assert_close(a.detach().double(), base[0])
+    assert torch.equal(b.detach(), values[1])  # lr 0: frozen
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    state = opt.state_dict()
+    again = LearnedOptimizer([{"params": [a]}, {"params": [b]}], net)
+    again.load_state_dict(state)
+    assert [g["lr"] for g in again.param_groups] == [g["lr"] for g in opt.param_groups]
+    with pytest.raises(ValueError, match="weight_decay"):
+        LearnedOptimizer([a], net, weight_decay=float("nan"))
+    with pytest.raises(ValueError, match="lr"):
+        LearnedOptimizer([{"params": [a], "lr": -1.0}], net)
