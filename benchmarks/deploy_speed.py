@@ -24,7 +24,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from l2o.optimizers import LearnedOptimizer, create
+from l2o.optimizers import LearnedOptimizer, create, native
 from l2o.optimizers.wrapper import available_pretrained
 
 
@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> dict:
         "threads": args.threads,
         "chunk_size": args.chunk_size,
         "adam_step_ms": round(1e3 * statistics.median(times["adam"]), 2),
+        # which build ran: the C++ kernels and their flags, or PyTorch ops (L2O_NATIVE=0)
+        "native_flags": native.compile_flags() if native.native_kernels() else None,
     }
     for arch in names:
         ratios = [t / a for t, a in zip(times[arch], times["adam"])]
