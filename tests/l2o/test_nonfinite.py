@@ -1,6 +1,6 @@
 """NaN and infinite gradients in the LSTM optimizer: never hidden, confined to their coordinate,
-and the same with the C++ kernels and with PyTorch ops (``L2O_NATIVE=0``), in deployment and in
-the meta-training tape."""
+and the same with the C++ kernels and with PyTorch ops (``L2O_NATIVE=0``) in deployment (the
+meta-training tape: ``test_optimizers.py``)."""
 
 from __future__ import annotations
 
@@ -96,62 +96,3 @@ def test_a_huge_finite_gradient_saturates_the_second_moment():
     assert state["v"].isfinite().all()
     features, state = net.observe(torch.full((10,), 1e-2), params, state)
     assert features.isfinite().all() and state["v"].isfinite().all()
-
-
-def _tape_run(net, feats, state, cot):
-    tape = net.new_tape(feats.shape[0], feats[0, ..., 0])
-    assert tape is not None
-    ups = []
-    for x in feats:
-        upd, state = net.core_taped(x, state, tape)
-        ups.append(upd.clone())
-    net.zero_grad()
-    torch.autograd.backward(net.taped_updates(tape), cot)
-    return torch.stack(ups), [p.grad.clone() for p in net.parameters()]
-
-
-def _autograd_run(net, feats, state, cot):
-    net.zero_grad()
-    ups, _ = net.core(feats, state)
-    torch.autograd.backward(ups, cot)
-    return ups.detach(), [p.grad.clone() for p in net.parameters()]
-
-
-@pytest.mark.usefixtures("native")
-@pytest.mark.parametrize("bad", BAD)
-def test_the_meta_training_tape_agrees_with_pytorch_on_bad_gradients(bad, monkeypatch):
-    """Features observed from gradients with one bad coordinate: the tape (C++) and autograd
-    through ``core`` with PyTorch ops give NaN at that coordinate and equal values elsewhere;
-    the meta-gradient, a sum over all coordinates, is NaN on both (never a number)."""
-    torch.manual_seed(0)
-    net = create("lstm", **CONFIGS["mnist"])
-    params, steps = torch.randn(1, N), 3
-    grads = torch.randn(steps, 1, N) * 1e-2
-    grads[1, 0, 7] = BAD[bad]
-    state = net.init_state(params)
-    feats = []
-    for g in grads:
-        f, state = net.observe(g, params, state)
-        feats.append(f)
-    feats = torch.stack(feats)
-    state0 = net.init_state(params)
-    cot = torch.randn(steps, 1, N)
-
-    taped_u, taped_g = _tape_run(net, feats, dict(state0), cot)
-    monkeypatch.setenv("L2O_NATIVE", "0")
-    ref_u, ref_g = _autograd_run(net, feats, dict(state0), cot)
-
-    assert taped_u[1:, 0, 7].isnan().all() and taped_u[0].isfinite().all()
-    _agree([taped_u], [ref_u])
-    for a, b in zip(taped_g, ref_g):
-        assert torch.equal(a.isnan(), b.isnan())
-    assert any(g.isnan().any() for g in taped_g)
-
-    # a zero cotangent at the bad coordinate: 0·NaN is NaN on both paths alike
-    cot[:, 0, 7] = 0
-    monkeypatch.setenv("L2O_NATIVE", "1")
-    taped_u, taped_g = _tape_run(net, feats, dict(state0), cot)
-    monkeypatch.setenv("L2O_NATIVE", "0")
-    ref_u, ref_g = _autograd_run(net, feats, dict(state0), cot)
-    for a, b in zip(taped_g, ref_g):
-        assert torch.equal(a.isfinite(), b.isfinite())

@@ -352,3 +352,44 @@ def test_taped_path_falls_back_where_it_cannot_run():
     net.use_fused = False
     assert net.new_tape(3, params) is None
     assert create("mlp").new_tape(3, params) is None
+
+
+def _autograd_run(net, feats, state, cot):
+    net.zero_grad()
+    ups, _ = net.core(feats, state)
+    torch.autograd.backward(ups, cot)
+    return ups.detach(), [p.grad.clone() for p in net.parameters()]
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf"])
+def test_the_meta_training_tape_agrees_with_pytorch_on_bad_gradients(bad, monkeypatch):
+    """Features observed from gradients with one bad coordinate: the tape (C++) and autograd
+    through ``core`` with PyTorch ops give NaN at that coordinate and equal values elsewhere;
+    the meta-gradient, a sum over all coordinates, is NaN on both (never a number)."""
+    if native_kernels() is None:
+        pytest.skip("no C++ toolchain: meta-training uses the autograd path")
+    torch.manual_seed(0)
+    net = create("lstm", extra_inputs=["momentum", "adam"])
+    params, steps = torch.randn(1, 4096), 3
+    grads = torch.randn(steps, 1, 4096) * 1e-2
+    grads[1, 0, 7] = float(bad)
+    state = net.init_state(params)
+    feats = []
+    for g in grads:
+        f, state = net.observe(g, params, state)
+        feats.append(f)
+    feats = torch.stack(feats)
+    state0 = net.init_state(params)
+    cot = torch.randn(steps, 1, 4096)
+
+    taped_u, _, taped_g = _taped_truncation(net, feats, dict(state0), cot)
+    monkeypatch.setenv("L2O_NATIVE", "0")
+    ref_u, ref_g = _autograd_run(net, feats, dict(state0), cot)
+
+    assert taped_u[1:, 0, 7].isnan().all() and taped_u[0].isfinite().all()
+    assert torch.equal(taped_u.isfinite(), ref_u.isfinite())
+    ok = taped_u.isfinite()
+    torch.testing.assert_close(taped_u[ok], ref_u[ok], rtol=1e-5, atol=1e-6)
+    for a, b in zip(taped_g, ref_g):
+        assert torch.equal(a.isnan(), b.isnan())
+    assert any(g.isnan().any() for g in taped_g)
