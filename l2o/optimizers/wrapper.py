@@ -205,6 +205,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 f"this one is {self.net.arch!r}"
             )
         super().load_state_dict(state_dict)
+        for group in self.param_groups:  # saved before groups carried them
+            for key in ("lr", "weight_decay"):
+                group.setdefault(key, self.defaults[key])
         # torch casts floating state to each parameter's dtype (a bfloat16 step counter stops
         # counting at 256): keep the saved float32 state as it was saved
         ids = [i for g in state_dict["param_groups"] for i in g["params"]]

@@ -271,6 +271,10 @@ def test_groups_carry_lr_and_decoupled_weight_decay():
     again = LearnedOptimizer([{"params": [a]}, {"params": [b]}], net)
     again.load_state_dict(state)
     assert [g["lr"] for g in again.param_groups] == [g["lr"] for g in opt.param_groups]
+    for group in state["param_groups"]:  # a state saved before groups carried lr
+        del group["lr"], group["weight_decay"]
+    again.load_state_dict(state)
+    assert [g["lr"] for g in again.param_groups] == [1.0, 1.0]
     with pytest.raises(ValueError, match="weight_decay"):
         LearnedOptimizer([a], net, weight_decay=float("nan"))
     with pytest.raises(ValueError, match="lr"):
