@@ -79,3 +79,24 @@ def test_command_line_status_and_build():
             text=True,
         )
         assert done.returncode == 0 and "ready" in done.stdout
+
+
+def test_a_build_killed_mid_compile_does_not_hang_the_next_one(monkeypatch, tmp_path):
+    """torch's plain ``lock`` file, left by a killed builder, is cleared under our flock."""
+    folder = tmp_path / "build"
+    folder.mkdir()
+    (folder / "lock").touch()  # what a SIGKILLed cpp_extension.load leaves behind
+    compiled = []
+    monkeypatch.setattr(native, "build_dir", lambda: folder)
+    monkeypatch.setattr(native, "_import_built", lambda f: "module")
+
+    def fake_compile(f, verbose):
+        assert not (f / "lock").exists(), "the stale baton would make cpp_extension wait forever"
+        compiled.append(f)
+        return "module"
+
+    monkeypatch.setattr(native, "_compile", fake_compile)
+    assert native.build() == "module"
+    assert compiled == [folder]
+    assert (folder / "built.json").is_file()
+    assert native.build() == "module" and compiled == [folder]  # cached: no second compile

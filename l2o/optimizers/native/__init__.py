@@ -20,6 +20,8 @@ with PyTorch ops, more slowly. A built module is loaded directly, without import
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -33,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from l2o.io import atomic_write
+
 #: Rows from which the compiled kernels are used (tiny problems stay in PyTorch).
 NATIVE_MIN_ROWS = 2048
 SOURCE = Path(__file__).parents[1] / "kernels.cpp"
@@ -40,6 +44,8 @@ NAME = "l2o_kernels"
 #: IEEE-preserving optimization flags (see the module docstring).
 BASE_FLAGS = ("-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math")
 _DONE = "built.json"  # written after a successful build: the folder holds a complete module
+_BUILD_LOCK = "build.flock"  # ours: an flock, released by the kernel when its holder dies
+_TORCH_BATON = "lock"  # torch's: a plain file, left behind forever when its builder is killed
 
 _native = None  # the loaded module, or False once it cannot be had in this process
 
@@ -119,11 +125,37 @@ def _compile(folder: Path, verbose: bool):
     )
 
 
+@contextlib.contextmanager
+def _exclusive_build(folder: Path):
+    """One builder per cache folder, across processes, that never waits on a dead one.
+
+    ``cpp_extension.load`` serializes builders with a plain ``lock`` file and waits for as long
+    as it exists: a builder killed mid-compile (a SIGKILL, a preempted job) leaves it behind and
+    every later process hangs in its first optimizer step. An ``flock`` dies with its holder, so
+    whoever holds it knows that any ``lock`` file it finds is stale, and removes it.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / _BUILD_LOCK, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            (folder / _TORCH_BATON).unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def build(verbose: bool = False):
     """Compile (if not cached) and load the module; raises if it cannot be built."""
     folder = build_dir()
     if (folder / _DONE).is_file():
         return _import_built(folder)
+    with _exclusive_build(folder):
+        if (folder / _DONE).is_file():  # another process built it while we waited
+            return _import_built(folder)
+        return _build_locked(folder, verbose)
+
+
+def _build_locked(folder: Path, verbose: bool):
     print(
         f"l2o: compiling the C++ kernels for this CPU once (about a minute) into {folder}; "
         "`python -m l2o.optimizers.native build` does it ahead of time",
@@ -133,7 +165,7 @@ def build(verbose: bool = False):
     start = time.perf_counter()
     module = _compile(folder, verbose)
     info = {"flags": compile_flags(), "seconds": round(time.perf_counter() - start, 1)}
-    (folder / _DONE).write_text(json.dumps(info))
+    atomic_write(folder / _DONE, json.dumps(info))
     return module
 
 
