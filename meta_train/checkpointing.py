@@ -9,8 +9,11 @@ file that would import a callable (the way pickle runs code) is refused before a
 
 from __future__ import annotations
 
+import fcntl
+import os
 import pickle
 import random
+import socket
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ FORMAT = "l2o-meta-train-checkpoint"
 VERSION = 1
 LAST = "last.pt"
 BEST = "best.pt"
+LOCK = "run.lock"
 
 
 class CheckpointError(ValueError):
@@ -46,12 +50,85 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
 _LEGACY_TEMPORARY_GLOB = ".*.tmp-*"  # this module's own temporaries before ``l2o.io``
 
 
-def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete temporary files left by a write that was killed (they are never read)."""
-    removed = sorted({*stale_temporaries(folder), *Path(folder).glob(_LEGACY_TEMPORARY_GLOB)})
+def remove_stale_temporaries(lock: RunLock) -> list[Path]:
+    """Delete temporary files left in the locked run folder by a write that was killed.
+
+    Only the holder of the folder's :class:`RunLock` may do this: another process's temporary
+    may be a write in progress, and only the lock says that no other process is writing.
+    """
+    if not lock.held:
+        raise RuntimeError(f"removing temporaries in {lock.folder} needs its run lock held")
+    folder = lock.folder
+    removed = sorted({*stale_temporaries(folder), *folder.glob(_LEGACY_TEMPORARY_GLOB)})
     for tmp in removed:
         tmp.unlink(missing_ok=True)
     return removed
+
+
+# --------------------------------------------------------------------------------------------
+# One writer per run folder
+
+
+class RunLockedError(RuntimeError):
+    """The run folder is locked by another process (which is still running)."""
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``<run folder>/run.lock``, held for a run's whole lifetime.
+
+    The kernel drops the lock when its holder exits, however it exits (``kill -9`` included),
+    so a lock is never stale; the file stays (deleting it would let two processes lock two
+    different files). While held, the file names the holder (PID and host) for the message
+    another process gets. ``flock`` is advisory and may be ineffective on some network file
+    systems: the guarantee holds for processes on one machine sharing a local file system.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> RunLock:
+        """Take the lock or raise :class:`RunLockedError` at once (never waits)."""
+        if self._fd is not None:
+            return self
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+            os.close(fd)
+            raise RunLockedError(
+                f"run folder {self.folder} is in use by another process "
+                f"({holder or 'PID not yet written'}; lock file {self.path}): one process at a "
+                "time may write a run; wait for it to finish or stop it, then --resume"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.ftruncate(fd, 0)  # no holder named while nobody holds it
+        finally:
+            os.close(fd)  # closing the last descriptor releases the flock
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,17 +193,23 @@ def load_run_checkpoint(path: str | Path, map_location: str | torch.device | Non
 # --------------------------------------------------------------------------------------------
 # Compatibility: resuming or loading weights into a differently configured run
 
-# Keys whose change would make the resumed run a different computation.
-RESUME_CRITICAL = (
-    "task",
-    "optimizer",
-    "unroll",
-    "schedule.runs_per_epoch",
-    "schedule.horizon",
-    "schedule.meta_batch",
-    "regularization",
-    "seed",
-)
+# The settings ``--resume`` may change, and why each is safe: the resumed run then computes what
+# an uninterrupted run with the new value computes. Every other difference from the checkpoint's
+# config is refused, naming the keys (a prefix covers its whole section).
+RESUME_SAFE = {
+    "wandb": "W&B logging only",
+    "logging": "what is printed and recorded, not what is computed",
+    "checkpoint.every": "when last.pt is written, not what it holds",
+    "meta_test": "runs after meta-training, from best.pt or the final weights",
+    "data.root": "where the same dataset is found",
+    "data.download": "whether a missing dataset may be fetched",
+    "name": "a label (W&B run name, default folder name)",
+    "schedule.epochs": "more epochs (or fewer, never fewer than the runs already started)",
+}
+# Deliberate changes to the meta-optimizer (e.g. a lower lr after non-finite meta-steps): the
+# state is restored exactly and the new values apply from the checkpoint on, so the run is no
+# longer the one any single config computes; run.py prints them.
+RESUME_RETUNE = ("meta_optimizer",)
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -138,19 +221,46 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): data}
 
 
-def config_mismatches(
-    saved: dict, current: dict, keys: tuple[str, ...] = RESUME_CRITICAL
-) -> list[str]:
-    """``key: checkpoint=A, config=B`` lines for the critical keys that differ."""
+def _under(key: str, prefixes) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in prefixes)
+
+
+def config_differences(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, saved value, current value)`` for every leaf that differs."""
     flat_saved, flat_current = _flatten(saved), _flatten(current)
-    lines = []
+    out = []
     for key in sorted(set(flat_saved) | set(flat_current)):
-        if not any(key == k or key.startswith(k + ".") for k in keys):
-            continue
         a, b = flat_saved.get(key, "<absent>"), flat_current.get(key, "<absent>")
         if _normalize(a) != _normalize(b):
-            lines.append(f"{key}: checkpoint={a!r}, config={b!r}")
-    return lines
+            out.append((key, a, b))
+    return out
+
+
+def check_resume_config(saved: dict, current: dict, position: dict) -> list[str]:
+    """The permitted changes as ``key: A -> B`` lines; a CheckpointError names the others.
+
+    ``saved`` is the checkpoint's config, ``current`` the config the run would continue with
+    and ``position`` the checkpoint's position (to refuse fewer epochs than already started).
+    """
+    refused, allowed = [], []
+    for key, a, b in config_differences(saved, current):
+        line = f"{key}: checkpoint={a!r}, config={b!r}"
+        if key == "schedule.epochs" and isinstance(b, int):
+            runs = saved.get("schedule", {}).get("runs_per_epoch", 1)
+            started = position["epoch"] * runs + position["run"] + (position["meta_step"] > 0)
+            if b * runs < started:
+                refused.append(f"{line} (the run has already started {started} runs)")
+                continue
+        (allowed if _under(key, (*RESUME_SAFE, *RESUME_RETUNE)) else refused).append(line)
+    if refused:
+        raise CheckpointError(
+            "cannot resume: these settings differ from the checkpoint's config and would make "
+            "the resumed run a different computation: "
+            + "; ".join(refused)
+            + f". Only these may change on --resume: {', '.join([*RESUME_SAFE, *RESUME_RETUNE])};"
+            " start a new run (without --resume) to change anything else"
+        )
+    return [line.replace(", config=", " -> ").replace("checkpoint=", "") for line in allowed]
 
 
 def _normalize(value: Any) -> Any:

@@ -28,9 +28,12 @@ if __name__ == "__main__" and Path(sys.path[0]).resolve() == Path(__file__).reso
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
+import contextlib
 import copy
+import os
 import time
 
+from meta_train import checkpointing as ckpt
 from meta_train.config import (
     ConfigError,
     MetaTrainConfig,
@@ -40,8 +43,10 @@ from meta_train.config import (
     load_config,
 )
 
-EXIT_CONFIG = 2
-EXIT_NONFINITE = 3
+EXIT_CONFIG = 2  # bad input, or a run folder that cannot be used: nothing was started
+EXIT_NONFINITE = 3  # the run stopped on non-finite meta-steps (or none ever succeeded)
+EXIT_IO = 74  # a write failed mid-run (disk full, read-only): the last checkpoint is intact
+EXIT_BUSY = 75  # another process holds the run folder's lock
 EXIT_INTERRUPTED = 130
 
 
@@ -82,61 +87,149 @@ def _error(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
 
 
+def _name_max(path: Path) -> int:
+    """The longest file name the file system holding ``path`` (or its nearest ancestor) takes."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            try:
+                return os.pathconf(folder, "PC_NAME_MAX")
+            except (OSError, ValueError):
+                break
+    return 255
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """A run folder that cannot be used is refused before anything is written."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run folder {run_dir} is a file, not a folder; choose another --run-dir")
+    limit = _name_max(run_dir.absolute())
+    for part in run_dir.parts:
+        if len(os.fsencode(part)) > limit:
+            raise ConfigError(
+                f"run folder name {part[:32]!r}... is {len(os.fsencode(part))} bytes, over the "
+                f"file system's limit of {limit}: shorten `name` or pass a shorter --run-dir"
+            )
+    if run_dir.is_dir():
+        for name in ("config.yaml", "metrics.jsonl", ckpt.LAST, ckpt.BEST, ckpt.LOCK):
+            if (run_dir / name).is_dir():
+                raise ConfigError(
+                    f"{run_dir / name} is a folder where the run writes a file; move it away"
+                )
+        if (run_dir / "meta_test").exists() and not (run_dir / "meta_test").is_dir():
+            raise ConfigError(f"{run_dir / 'meta_test'} is a file where the run writes a folder")
+
+
+def lock_run_folder(run_dir: Path, stack: contextlib.ExitStack) -> ckpt.RunLock:
+    """Create ``run_dir`` if needed and hold its lock until ``stack`` closes."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return stack.enter_context(ckpt.RunLock(run_dir))
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write in run folder {run_dir}: {exc.strerror or exc} "
+            f"({exc.filename or run_dir}); a run folder must be a writable folder"
+        ) from None
+
+
+def prepare(
+    args: argparse.Namespace, overrides: list[str], stack: contextlib.ExitStack
+) -> tuple[MetaTrainConfig, Path, dict | None, ckpt.RunLock | None]:
+    """The validated config, the run folder, the resume payload and the run folder's lock
+    (held until ``stack`` closes; None when only printing the config)."""
+    payload, lock = None, None
+    if args.resume:
+        if args.config is not None:
+            raise ConfigError("--resume continues a run with its own config; drop --config")
+        run_dir = Path(args.resume)
+        if not run_dir.exists():
+            raise ConfigError(f"run folder {run_dir} does not exist")
+        check_run_folder(run_dir)
+        if not args.print_config:  # locked before reading: no other writer can change last.pt
+            lock = lock_run_folder(run_dir, stack)
+        if not (run_dir / ckpt.LAST).exists():
+            raise ConfigError(
+                f"{run_dir} holds no {ckpt.LAST}: the run stopped before its first "
+                "checkpoint; start it again (without --resume)"
+            )
+        payload = ckpt.load_run_checkpoint(run_dir / ckpt.LAST)
+        try:  # the saved config in today's schema, and the same plus the overrides
+            saved = config_from_dict(copy.deepcopy(payload["config"])).to_dict()
+            cfg = config_from_dict(copy.deepcopy(payload["config"]), overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (config of {run_dir / ckpt.LAST})") from None
+        changes = ckpt.check_resume_config(saved, cfg.to_dict(), payload["position"])
+        payload["config"] = saved
+        for line in changes:
+            print(f"resuming with a changed setting: {line}", file=sys.stderr)
+    else:
+        cfg = load_config(args.config or "default", overrides)
+        if args.run_dir is not None:
+            cfg.run_dir = args.run_dir
+        run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
+        check_run_folder(run_dir)
+        _refuse_existing_run(run_dir)
+    if args.print_config:
+        return cfg, run_dir, payload, None
+    from meta_train.trainer import preflight
+
+    preflight(cfg)
+    if lock is None:
+        lock = lock_run_folder(run_dir, stack)
+        _refuse_existing_run(run_dir)  # again, under the lock
+    return cfg, run_dir, payload, lock
+
+
+def _refuse_existing_run(run_dir: Path) -> None:
+    if (run_dir / ckpt.LAST).exists():
+        raise ConfigError(
+            f"{run_dir} already holds a run (last.pt); continue it with --resume {run_dir} "
+            "or choose another --run-dir"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(argv)
     if args.list_configs:
         print("\n".join(available_configs()))
         return 0
-    from meta_train import checkpointing as ckpt
-
-    payload = None
-    try:
-        if args.resume:
-            if args.config is not None:
-                raise ConfigError("--resume continues a run with its own config; drop --config")
-            run_dir = Path(args.resume)
-            if run_dir.is_dir() and not (run_dir / ckpt.LAST).exists():
-                raise ConfigError(
-                    f"{run_dir} holds no {ckpt.LAST}: the run stopped before its first "
-                    "checkpoint; start it again (without --resume)"
-                )
-            payload = ckpt.load_run_checkpoint(run_dir / ckpt.LAST)
-            cfg = config_from_dict(payload["config"], overrides)
-        else:
-            cfg = load_config(args.config or "default", overrides)
-            if args.run_dir is not None:
-                cfg.run_dir = args.run_dir
-            run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
-            if (run_dir / ckpt.LAST).exists():
-                raise ConfigError(
-                    f"{run_dir} already holds a run (last.pt); continue it with --resume {run_dir} "
-                    "or choose another --run-dir"
-                )
-        if args.print_config:
+    with contextlib.ExitStack() as stack:
+        try:
+            cfg, run_dir, payload, lock = prepare(args, overrides, stack)
+        except (ConfigError, ckpt.CheckpointError) as exc:
+            _error(str(exc))
+            return EXIT_CONFIG
+        except ckpt.RunLockedError as exc:
+            _error(str(exc))
+            return EXIT_BUSY
+        if lock is None:
             print(dump_yaml(cfg), end="")
             return 0
-        from meta_train.trainer import preflight
-
-        preflight(cfg)
-    except (ConfigError, ckpt.CheckpointError) as exc:
-        _error(str(exc))
-        return EXIT_CONFIG
-    return _run(cfg, run_dir, payload)
+        return _run(cfg, run_dir, payload, lock)
 
 
-def _run(cfg: MetaTrainConfig, run_dir: Path, payload: dict | None) -> int:
-    from meta_train import checkpointing as ckpt
+def _run(cfg: MetaTrainConfig, run_dir: Path, payload: dict | None, lock: ckpt.RunLock) -> int:
+    from l2o.io import atomic_write
     from meta_train.trainer import NonFiniteError, Trainer
 
     print(f"run folder: {run_dir}", file=sys.stderr)
     try:
-        trainer = Trainer(cfg, run_dir, resume=payload)
+        trainer = Trainer(cfg, run_dir, resume=payload, lock=lock)
     except (ckpt.CheckpointError, ValueError) as exc:
         _error(str(exc))
         return EXIT_CONFIG
-    (run_dir / "config.yaml").write_text(dump_yaml(cfg))  # once the resume checks have passed
+    except OSError as exc:
+        return _write_failed(exc, run_dir)
     try:
+        atomic_write(run_dir / "config.yaml", dump_yaml(cfg))  # once the resume checks passed
         outcome = trainer.train()
+        if outcome.counters.get("nonfinite", 0) >= trainer.position.global_step:
+            _error(
+                f"every one of the run's {trainer.position.global_step} meta-steps was "
+                f"non-finite and skipped, so the learned optimizer was never updated "
+                f"(counts: {outcome.counters}); try a lower meta_optimizer.lr or see "
+                f"{run_dir / 'metrics.jsonl'}"
+            )
+            return EXIT_NONFINITE
         validated = (
             f"best held-out validation loss {outcome.best_val_loss:.4g}"
             if cfg.validation.enabled
@@ -152,6 +245,8 @@ def _run(cfg: MetaTrainConfig, run_dir: Path, payload: dict | None) -> int:
     except NonFiniteError as exc:
         _error(str(exc))
         return EXIT_NONFINITE
+    except OSError as exc:
+        return _write_failed(exc, run_dir)
     except KeyboardInterrupt:
         _error(f"interrupted; continue from the last checkpoint with --resume {run_dir}")
         return EXIT_INTERRUPTED
@@ -166,6 +261,17 @@ def _run(cfg: MetaTrainConfig, run_dir: Path, payload: dict | None) -> int:
     for kind, path in (results or {}).items():
         print(f"  meta-test {kind:<4}  {path}")
     return 0
+
+
+def _write_failed(exc: OSError, run_dir: Path) -> int:
+    """One line for a failed read or write; atomic writes left the previous files whole."""
+    last = run_dir / ckpt.LAST
+    kept = f"the last checkpoint {last} is intact" if last.exists() else "no checkpoint was written"
+    _error(
+        f"{exc.strerror or exc} ({exc.filename or run_dir}); {kept}: fix the cause, then "
+        f"continue with --resume {run_dir}"
+    )
+    return EXIT_IO
 
 
 def _meta_test(cfg: MetaTrainConfig, trainer) -> dict[str, Path]:

@@ -170,11 +170,11 @@ class Trainer:
         step_fn: StepFn | None = None,
         on_meta_step: Callable[[Trainer, dict], None] | None = None,
         console: Callable[[str], None] | None = None,
+        lock: ckpt.RunLock | None = None,
     ) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.remove_stale_temporaries(self.run_dir)
         self.device = setup_environment(cfg)
         self.task = task if task is not None else make_task(cfg)
         # Loading the data first: a missing dataset fails here, before any meta-training work.
@@ -202,6 +202,12 @@ class Trainer:
         if resume is not None:
             metrics_bytes, wandb_id = self._restore(resume)
         rng = resume["rng"] if resume is not None else ckpt.rng_state()
+        # One writer per run folder, from the first write (run.py passes the lock it holds).
+        self._owns_lock = lock is None
+        self.lock = lock if lock is not None else ckpt.RunLock(self.run_dir).acquire()
+        if not self.lock.held or self.lock.folder.resolve() != self.run_dir.resolve():
+            raise ValueError(f"the lock passed to Trainer is not held for {self.run_dir}")
+        ckpt.remove_stale_temporaries(self.lock)
         self.tracker = Tracker(  # W&B may draw from the global RNGs: they are put back below
             self.run_dir,
             cfg.wandb,
@@ -237,13 +243,8 @@ class Trainer:
         return ckpt.atomic_save(self.state_payload(), self.run_dir / ckpt.LAST)
 
     def _restore(self, payload: dict) -> tuple[int | None, str | None]:
-        saved_cfg = config_from_dict(payload["config"]).to_dict()  # old key names, new defaults
-        mismatches = ckpt.config_mismatches(saved_cfg, self.cfg.to_dict())
-        if mismatches:
-            raise ckpt.CheckpointError(
-                "the checkpoint was written by a differently configured run; these settings "
-                "differ: " + "; ".join(mismatches)
-            )
+        saved_cfg = config_from_dict(copy.deepcopy(payload["config"])).to_dict()  # new defaults
+        ckpt.check_resume_config(saved_cfg, self.cfg.to_dict(), payload["position"])
         self._restore_lopt(payload["lopt"])
         self.meta_opt.load_state_dict(payload["meta_optimizer"])
         self.estimator.load_state_dict(payload.get("estimator", {}))
@@ -513,4 +514,8 @@ class Trainer:
         )
 
     def close(self) -> None:
-        self.tracker.close()
+        try:
+            self.tracker.close()
+        finally:
+            if self._owns_lock:
+                self.lock.release()

@@ -183,3 +183,70 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path, refere
     assert len(kills) >= 2, kills  # the kills landed inside the run, not after its end
     assert not list(run_dir.glob(".*tmp*"))  # the resumed run cleaned up after the kills
     _assert_same_run(reference, run_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# --resume with overrides: compared with the config as saved; only documented changes pass
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A finished two-run tiny run, made through the CLI."""
+    from meta_train.run import main
+
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    args = ["--config", "tiny", "--run-dir", str(run_dir), "meta_test.enabled=false", "threads=1"]
+    assert main(args) == 0
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("unroll.length=2", "unroll.length: checkpoint=3, config=2"),
+        ("task.name=mnist_mlp_relu", "task.name: checkpoint='mnist_mlp_sigmoid'"),
+        ("schedule.horizon=12", "schedule.horizon: checkpoint=6, config=12"),
+        ("optimizer.kwargs.hidden_size=12", "optimizer.kwargs.hidden_size: checkpoint=8"),
+        ("seed=1", "seed: checkpoint=0, config=1"),
+        ("threads=2", "threads: checkpoint=1, config=2"),
+    ],
+)
+def test_resume_refuses_a_changed_nested_setting_and_writes_nothing(
+    tmp_path, finished, capsys, override, key
+):
+    from meta_train.run import EXIT_CONFIG, main
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    files = lambda: {p.name: p.read_bytes() for p in run_dir.iterdir() if p.name != ckpt.LOCK}
+    before = files()
+    assert main(["--resume", str(run_dir), override]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and key in err, err
+    assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
+    assert files() == before  # config.yaml, last.pt, metrics.jsonl untouched
+
+
+def test_resume_allows_the_documented_safe_changes(tmp_path, finished, capsys):
+    from meta_train.run import main
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    assert main(["--resume", str(run_dir), "schedule.epochs=2", "wandb.mode=offline"]) == 0
+    err = capsys.readouterr().err
+    assert "resuming with a changed setting: schedule.epochs: 1 -> 2" in err
+    saved = ckpt.load_run_checkpoint(run_dir / "last.pt")
+    assert saved["position"]["epoch"] == 2 and saved["config"]["schedule"]["epochs"] == 2
+    assert "epochs: 2" in (run_dir / "config.yaml").read_text()
+
+
+def test_fewer_epochs_than_already_started_are_refused():
+    saved = load_config("tiny").to_dict()
+    current = load_config("tiny", ["schedule.epochs=1", "meta_optimizer.lr=1e-3"]).to_dict()
+    saved["schedule"]["epochs"] = 3
+    mid_second_epoch = {"epoch": 1, "run": 0, "meta_step": 1, "global_step": 5}
+    with pytest.raises(ckpt.CheckpointError, match=r"schedule\.epochs.*already started 3 runs"):
+        ckpt.check_resume_config(saved, current, mid_second_epoch)
+    at_the_end_of_the_first = {"epoch": 1, "run": 0, "meta_step": 0, "global_step": 4}
+    changes = ckpt.check_resume_config(saved, current, at_the_end_of_the_first)
+    assert changes == ["meta_optimizer.lr: 0.01 -> 0.001", "schedule.epochs: 3 -> 1"]
