@@ -134,3 +134,98 @@ def test_print_config_and_refusal_to_overwrite(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         main(["--config", "tiny", "schedule.epochs"])
     assert "key=value" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Run folders, writes and data that fail: one clear line each, the previous checkpoint kept
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--run-dir", "afile"], "run folder afile is a file, not a folder"),
+        (["--run-dir", "afile/run"], "cannot write in run folder afile/run: Not a directory"),
+        (["name=" + "n" * 300], "bytes, over the file system's limit of"),
+    ],
+)
+def test_unusable_run_folders_exit_2_and_create_nothing(
+    tmp_path, monkeypatch, capsys, args, message
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("a file")
+    assert main(["--config", "tiny", *args]) == 2
+    assert message in _one_error_line(capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_resume_refuses_a_folder_where_the_run_writes_a_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run" / "best.pt").mkdir(parents=True)
+    (tmp_path / "run" / "last.pt").write_bytes(b"not read: the folder is checked first")
+    assert main(["--resume", "run"]) == 2
+    assert "run/best.pt is a folder where the run writes a file" in capsys.readouterr().err
+
+
+def test_a_corrupt_dataset_file_exits_2_before_the_run_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    idx = tmp_path / "fashion"
+    idx.mkdir()
+    (idx / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03\x00\x00\x00\x05")
+    monkeypatch.setenv("L2O_DATA", str(tmp_path / "no-data"))
+    monkeypatch.setenv("L2O_FASHION_MNIST_DIR", str(idx))
+    code = main(["--config", "tiny", "--run-dir", "out", "task.dataset=fashion_mnist"])
+    assert code == 2
+    assert "train-images-idx3-ubyte is truncated" in _one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_full_disk_mid_run_is_one_line_and_keeps_the_previous_checkpoint(
+    tmp_path, monkeypatch, capsys
+):
+    import errno
+
+    from meta_train import checkpointing as ckpt
+    from meta_train.run import EXIT_IO
+
+    monkeypatch.chdir(tmp_path)
+    real_save, saves = torch.save, []
+
+    def save(obj, f, *args, **kwargs):  # the third checkpoint write finds the disk full
+        saves.append(obj.get("position") if isinstance(obj, dict) else None)
+        if len(saves) == 3:
+            f.write(b"PK\x03\x04 the first bytes")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    args = ["--config", "tiny", "--run-dir", "out", "validation.enabled=false"]
+    assert main([*args, "meta_test.enabled=false"]) == EXIT_IO
+    line = _one_error_line(capsys.readouterr().err)
+    assert "No space left on device" in line and "last checkpoint out/last.pt is intact" in line
+    saved = ckpt.load_run_checkpoint(tmp_path / "out" / "last.pt")
+    assert saved["position"] == saves[1]  # the second write, complete
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "config.yaml",
+        "last.pt",
+        "metrics.jsonl",
+        "run.lock",
+    ]  # no temporary left behind
+
+
+def test_a_run_whose_every_meta_step_was_skipped_is_not_done(tmp_path, monkeypatch, capsys):
+    from meta_train.run import EXIT_NONFINITE
+    from meta_train.trainer import Trainer
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(Trainer, "_nonfinite_reason", lambda self, result, inner: "meta_loss")
+    args = ["--config", "tiny", "--run-dir", "out", "meta_test.enabled=false"]
+    assert main(args) == EXIT_NONFINITE  # 4 meta-steps, fewer than the 5 that stop a run
+    captured = capsys.readouterr()
+    assert "meta-training done" not in captured.out + captured.err
+    assert "every one of the run's 4 meta-steps was non-finite" in _one_error_line(captured.err)
