@@ -22,10 +22,13 @@ def log_sign_preprocess(x: torch.Tensor, p: float = 10.0) -> torch.Tensor:
     return torch.stack((log_part, sign_part), dim=-1)
 
 
-def time_features(t: torch.Tensor, scales: tuple[float, ...] = TIME_SCALES) -> torch.Tensor:
-    """``[..., len(scales)]`` features ``tanh(t / s - 1)`` of the step counter ``t [...]``."""
-    s = torch.tensor(scales, dtype=torch.float32, device=t.device)
-    return torch.tanh(t.to(torch.float32).unsqueeze(-1) / s - 1.0)
+def time_features(
+    t: torch.Tensor, scales: tuple[float, ...] = TIME_SCALES, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """``[..., len(scales)]`` features ``tanh(t / s - 1)`` of the integer step counter ``t [...]``,
+    computed in ``dtype`` (the run's: float64 runs keep float64 features)."""
+    s = torch.tensor(scales, dtype=dtype, device=t.device)
+    return torch.tanh(t.to(dtype).unsqueeze(-1) / s - 1.0)
 
 
 def ema(avg: torch.Tensor, x: torch.Tensor, decays: torch.Tensor) -> torch.Tensor:

@@ -122,7 +122,7 @@ class LSTMOptimizer(LearnedOptimizerNet):
         state: State = {
             "h": zeros(self.num_layers, *lead, n, self.hidden_size),
             "c": zeros(self.num_layers, *lead, n, self.hidden_size),
-            "t": torch.zeros(lead, dtype=torch.float32, device=flat_params.device),
+            "t": torch.zeros(lead, dtype=torch.long, device=flat_params.device),
         }
         if self._needs_m:
             state["m"] = zeros(*lead, n)
@@ -147,7 +147,7 @@ class LSTMOptimizer(LearnedOptimizerNet):
                 parts.append(log_sign_preprocess(new["m"], self.preprocess_p))
             elif extra == "adam":
                 new["v"] = ema_of_square(state["v"], grads, self.beta2)
-                tt = t.unsqueeze(-1)
+                tt = t.unsqueeze(-1).to(grads.dtype)  # the counter is an integer
                 m_hat = new["m"] / (1 - self.beta1**tt)
                 v_hat = new["v"] / (1 - self.beta2**tt)
                 # clamp before the root: its derivative at v = 0 would be infinite (second order)
@@ -156,7 +156,7 @@ class LSTMOptimizer(LearnedOptimizerNet):
             elif extra == "param":
                 parts.append(params.unsqueeze(-1))
             elif extra == "time":
-                tf = time_features(t).unsqueeze(-2)
+                tf = time_features(t, dtype=grads.dtype).unsqueeze(-2)
                 parts.append(tf.expand(*grads.shape, tf.shape[-1]))
         return torch.cat(parts, dim=-1), new
 

@@ -108,7 +108,7 @@ class MLPOptimizer(LearnedOptimizerNet):
         return {
             "m": flat_params.new_zeros(*lead, n, len(self.momentum_decays)),
             "v": flat_params.new_zeros(*lead, n),
-            "t": torch.zeros(lead, dtype=torch.float32, device=device),
+            "t": torch.zeros(lead, dtype=torch.long, device=device),
             "segment_ids": seg,  # [N], constant
             "segment_counts": counts,  # [S], constant
         }
@@ -131,7 +131,7 @@ class MLPOptimizer(LearnedOptimizerNet):
         raw = self.normalized_features(grads, params, m, v)
         second = segment_mean(raw * raw, state["segment_ids"], state["segment_counts"])
         normed = raw * torch.rsqrt(second + 1e-5)
-        tf = time_features(t).unsqueeze(-2).expand(*grads.shape, len(TIME_SCALES))
+        tf = time_features(t, dtype=raw.dtype).unsqueeze(-2).expand(*grads.shape, len(TIME_SCALES))
         new = dict(state)
         new.update(m=m, v=v, t=t)
         return torch.cat((normed, tf), dim=-1), new
