@@ -5,6 +5,8 @@ renamed over the old one): a kill at any moment leaves either the previous check
 one, never a torn file. Every load goes through
 ``torch.load(weights_only=True)``, whose unpickler builds only tensors and plain containers: a
 file that would import a callable (the way pickle runs code) is refused before anything runs.
+One process at a time writes a run folder (:class:`RunLock`), and a resumed run may differ from
+its checkpoint's config only in the settings listed in ``RESUME_SAFE`` and ``RESUME_RETUNE``.
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ Every setting is a dotted key of ``meta_train.config.MetaTrainConfig``. The run 
 ``config.yaml``, ``metrics.jsonl``, ``last.pt`` (everything needed to resume exactly), ``best.pt``
 (the learned optimizer chosen on held-out meta-validation, loadable with ``LearnedOptimizer``) and
 ``meta_test/`` (table as CSV and JSON, loss curves as PNG).
+
+Exit codes: 0 done; 2 bad input or an unusable run folder, found before anything is written; 3
+non-finite meta-steps stopped the run (or none succeeded); 74 a write failed mid-run (the last
+checkpoint is intact); 75 another process holds the run folder; 130 interrupted.
 """
 
 from __future__ import annotations
