@@ -509,7 +509,7 @@ class Trainer:
             f"{n} consecutive meta-steps were non-finite (last: {record.get('train/skipped')} at "
             f"epoch {record['epoch']}, run {record['run']}, meta-step {record['meta_step']}); "
             f"stopped. The last good state is in {path} (resume with --resume {self.run_dir}, "
-            "e.g. with a lower meta_optimizer.lr or a shorter unroll.length); counts: "
+            "e.g. with a lower meta_optimizer.lr; other changes need a new run); counts: "
             f"{self.counters}"
         )
 
