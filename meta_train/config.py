@@ -14,6 +14,7 @@ is ``meta_train.config_engine``'s generic job; the ``unroll`` section is
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import inspect
@@ -27,7 +28,6 @@ from meta_train.config_engine import (
     ConfigError,
     build,
     coerce,
-    deep_merge,
     load_yaml,
     parse_override,
     plain,
@@ -270,7 +270,7 @@ def all_keys() -> list[str]:
 def _rename_old_keys(data: dict[str, Any]) -> dict[str, Any]:
     """``data`` with the :data:`RENAMED_KEYS` moved to their new names (old configs and
     checkpoints keep working); giving both names is an error."""
-    out = deep_merge({}, data)
+    out = copy.deepcopy(data)  # never edit the caller's mapping (a checkpoint's saved config)
     for old, new in RENAMED_KEYS.items():
         (section, old_leaf), (_, new_leaf) = old.split("."), new.split(".")
         node = out.get(section)

@@ -71,8 +71,9 @@ def test_sigkill_at_random_moments_never_tears_the_checkpoint(tmp_path):
         payload = ckpt.safe_load(path)  # never torn: some complete version
         assert torch.equal(payload["x"], torch.full((4_000_000,), float(payload["version"])))
         assert payload["version"] >= 1  # a write of this child, completed before the kill
-        ckpt.remove_stale_temporaries(tmp_path)
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+        with ckpt.RunLock(tmp_path) as lock:
+            ckpt.remove_stale_temporaries(lock)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", ckpt.LOCK]
 
 
 # A child whose write is frozen at a chosen point: inside torch.save (half the bytes out) or
@@ -114,8 +115,9 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, where):
     assert len(stale) == 1  # the interrupted temporary, never read
     payload = ckpt.safe_load(path)
     assert payload["version"] == 1 and torch.equal(payload["x"], torch.zeros(10))
-    assert ckpt.remove_stale_temporaries(tmp_path) == stale
-    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+    with ckpt.RunLock(tmp_path) as lock:
+        assert ckpt.remove_stale_temporaries(lock) == stale
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", ckpt.LOCK]
 
 
 class _CreatesMarker:
