@@ -3,6 +3,7 @@ run ends (learned-optimizer weights, meta-Adam state, best checkpoint, metrics).
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 import shutil
@@ -250,3 +251,12 @@ def test_fewer_epochs_than_already_started_are_refused():
     at_the_end_of_the_first = {"epoch": 1, "run": 0, "meta_step": 0, "global_step": 4}
     changes = ckpt.check_resume_config(saved, current, at_the_end_of_the_first)
     assert changes == ["meta_optimizer.lr: 0.01 -> 0.001", "schedule.epochs: 3 -> 1"]
+
+
+def test_overrides_never_edit_the_saved_config():
+    from meta_train.config import config_from_dict
+
+    saved = load_config("tiny").to_dict()
+    before = copy.deepcopy(saved)
+    config_from_dict(saved, ["unroll.length=2", "task.name=mnist_mlp_relu", "schedule.horizon=12"])
+    assert saved == before
