@@ -18,6 +18,8 @@ import copy
 import dataclasses
 import difflib
 import inspect
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -381,13 +383,15 @@ def _check_across_sections(cfg: MetaTrainConfig) -> None:
             f"{sorted(test_seeds)[:3]}..., {sorted(grid_seeds)[:3]}...)"
         )
     require_positive("threads", cfg.threads)
-    require(cfg.seed >= 0, "seed", "must be >= 0", cfg.seed)
+    require(
+        0 <= cfg.seed < 2**63, "seed", "must be in [0, 2**63) (torch seeds are 64-bit)", cfg.seed
+    )
     require(
         bool(cfg.name) and "/" not in cfg.name, "name", "must be a non-empty file name", cfg.name
     )
     device = cfg.device
     require(
-        device in ("cpu", "cuda", "auto", "mps") or device.startswith("cuda:"),
+        device in ("cpu", "cuda", "auto", "mps") or re.fullmatch(r"cuda:\d+", device) is not None,
         "device",
         "must be cpu, cuda, cuda:N, mps or auto",
         device,
@@ -433,6 +437,8 @@ def validate_names(cfg: MetaTrainConfig) -> None:
 
 def validate_optimizer(opt: OptimizerConfig) -> None:
     """The learned optimizer's name is registered and every kwarg is a constructor parameter."""
+    import torch
+
     import l2o.optimizers as lo
 
     known = list(lo.available_architectures())
@@ -466,6 +472,22 @@ def validate_optimizer(opt: OptimizerConfig) -> None:
                 opt.kwargs[key] = float(value)
             elif expected in (int, float, bool, str) and not isinstance(value, expected):
                 opt.kwargs[key] = coerce(f"optimizer.kwargs.{key}", value, expected)
+            value = opt.kwargs[key]
+            if expected is float and not math.isfinite(value):
+                raise ConfigError(f"optimizer.kwargs.{key} must be finite, got {value!r}")
+            if expected is int and default > 0 and value <= 0:  # sizes and counts
+                raise ConfigError(f"optimizer.kwargs.{key} must be positive, got {value!r}")
+    for key, value in opt.kwargs.items():
+        if isinstance(value, list | tuple) and not all(
+            isinstance(v, str | int | float) for v in value
+        ):
+            raise ConfigError(f"optimizer.kwargs.{key} must be a flat list of names, got {value!r}")
+    try:  # every other constructor check, on the meta device: nothing is allocated
+        with torch.device("meta"):
+            lo.create(opt.name, **opt.kwargs)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"optimizer.kwargs {opt.kwargs}: {first}") from None
 
 
 def dump_yaml(cfg: MetaTrainConfig) -> str:

@@ -100,10 +100,17 @@ def preflight(cfg: MetaTrainConfig) -> None:
         device = resolve_device(cfg.device)
     except ValueError as exc:
         raise ConfigError(f"device: {exc}") from None
+    task = make_task(cfg)
     try:
-        make_task(cfg).load_data(device, root=cfg.data.root, download=cfg.data.download)
+        data = task.load_data(device, root=cfg.data.root, download=cfg.data.download)
     except DatasetNotFoundError as exc:
         raise ConfigError(f"task.dataset: {exc}") from None
+    examples = data.split("train")[0].shape[0]
+    if task.batch_size > examples:
+        raise ConfigError(
+            f"task.batch_size ({task.batch_size}) exceeds the {examples} training examples of "
+            f"{data.name}"
+        )
 
 
 def make_task(cfg: MetaTrainConfig) -> Task:

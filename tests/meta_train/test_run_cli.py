@@ -89,6 +89,12 @@ def test_config_errors_exit_early_with_the_key(tmp_path):
         (["--meta_test.baselines=[sgd, adan]"], "unknown baseline 'adan'"),
         (["meta_optimizer.betas=[0.9, 1.0]"], "meta_optimizer.betas[1] must be in [0, 1)"),
         (["device=cuda:7"] if not torch.cuda.is_available() else ["device=tpu"], "device"),
+        (["task.batch_size=1000000000"], "task.batch_size (1000000000) exceeds the 4000"),
+        (["optimizer.kwargs.extra_inputs=[[1]]"], "optimizer.kwargs.extra_inputs must be a flat"),
+        (["optimizer.kwargs.hidden_size=-1"], "optimizer.kwargs.hidden_size must be positive"),
+        ([f"seed={2**70}"], "seed must be in [0, 2**63)"),
+        (["device=cuda:abc"], "device must be cpu, cuda, cuda:N, mps or auto, got 'cuda:abc'"),
+        (["optimizer.kwargs.output_scale=nan"], "optimizer.kwargs.output_scale must be finite"),
     ],
 )
 def test_bad_configs_exit_2_before_any_work(tmp_path, monkeypatch, capsys, args, message):
