@@ -326,6 +326,8 @@ def resolve_config_path(source: str | Path) -> Path:
     path = Path(source).expanduser()
     if path.is_file():
         return path
+    if path.is_dir():
+        raise ConfigError(f"--config {path} is a folder; give a YAML file or a config name")
     name = str(source)
     if name.endswith((".yaml", ".yml")) or "/" in name:
         raise ConfigError(f"config file {str(path)!r} does not exist")

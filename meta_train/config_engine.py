@@ -260,12 +260,65 @@ def set_dotted(root: type, data: dict, key: str, value: Any) -> None:
         node = child
 
 
+MAX_YAML_VALUES = 100_000  # a config has hundreds; anchors that expand past this are a bomb
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise ConfigError(f"key {key!r} is given twice (lines {seen[key]} and {line})")
+            if isinstance(key, typing.Hashable):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _count_values(data: Any, budget: int) -> int:
+    """Values in ``data`` with every alias expanded, counting down from ``budget`` (stops at 0)."""
+    stack = [data]
+    while stack and budget > 0:
+        item = stack.pop()
+        budget -= 1
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return budget
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from a UTF-8 file; duplicate keys and anchor bombs are refused."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; give a YAML file or a config name")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: builds plain data only
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply") from None
+    if _count_values(data, MAX_YAML_VALUES) <= 0:
+        raise ConfigError(
+            f"{path}: expands to more than {MAX_YAML_VALUES} values (anchors and aliases "
+            "nested into a bomb?)"
+        )
     if data is None:
         return {}
     if not isinstance(data, dict):

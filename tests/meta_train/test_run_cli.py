@@ -235,3 +235,33 @@ def test_a_run_whose_every_meta_step_was_skipped_is_not_done(tmp_path, monkeypat
     captured = capsys.readouterr()
     assert "meta-training done" not in captured.out + captured.err
     assert "every one of the run's 4 meta-steps was non-finite" in _one_error_line(captured.err)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"name: caf\xe9\n", "not UTF-8 text (byte 0xe9 at offset 9)"),
+        (b"schedule:\n  epochs: 1\n  epochs: 2\n", "key 'epochs' is given twice (lines 2 and 3)"),
+        (
+            b"a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+            + b"".join(
+                f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n".encode()
+                for i in range(6)
+            ),
+            "expands to more than 100000 values",
+        ),
+        (None, "is a folder; give a YAML file or a config name"),
+    ],
+)
+def test_unreadable_config_files_are_one_clear_line(
+    tmp_path, monkeypatch, capsys, content, message
+):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "my.yaml"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    assert main(["--config", str(path)]) == 2
+    assert message in _one_error_line(capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my.yaml"]
