@@ -171,7 +171,7 @@ def resolve_cases(
                 "which the learned optimizer's checkpoint does not record"
             )
         steps = spec.steps if spec.steps is not None else round(spec.horizon * trained_horizon)
-        cases.append(Case(task, dataset or get_task(task).dataset, int(steps), batch_size))
+        cases.append(Case(task, dataset or get_task(task).dataset_name, int(steps), batch_size))
     return list(dict.fromkeys(cases))
 
 
