@@ -84,9 +84,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--lr-range",
         type=float,
         nargs=2,
-        default=(1e-4, 10.0),
+        default=None,
         metavar=("LO", "HI"),
-        help="initial lr grid, widened automatically (default: 1e-4 10)",
+        help="initial lr grid, widened automatically (default: 1e-4 10; --quick: 1e-3 1)",
     )
     p.add_argument("--per-decade", type=int, default=2, help="grid points per decade (default 2)")
     p.add_argument("--out", default=None, help="output folder (default: out/eval/SUITE)")
@@ -107,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         learned = [resolve_learned(spec) for spec in args.opts]
         baselines = check_baselines(args.baselines)
         criteria = check_criteria(args.criterion)
-        grid = LogGrid(args.lr_range[0], args.lr_range[1], args.per_decade)
+        grid = None
+        if args.lr_range is not None or args.per_decade != LogGrid.per_decade:
+            lo, hi = args.lr_range or (LogGrid.lo, LogGrid.hi)
+            grid = LogGrid(lo, hi, args.per_decade)
         if args.threads < 1:
             raise ValueError(f"--threads must be positive, got {args.threads}")
     except (ValueError, FileNotFoundError) as exc:

@@ -23,7 +23,7 @@ from meta_train.evaluation.contenders import (
 )
 from meta_train.evaluation.criteria import DEFAULT_CRITERIA, check_criteria
 from meta_train.evaluation.suites import Case, Suite, load_suite, resolve_cases
-from meta_train.evaluation.tuning import DEFAULT_GRID, LogGrid, Tuning, tune
+from meta_train.evaluation.tuning import DEFAULT_GRID, QUICK_GRID, LogGrid, Tuning, tune
 
 FIRST_EVAL_SEED = 1000
 FIRST_TUNE_SEED = 0
@@ -113,15 +113,19 @@ def run_suite(
     quick: bool = False,
     criteria: Sequence[str] = DEFAULT_CRITERIA,
     baselines: Sequence[str] = DEFAULT_BASELINES,
-    grid: LogGrid = DEFAULT_GRID,
+    grid: LogGrid | None = None,
     seeds: int | None = None,
     tune_seeds: int | None = None,
     first_seed: int = FIRST_EVAL_SEED,
     first_tune_seed: int = FIRST_TUNE_SEED,
     log: Callable[[str], None] = print,
 ) -> Evaluation:
-    """Evaluate ``learned`` optimizers on every case of ``suite`` against tuned ``baselines``."""
+    """Evaluate ``learned`` optimizers on every case of ``suite`` against tuned ``baselines``.
+
+    ``grid`` is where each tuning starts (default: 1e-4…10, or 1e-3…1 when ``quick``); it widens
+    by itself wherever a best lr lands on its edge."""
     start = time.perf_counter()
+    grid = grid if grid is not None else (QUICK_GRID if quick else DEFAULT_GRID)
     suite = load_suite(suite) if isinstance(suite, str) else suite
     criteria = check_criteria(list(criteria))
     baselines = check_baselines(list(baselines))

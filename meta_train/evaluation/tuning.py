@@ -41,6 +41,7 @@ class LogGrid:
 
 
 DEFAULT_GRID = LogGrid()
+QUICK_GRID = LogGrid(1e-3, 1.0)  # narrower start for --quick; widening still guards the edges
 
 
 @dataclass
