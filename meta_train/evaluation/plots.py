@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from l2o.io import atomic_write
 from meta_train.evaluation.runner import Evaluation
 
 
@@ -18,6 +19,13 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(plt, fig, path: str | Path) -> Path:
+    try:
+        return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
+    finally:
+        plt.close(fig)
 
 
 def plot_curves(ev: Evaluation, path: str | Path) -> Path:
@@ -49,9 +57,7 @@ def plot_curves(ev: Evaluation, path: str | Path) -> Path:
     axes[0][0].set_ylabel(f"training loss (baselines tuned for {crit!r})")
     fig.suptitle(f"suite {ev.suite}: mean over {len(ev.seeds)} seeds")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(plt, fig, path)
 
 
 def plot_ratios(ev: Evaluation, table: list[dict], path: str | Path) -> Path:
@@ -92,6 +98,4 @@ def plot_ratios(ev: Evaluation, table: list[dict], path: str | Path) -> Path:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(plt, fig, path)

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from l2o.io import atomic_write
 from meta_train.evaluation.criteria import CRITERIA, final_window, score
 from meta_train.evaluation.runner import CaseResult, Evaluation, Runs
 from meta_train.evaluation.stats import ci95, geometric_mean, ratio_ci
@@ -310,12 +311,15 @@ def write_outputs(ev: Evaluation, out_dir: str | Path, plot: bool = True) -> dic
     out.mkdir(parents=True, exist_ok=True)
     table = rows(ev)
     paths = {"csv": out / "summary.csv", "json": out / "results.json", "txt": out / "table.txt"}
-    with open(paths["csv"], "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(ROW_FIELDS))
+
+    def write_csv(fh) -> None:
+        writer = csv.DictWriter(fh, fieldnames=list(ROW_FIELDS))
         writer.writeheader()
         writer.writerows({k: r[k] for k in ROW_FIELDS} for r in table)
-    paths["json"].write_text(json.dumps(to_json(ev, table), indent=1))
-    paths["txt"].write_text(format_table(ev, table) + "\n")
+
+    atomic_write(paths["csv"], write_csv, text=True)
+    atomic_write(paths["json"], json.dumps(to_json(ev, table), indent=1))
+    atomic_write(paths["txt"], format_table(ev, table) + "\n")
     if plot and ev.cases:
         from meta_train.evaluation.plots import plot_curves, plot_ratios
 
