@@ -64,6 +64,8 @@ def plot_ratios(ev: Evaluation, table: list[dict], path: str | Path) -> Path:
     """Ratio of each learned optimizer to the best tuned baseline, per case, with 95% CIs; one
     panel per criterion, below the line at 1 the learned optimizer wins."""
     plt = _pyplot()
+    from matplotlib.ticker import FormatStrFormatter
+
     cases = [c.case.id for c in ev.cases]
     names = list(ev.learned)
     fig, axes = plt.subplots(
@@ -92,6 +94,11 @@ def plot_ratios(ev: Evaluation, table: list[dict], path: str | Path) -> Path:
             ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", capsize=3, label=name)
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set_yscale("log")
+        plain = FormatStrFormatter("%.3g")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="y", which="minor", labelsize=7)
+        ax.set_xlim(-0.6, len(cases) - 0.4)
         ax.set_xticks(range(len(cases)))
         ax.set_xticklabels(cases, rotation=35, ha="right", fontsize=7)
         ax.set_title(f"{crit}: learned / best tuned baseline (< 1: learned wins)", fontsize=9)
