@@ -278,3 +278,35 @@ def test_cli_rejects_bad_input_early(capsys):
     assert cli.main(["mlp-mnist", "--criterion", "last"]) == 2
     assert cli.main(["--list-suites"]) == 0
     assert "generalization" in capsys.readouterr().out
+
+
+def test_opt_resolves_names_checkpoints_and_run_folders(tmp_path):
+    from meta_train import checkpointing as ckpt
+    from meta_train.evaluation.contenders import resolve_learned
+
+    shipped = resolve_learned("mlp-mnist")
+    assert (shipped.task, shipped.dataset, shipped.horizon) == ("mnist_mlp_sigmoid", "mnist5k", 200)
+    net = lo.create("lstm", hidden_size=4)
+    config = {"task": {"name": "mnist_mlp_relu", "dataset": "mnist5k", "batch_size": 64}}
+    config["schedule"] = {"horizon": 40}
+    payload = {
+        "format": ckpt.FORMAT,
+        "version": ckpt.VERSION,
+        "config": config,
+        "lopt": {"arch": "lstm", "config": net.config(), "state_dict": net.state_dict()},
+        "meta_optimizer": {},
+        "rng": {},
+        "position": {},
+    }
+    ckpt.atomic_save(payload, tmp_path / "last.pt")  # a run folder without best.pt
+    run = resolve_learned(str(tmp_path))
+    assert run.source == str(tmp_path / "last.pt")
+    assert (run.task, run.horizon, run.batch_size) == ("mnist_mlp_relu", 40, 64)
+    assert all(
+        torch.equal(a, b) for a, b in zip(run.net.state_dict().values(), net.state_dict().values())
+    )
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"neither best\.pt nor last\.pt"):
+        resolve_learned(str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="neither a pretrained name"):
+        resolve_learned(str(tmp_path / "missing"))
