@@ -134,10 +134,6 @@ def _load(path: Path) -> tuple[lo.LearnedOptimizerNet, dict]:
             run = ckpt.load_run_checkpoint(path)
         except ckpt.CheckpointError:
             raise first from None
-        payload = {
-            "format": checkpoint_io.FORMAT,
-            "version": checkpoint_io.VERSION,
-            **run["lopt"],
-            "metadata": {"task": run["config"]["task"]["name"], "config": run["config"]},
-        }
+        metadata = {"task": run["config"]["task"]["name"], "config": run["config"]}
+        payload = {**run["lopt"], "metadata": metadata}  # the trainer embeds to_payload(lopt)
         return checkpoint_io.from_payload(payload, source=str(path))

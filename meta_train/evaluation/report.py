@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -320,9 +321,23 @@ def write_outputs(ev: Evaluation, out_dir: str | Path, plot: bool = True) -> dic
     atomic_write(paths["csv"], write_csv, text=True)
     atomic_write(paths["json"], json.dumps(to_json(ev, table), indent=1))
     atomic_write(paths["txt"], format_table(ev, table) + "\n")
-    if plot and ev.cases:
+    if plot and ev.cases and _have_matplotlib():
         from meta_train.evaluation.plots import plot_curves, plot_ratios
 
         paths["curves"] = plot_curves(ev, out / "loss_curves.png")
         paths["ratios"] = plot_ratios(ev, table, out / "ratios.png")
     return paths
+
+
+def _have_matplotlib() -> bool:
+    """The PNGs need the ``plots`` extra; without it the tables are still written."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        warnings.warn(
+            "matplotlib is not installed (pip install 'l2o[plots]'): no PNGs written",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return False
+    return True

@@ -281,6 +281,7 @@ def test_cli_rejects_bad_input_early(capsys):
 
 
 def test_opt_resolves_names_checkpoints_and_run_folders(tmp_path):
+    from l2o.optimizers import checkpoint_io
     from meta_train import checkpointing as ckpt
     from meta_train.evaluation.contenders import resolve_learned
 
@@ -293,7 +294,7 @@ def test_opt_resolves_names_checkpoints_and_run_folders(tmp_path):
         "format": ckpt.FORMAT,
         "version": ckpt.VERSION,
         "config": config,
-        "lopt": {"arch": "lstm", "config": net.config(), "state_dict": net.state_dict()},
+        "lopt": checkpoint_io.to_payload(net),  # as the trainer embeds it
         "meta_optimizer": {},
         "rng": {},
         "position": {},
