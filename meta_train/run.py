@@ -9,7 +9,8 @@
 Every setting is a dotted key of ``meta_train.config.MetaTrainConfig``. The run folder receives
 ``config.yaml``, ``metrics.jsonl``, ``last.pt`` (everything needed to resume exactly), ``best.pt``
 (the learned optimizer chosen on held-out meta-validation, loadable with ``LearnedOptimizer``) and
-``meta_test/`` (table as CSV and JSON, loss curves as PNG).
+``evaluation/`` (the ``indist`` and ``long`` suites of ``meta_train/evaluate.py``, quick: tables,
+CSV, JSON and PNGs against baselines tuned for each reported criterion).
 
 Exit codes: 0 done; 2 bad input or an unusable run folder, found before anything is written; 3
 non-finite meta-steps stopped the run (or none succeeded); 74 a write failed mid-run (the last
@@ -264,7 +265,7 @@ def _run(cfg: MetaTrainConfig, run_dir: Path, payload: dict | None, lock: ckpt.R
     if outcome.best_checkpoint is not None:
         print(f"  best            {outcome.best_checkpoint}")
     for kind, path in (results or {}).items():
-        print(f"  meta-test {kind:<4}  {path}")
+        print(f"  evaluation {kind:<22}  {path}")
     return 0
 
 
@@ -280,33 +281,20 @@ def _write_failed(exc: OSError, run_dir: Path) -> int:
 
 
 def _meta_test(cfg: MetaTrainConfig, trainer) -> dict[str, Path]:
-    import l2o.optimizers as lo
-    from meta_train.meta_test import format_table, run_meta_test, summary_rows, write_report
+    """The fair evaluation of the run's checkpoint: ``indist`` + ``long``, quick (evaluate.py)."""
+    from meta_train.evaluate import evaluate_run
 
-    best = trainer.run_dir / "best.pt"
-    if cfg.meta_test.checkpoint == "best" and best.exists():
-        net, _ = lo.load_learned_optimizer(best, cfg.optimizer.name, map_location=trainer.device)
-        label = "l2o (best)"
-    else:
-        net, label = copy.deepcopy(trainer.lopt), "l2o (last)"
-    report = run_meta_test(
-        trainer.task,
-        {label: net},
-        cfg.meta_test,
-        trainer.device,
-        trainer.data,
+    best = trainer.run_dir / ckpt.BEST
+    use_best = cfg.meta_test.checkpoint == "best" and best.exists()
+    checkpoint = best if use_best else trainer.run_dir / ckpt.LAST
+    files, scalars = evaluate_run(
+        checkpoint,
+        trainer.run_dir / "evaluation",
+        plot=cfg.meta_test.plot,
         log=trainer.tracker.print,
     )
-    print(format_table(report))
-    paths = write_report(report, trainer.run_dir / "meta_test", plot=cfg.meta_test.plot)
-    trainer.tracker.summary(
-        {
-            f"meta_test/{row['optimizer']}/{key}": row[key]
-            for row in summary_rows(report)
-            for key in ("mean_train_loss", "final_train_loss", "test_acc")
-        }
-    )
-    return paths
+    trainer.tracker.summary(scalars)
+    return files
 
 
 if __name__ == "__main__":

@@ -61,16 +61,17 @@ def test_two_meta_steps_end_to_end(tmp_path):
     opt = lo.LearnedOptimizer(model.parameters(), run / "best.pt")
     model(torch.ones(2, 3)).sum().backward()
     opt.step()
-    # the meta-test: a table against SGD and Adam, CSV, JSON and the PNG
-    for name in ("l2o (best)", "sgd", "adam", "± "):
-        assert name in proc.stdout, name
-    with open(run / "meta_test" / "summary.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert [r["optimizer"] for r in rows] == ["l2o (best)", "sgd", "adam"]
-    assert all(r["seeds"] == "3" for r in rows)
-    results = json.loads((run / "meta_test" / "results.json").read_text())
-    assert len(results["optimizers"]["adam"]["train_losses"]) == 3
-    assert (run / "meta_test" / "loss_curves.png").stat().st_size > 1000
+    # the evaluation (meta_train/evaluate.py, indist + long, quick): tables, CSV, JSON, PNGs
+    for text in ("l2o (best)", "sgdm", "adamw_cosine", "ratio to best", "OVERALL l2o (best)"):
+        assert text in proc.stdout, text
+    for suite, steps in (("indist", 6), ("long", 30)):  # 1x and 5x the horizon of 6
+        with open(run / "evaluation" / suite / "summary.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert {r["optimizer"] for r in rows} == {"l2o (best)", "sgdm", "adam", "adamw_cosine"}
+        assert {r["steps"] for r in rows} == {str(steps)}
+        results = json.loads((run / "evaluation" / suite / "results.json").read_text())
+        assert results["schema"] == "l2o.evaluation"
+        assert (run / "evaluation" / suite / "ratios.png").stat().st_size > 1000
 
 
 def test_config_errors_exit_early_with_the_key(tmp_path):

@@ -1,0 +1,167 @@
+"""Does a learned optimizer beat tuned baselines, on which tasks, and for how long?
+
+    python meta_train/evaluate.py lstm-mnist --suite indist
+    python meta_train/evaluate.py lstm-mnist mlp-mnist --suite long --out out/eval/long
+    python meta_train/evaluate.py runs/default-20261124-101500 --suite generalization --quick
+    python meta_train/evaluate.py lstm-mnist --suite indist --baselines sgdm,adam,lion,gyro_adam
+    python meta_train/evaluate.py lstm-mnist --suite indist --criterion paper50   # the paper's
+
+OPT is a pretrained name, a ``best.pt``/``last.pt`` path or a run folder. Every optimizee trains
+through ``l2o.training.train_optimizee``; each baseline is tuned per case, on seeds disjoint from
+the evaluation seeds, separately for each reported criterion (``final``: mean training loss over
+the last 10% of steps; ``mean``: over the horizon; ``paper50``: the paper's sum of the first 50).
+Writes ``summary.csv``, ``results.json``, ``table.txt``, ``loss_curves.png`` and ``ratios.png``
+into ``--out`` (default ``out/eval/SUITE``) and prints the table.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)  # see run.py: this folder's module names must not shadow packages
+    try:
+        import meta_train  # noqa: F401
+    except ImportError:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import argparse
+from collections.abc import Callable
+
+import torch
+
+from meta_train.evaluation.contenders import (
+    DEFAULT_BASELINES,
+    available_baselines,
+    check_baselines,
+    resolve_learned,
+)
+from meta_train.evaluation.criteria import CRITERIA, DEFAULT_CRITERIA, check_criteria
+from meta_train.evaluation.report import format_table, rows, summary, write_outputs
+from meta_train.evaluation.runner import run_suite
+from meta_train.evaluation.suites import available_suites, load_suite
+from meta_train.evaluation.tuning import LogGrid
+
+EXIT_USAGE = 2
+RUN_SUITES = ("indist", "long")  # what the default meta-training run ends with, in quick mode
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python meta_train/evaluate.py",
+        description="Evaluate learned optimizers against baselines tuned for the reported "
+        "criterion, on a suite of tasks and horizons.",
+    )
+    p.add_argument("opts", nargs="*", metavar="OPT", help="pretrained name, checkpoint or run dir")
+    p.add_argument(
+        "--suite",
+        default="indist",
+        help=f"a name ({', '.join(available_suites())}) or a YAML path (default: indist)",
+    )
+    p.add_argument("--quick", action="store_true", help="the suite's fewer seeds and cases")
+    p.add_argument(
+        "--baselines",
+        type=_csv,
+        default=list(DEFAULT_BASELINES),
+        help=f"comma-separated (default: {','.join(DEFAULT_BASELINES)}); any of: "
+        f"{', '.join(available_baselines())}",
+    )
+    p.add_argument(
+        "--criterion",
+        type=_csv,
+        default=list(DEFAULT_CRITERIA),
+        help=f"comma-separated criteria to tune for and report (default: "
+        f"{','.join(DEFAULT_CRITERIA)}); any of {', '.join(CRITERIA)}",
+    )
+    p.add_argument("--seeds", type=int, default=None, help="evaluation seeds (suite's default)")
+    p.add_argument("--tune-seeds", type=int, default=None, help="tuning seeds (suite's default)")
+    p.add_argument(
+        "--lr-range",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LO", "HI"),
+        help="initial lr grid, widened automatically (default: 1e-4 10; --quick: 1e-3 1)",
+    )
+    p.add_argument("--per-decade", type=int, default=2, help="grid points per decade (default 2)")
+    p.add_argument("--out", default=None, help="output folder (default: out/eval/SUITE)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNGs")
+    p.add_argument("--list-suites", action="store_true", help="list suites and exit")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.list_suites:
+        for name in available_suites():
+            print(f"{name}: {load_suite(name).description}")
+        return 0
+    try:
+        suite = load_suite(args.suite)
+        learned = [resolve_learned(spec) for spec in args.opts]
+        baselines = check_baselines(args.baselines)
+        criteria = check_criteria(args.criterion)
+        grid = None
+        if args.lr_range is not None or args.per_decade != LogGrid.per_decade:
+            lo, hi = args.lr_range or (LogGrid.lo, LogGrid.hi)
+            grid = LogGrid(lo, hi, args.per_decade)
+        if args.threads < 1:
+            raise ValueError(f"--threads must be positive, got {args.threads}")
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    torch.set_num_threads(args.threads)
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)
+    try:
+        ev = run_suite(
+            learned,
+            suite,
+            quick=args.quick,
+            criteria=criteria,
+            baselines=baselines,
+            grid=grid,
+            seeds=args.seeds,
+            tune_seeds=args.tune_seeds,
+            log=log,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    out = Path(args.out) if args.out else Path("out") / "eval" / suite.name
+    print(format_table(ev))
+    paths = write_outputs(ev, out, plot=not args.no_plot)
+    print(f"written: {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def evaluate_run(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    suites: tuple[str, ...] = RUN_SUITES,
+    plot: bool = True,
+    log: Callable[[str], None] = print,
+) -> tuple[dict[str, Path], dict[str, float]]:
+    """The end of a meta-training run: each suite in quick mode for the run's checkpoint, into
+    ``out_dir/SUITE``. Returns the files and a flat summary for the run's tracker."""
+    learned = [resolve_learned(str(checkpoint), name=f"l2o ({Path(checkpoint).stem})")]
+    files, scalars = {}, {}
+    for name in suites:
+        ev = run_suite(learned, name, quick=True, log=log)
+        table = rows(ev)
+        print(format_table(ev, table))
+        for kind, path in write_outputs(ev, Path(out_dir) / name, plot=plot).items():
+            files[f"{name}/{kind}"] = path
+        for s in summary(ev, table):
+            scalars[f"eval/{name}/{s['criterion']}/geomean_ratio"] = s["geomean_ratio"]
+            scalars[f"eval/{name}/{s['criterion']}/won"] = s["won"]
+    return files, scalars
+
+
+if __name__ == "__main__":
+    sys.exit(main())

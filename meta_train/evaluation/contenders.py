@@ -1,0 +1,139 @@
+"""The optimizers an evaluation compares: learned ones (by pretrained name, checkpoint or run
+folder) and baselines by name, each as a factory for ``l2o.training.train_optimizee``.
+
+Baseline names: ``sgdm`` (SGD, momentum 0.9), any ``baselines`` registry name (``adam``, ``lion``,
+``gyro_adam``, ...), and either with a ``_cosine`` suffix for a cosine decay of the lr to zero over
+the horizon (``adamw_cosine`` is AdamW so scheduled).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import baselines
+import l2o.optimizers as lo
+
+DEFAULT_BASELINES = ("sgdm", "adam", "adamw_cosine")
+COSINE = "_cosine"
+_ALIASES: dict[str, tuple[str, dict[str, Any]]] = {"sgdm": ("sgd", {"momentum": 0.9})}
+
+Factory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+
+
+def available_baselines() -> list[str]:
+    names = sorted({*baselines.available(), *_ALIASES})
+    return names + [n + COSINE for n in names]
+
+
+def check_baselines(names: list[str] | tuple[str, ...]) -> list[str]:
+    """``names`` deduplicated; a ``ValueError`` naming near matches for an unknown one."""
+    known = available_baselines()
+    for name in names:
+        if name not in known:
+            near = difflib.get_close_matches(name, known, n=3)
+            hint = f" Did you mean {', '.join(near)}?" if near else ""
+            raise ValueError(f"unknown baseline {name!r}.{hint} Available: {', '.join(known)}")
+    return list(dict.fromkeys(names))
+
+
+def baseline_factory(name: str, lr: float, steps: int) -> Factory:
+    """``name`` at ``lr``; a ``_cosine`` name decays lr by ½(1 + cos(πt/steps)) after step t."""
+    stem = name.removesuffix(COSINE)
+    registry_name, extra = _ALIASES.get(stem, (stem, {}))
+
+    def make(params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        opt = baselines.create(registry_name, params, lr=lr, **extra)
+        if name.endswith(COSINE):
+            _attach_cosine(opt, steps)
+        return opt
+
+    return make
+
+
+def _attach_cosine(opt: torch.optim.Optimizer, steps: int) -> None:
+    """Scale every group's lr by the cosine factor after each ``step()`` (a step post-hook)."""
+    base = [g["lr"] for g in opt.param_groups]
+    done = [0]
+
+    def hook(optimizer, args, kwargs) -> None:
+        done[0] += 1
+        factor = 0.5 * (1.0 + math.cos(math.pi * min(done[0], steps) / steps))
+        for group, lr in zip(optimizer.param_groups, base):
+            group["lr"] = lr * factor
+
+    opt.register_step_post_hook(hook)
+
+
+@dataclass
+class Learned:
+    """A learned optimizer to evaluate, with what its checkpoint says about its training."""
+
+    name: str
+    net: lo.LearnedOptimizerNet
+    source: str
+    task: str | None  # the meta-training task, if the checkpoint records it
+    dataset: str | None
+    horizon: int | None
+    batch_size: int | None = None
+
+    def factory(self) -> Factory:
+        return lambda params: lo.LearnedOptimizer(params, self.net)
+
+
+def resolve_learned(spec: str, name: str | None = None) -> Learned:
+    """A pretrained name, a ``best.pt``/``last.pt``-style checkpoint or a run folder (its
+    ``best.pt``, else ``last.pt``)."""
+    path = Path(spec)
+    if spec in lo.available_pretrained():
+        path = lo.wrapper.pretrained_path(spec)
+    elif path.is_dir():
+        candidates = [path / "best.pt", path / "last.pt"]
+        found = [p for p in candidates if p.is_file()]
+        if not found:
+            raise ValueError(f"run folder {path} holds neither best.pt nor last.pt")
+        path = found[0]
+    elif not path.is_file():
+        raise ValueError(
+            f"{spec!r} is neither a pretrained name ({', '.join(lo.available_pretrained())}), "
+            "a checkpoint file nor a run folder"
+        )
+    net, meta = _load(path)
+    cfg = meta.get("config", {})
+    return Learned(
+        name=name or (spec if spec in lo.available_pretrained() else _label(path)),
+        net=net.eval(),
+        source=str(path),
+        task=meta.get("task") or cfg.get("task", {}).get("name"),
+        dataset=cfg.get("task", {}).get("dataset"),
+        horizon=cfg.get("schedule", {}).get("horizon"),
+        batch_size=cfg.get("task", {}).get("batch_size"),
+    )
+
+
+def _label(path: Path) -> str:
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+
+def _load(path: Path) -> tuple[lo.LearnedOptimizerNet, dict]:
+    """A learned-optimizer file (``best.pt``, pretrained), or a run checkpoint (``last.pt``)."""
+    try:
+        return lo.load_learned_optimizer(path)
+    except ValueError as first:
+        from l2o.optimizers import checkpoint_io
+        from meta_train import checkpointing as ckpt
+
+        try:
+            run = ckpt.load_run_checkpoint(path)
+        except ckpt.CheckpointError:
+            raise first from None
+        metadata = {"task": run["config"]["task"]["name"], "config": run["config"]}
+        payload = {**run["lopt"], "metadata": metadata}  # the trainer embeds to_payload(lopt)
+        return checkpoint_io.from_payload(payload, source=str(path))

@@ -1,0 +1,213 @@
+"""Run a suite: every case trains fresh optimizees through ``l2o.training.train_optimizee`` with
+each learned optimizer and each baseline, the baselines at the lr tuned for each criterion on
+seeds disjoint from the evaluation seeds."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from l2o.data import DatasetNotFoundError
+from l2o.tasks import get_task
+from l2o.training import train_optimizee
+from meta_train.evaluation.contenders import (
+    DEFAULT_BASELINES,
+    Factory,
+    Learned,
+    baseline_factory,
+    check_baselines,
+)
+from meta_train.evaluation.criteria import DEFAULT_CRITERIA, check_criteria
+from meta_train.evaluation.suites import Case, Suite, load_suite, resolve_cases
+from meta_train.evaluation.tuning import DEFAULT_GRID, QUICK_GRID, LogGrid, Tuning, tune
+
+FIRST_EVAL_SEED = 1000
+FIRST_TUNE_SEED = 0
+TIMING_REFERENCE = "adam"
+
+
+@dataclass
+class Runs:
+    """One optimizer on one case over the evaluation seeds; losses are NaN after a divergence."""
+
+    losses: torch.Tensor  # [seeds, steps]
+    test_loss: list[float]
+    test_acc: list[float]
+    diverged: list[bool]
+    step_time: float  # seconds per step, median over the seeds (NaN if none ran 2+ steps)
+
+
+@dataclass
+class BaselineResult:
+    tunings: dict[str, Tuning]  # per criterion
+    runs: dict[float, Runs]  # per tuned lr
+
+    def for_criterion(self, criterion: str) -> tuple[float, Runs]:
+        lr = self.tunings[criterion].lr
+        return lr, self.runs[lr]
+
+
+@dataclass
+class CaseResult:
+    case: Case
+    learned: dict[str, Runs]
+    baselines: dict[str, BaselineResult]
+    reference_step_time: float  # Adam's seconds per step on this case
+
+
+@dataclass
+class Evaluation:
+    suite: str
+    quick: bool
+    criteria: list[str]
+    baselines: list[str]
+    seeds: list[int]
+    tune_seeds: list[int]
+    grid: LogGrid
+    learned: dict[str, str]  # name -> checkpoint path
+    cases: list[CaseResult] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+def disjoint_seeds(count: int, tune_count: int, first: int, first_tune: int) -> tuple[list, list]:
+    seeds = list(range(first, first + count))
+    tune_seeds = list(range(first_tune, first_tune + tune_count))
+    overlap = sorted(set(seeds) & set(tune_seeds))
+    if overlap:
+        raise ValueError(
+            f"evaluation and tuning seeds overlap at {overlap}: tuning must not see them"
+        )
+    return seeds, tune_seeds
+
+
+def train_runs(task, factory: Factory, steps: int, seeds: Sequence[int], data) -> Runs:
+    """``factory``'s optimizer trained on fresh optimizees of ``task``, one per seed."""
+    losses, test_loss, test_acc, diverged, times = [], [], [], [], []
+    for seed in seeds:
+        marks: list[float] = []
+
+        def clock(step, *_ignored, marks=marks):
+            if step == 0 or step == steps - 1:
+                marks.append(time.perf_counter())
+
+        result = train_optimizee(task, factory, steps, seed, data=data, callback=clock)
+        losses.append(result.train_losses)
+        test_loss.append(result.test_loss)
+        test_acc.append(result.test_acc)
+        diverged.append(result.diverged)
+        if len(marks) == 2:
+            times.append((marks[1] - marks[0]) / (steps - 1))
+    step_time = statistics.median(times) if times else float("nan")
+    return Runs(torch.stack(losses), test_loss, test_acc, diverged, step_time)
+
+
+def run_suite(
+    learned: Sequence[Learned],
+    suite: Suite | str,
+    *,
+    quick: bool = False,
+    criteria: Sequence[str] = DEFAULT_CRITERIA,
+    baselines: Sequence[str] = DEFAULT_BASELINES,
+    grid: LogGrid | None = None,
+    seeds: int | None = None,
+    tune_seeds: int | None = None,
+    first_seed: int = FIRST_EVAL_SEED,
+    first_tune_seed: int = FIRST_TUNE_SEED,
+    log: Callable[[str], None] = print,
+) -> Evaluation:
+    """Evaluate ``learned`` optimizers on every case of ``suite`` against tuned ``baselines``.
+
+    ``grid`` is where each tuning starts (default: 1e-4…10, or 1e-3…1 when ``quick``); it widens
+    by itself wherever a best lr lands on its edge."""
+    start = time.perf_counter()
+    grid = grid if grid is not None else (QUICK_GRID if quick else DEFAULT_GRID)
+    suite = load_suite(suite) if isinstance(suite, str) else suite
+    criteria = check_criteria(list(criteria))
+    baselines = check_baselines(list(baselines))
+    if not learned and not baselines:
+        raise ValueError("nothing to evaluate: no learned optimizer and no baseline")
+    names = [lrn.name for lrn in learned]
+    if len(set(names)) != len(names):
+        raise ValueError(f"learned optimizers need distinct names, got {names}")
+    seed_list, tune_list = disjoint_seeds(
+        seeds or (suite.quick_seeds if quick else suite.seeds),
+        tune_seeds or (suite.quick_tune_seeds if quick else suite.tune_seeds),
+        first_seed,
+        first_tune_seed,
+    )
+    trained = {(lrn.task, lrn.dataset, lrn.horizon, lrn.batch_size) for lrn in learned}
+    if len(trained) > 1 and any(c.task == "trained" or c.horizon for c in suite.cases):
+        raise ValueError(
+            f"suite {suite.name!r} refers to the meta-training task and horizon, which differ "
+            f"among the learned optimizers: {sorted(map(str, trained))}"
+        )
+    cases = resolve_cases(suite, quick, *(next(iter(trained)) if trained else (None,) * 4))
+    evaluation = Evaluation(
+        suite.name,
+        quick,
+        criteria,
+        baselines,
+        seed_list,
+        tune_list,
+        grid,
+        {lrn.name: lrn.source for lrn in learned},
+    )
+    for i, case in enumerate(cases):
+        task = get_task(case.task, dataset=case.dataset, batch_size=case.batch_size)
+        try:
+            data = task.load_data("cpu")
+        except DatasetNotFoundError as exc:
+            note = f"skipped {case.id}: data not present ({str(exc).splitlines()[0]})"
+            log(note)
+            evaluation.skipped.append({"case": case.id, "reason": str(exc)})
+            continue
+        log(f"[{i + 1}/{len(cases)}] {case.id}: {len(seed_list)} seeds")
+        result = _run_case(case, task, data, learned, evaluation, log)
+        evaluation.cases.append(result)
+    evaluation.wall_s = time.perf_counter() - start
+    return evaluation
+
+
+def _run_case(case, task, data, learned, ev: Evaluation, log) -> CaseResult:
+    steps = case.steps
+    learned_runs = {}
+    for lrn in learned:
+        t0 = time.perf_counter()
+        with torch.random.fork_rng(devices=[]):
+            learned_runs[lrn.name] = train_runs(task, lrn.factory(), steps, ev.seeds, data)
+        log(f"  {lrn.name}: {time.perf_counter() - t0:.1f}s")
+    results = {}
+    for name in ev.baselines:
+        t0 = time.perf_counter()
+
+        def run(lr: float, seed: int, name=name) -> torch.Tensor:
+            factory = baseline_factory(name, lr, steps)
+            return train_optimizee(
+                task, factory, steps, seed, data=data, evaluate_test=False
+            ).train_losses
+
+        tunings = tune(run, ev.criteria, ev.tune_seeds, ev.grid)
+        runs = {
+            lr: train_runs(task, baseline_factory(name, lr, steps), steps, ev.seeds, data)
+            for lr in dict.fromkeys(t.lr for t in tunings.values())
+        }
+        results[name] = BaselineResult(tunings, runs)
+        chosen = ", ".join(f"{c} {t.lr:g}" for c, t in tunings.items())
+        log(f"  {name}: lr {chosen} ({time.perf_counter() - t0:.1f}s)")
+        for c, t in tunings.items():
+            for note in t.notes:
+                log(f"    {name} [{c}]: {note}")
+    return CaseResult(case, learned_runs, results, _reference_time(task, data, steps, results))
+
+
+def _reference_time(task, data, steps: int, results: dict[str, BaselineResult]) -> float:
+    """Adam's seconds per step: from its evaluation runs, else from one timing run."""
+    if TIMING_REFERENCE in results:
+        return statistics.median(r.step_time for r in results[TIMING_REFERENCE].runs.values())
+    factory = baseline_factory(TIMING_REFERENCE, 1e-3, steps)
+    return train_runs(task, factory, min(steps, 200), [FIRST_TUNE_SEED], data).step_time

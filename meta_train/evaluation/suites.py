@@ -1,0 +1,187 @@
+"""Evaluation suites: YAML lists of (task, dataset, steps) cases in ``configs/eval/``.
+
+A case names a registry task, or ``trained`` for the task the learned optimizer was meta-trained
+on (from its checkpoint); its length is ``steps`` or ``horizon`` (a multiple of that optimizer's
+meta-training horizon). ``quick`` overrides seeds for ``--quick``, and a case with
+``quick: false`` is left out of a quick run.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from l2o.data import available_datasets
+from l2o.tasks import available_tasks, get_task
+
+TRAINED = "trained"
+_CASE_KEYS = {"task", "dataset", "steps", "horizon", "quick"}
+_SUITE_KEYS = {"name", "description", "seeds", "tune_seeds", "quick", "cases"}
+_QUICK_KEYS = {"seeds", "tune_seeds"}
+
+
+def suites_dir() -> Path:
+    """``configs/eval`` of the checkout, or the copy shipped inside the wheel."""
+    here = Path(__file__).resolve().parents[1]
+    for candidate in (here.parent / "configs" / "eval", here / "_configs" / "eval"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"no configs/eval folder next to {here}")
+
+
+def available_suites() -> list[str]:
+    return sorted(p.stem for p in suites_dir().glob("*.yaml"))
+
+
+@dataclass(frozen=True)
+class CaseSpec:
+    task: str  # a registry name or TRAINED
+    dataset: str | None
+    steps: int | None
+    horizon: float | None
+    quick: bool = True
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    seeds: int
+    tune_seeds: int
+    quick_seeds: int
+    quick_tune_seeds: int
+    cases: tuple[CaseSpec, ...]
+
+
+@dataclass(frozen=True)
+class Case:
+    """A concrete case: a registry task on a dataset for a number of steps."""
+
+    task: str
+    dataset: str
+    steps: int
+    batch_size: int | None = None  # None: the task's own
+
+    @property
+    def id(self) -> str:
+        batch = f",b{self.batch_size}" if self.batch_size is not None else ""
+        return f"{self.task}@{self.dataset}:{self.steps}{batch}"
+
+
+def load_suite(name_or_path: str) -> Suite:
+    """A suite by name (``configs/eval/NAME.yaml``) or path, validated against the registries."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = suites_dir() / f"{name_or_path}.yaml"
+        if not path.is_file():
+            near = difflib.get_close_matches(name_or_path, available_suites(), n=3)
+            hint = f" Did you mean {', '.join(near)}?" if near else ""
+            raise ValueError(
+                f"unknown suite {name_or_path!r}.{hint} Available: {available_suites()}"
+            )
+    raw = yaml.safe_load(path.read_text())
+    return parse_suite(raw, source=str(path))
+
+
+def parse_suite(raw: Any, source: str = "suite") -> Suite:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source}: a suite is a mapping, got {type(raw).__name__}")
+    _keys(raw, _SUITE_KEYS, source)
+    quick = raw.get("quick") or {}
+    _keys(quick, _QUICK_KEYS, f"{source}: quick")
+    cases = raw.get("cases")
+    if not isinstance(cases, list) or not cases:
+        raise ValueError(f"{source}: 'cases' must be a non-empty list")
+    seeds = _positive_int(raw.get("seeds", 10), f"{source}: seeds")
+    tune_seeds = _positive_int(raw.get("tune_seeds", 3), f"{source}: tune_seeds")
+    return Suite(
+        name=str(raw.get("name", Path(source).stem)),
+        description=str(raw.get("description", "")),
+        seeds=seeds,
+        tune_seeds=tune_seeds,
+        quick_seeds=_positive_int(quick.get("seeds", seeds), f"{source}: quick.seeds"),
+        quick_tune_seeds=_positive_int(
+            quick.get("tune_seeds", tune_seeds), f"{source}: quick.tune_seeds"
+        ),
+        cases=tuple(_case(c, f"{source}: cases[{i}]") for i, c in enumerate(cases)),
+    )
+
+
+def _case(raw: Any, where: str) -> CaseSpec:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: a case is a mapping, got {raw!r}")
+    _keys(raw, _CASE_KEYS, where)
+    task = raw.get("task")
+    if task != TRAINED and task not in available_tasks():
+        near = difflib.get_close_matches(str(task), available_tasks(), n=3)
+        hint = f" Did you mean {', '.join(near)}?" if near else ""
+        raise ValueError(
+            f"{where}: unknown task {task!r}.{hint} Use {TRAINED!r} or one of {available_tasks()}"
+        )
+    dataset = raw.get("dataset")
+    if dataset is not None and dataset not in available_datasets():
+        raise ValueError(f"{where}: unknown dataset {dataset!r}; available: {available_datasets()}")
+    if task != TRAINED and dataset is not None:
+        try:
+            get_task(task, dataset=dataset)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+    steps, horizon = raw.get("steps"), raw.get("horizon")
+    if (steps is None) == (horizon is None):
+        raise ValueError(f"{where}: give exactly one of 'steps' and 'horizon' (got {raw})")
+    if steps is not None:
+        _positive_int(steps, f"{where}: steps")
+    if horizon is not None and (not isinstance(horizon, int | float) or horizon <= 0):
+        raise ValueError(f"{where}: horizon must be a positive multiple, got {horizon!r}")
+    quick = raw.get("quick", True)
+    if not isinstance(quick, bool):
+        raise ValueError(f"{where}: quick must be true or false, got {quick!r}")
+    return CaseSpec(task, dataset, steps, horizon, quick)
+
+
+def resolve_cases(
+    suite: Suite,
+    quick: bool,
+    trained_task: str | None,
+    trained_dataset: str | None,
+    trained_horizon: int | None,
+    trained_batch_size: int | None = None,
+) -> list[Case]:
+    """Concrete cases; ``trained`` cases need the learned optimizer's task and horizon."""
+    cases = []
+    for spec in suite.cases:
+        if quick and not spec.quick:
+            continue
+        task, dataset, batch_size = spec.task, spec.dataset, None
+        if task == TRAINED:
+            if trained_task is None:
+                raise ValueError(
+                    f"suite {suite.name!r} evaluates on the meta-training task, but the learned "
+                    "optimizer's checkpoint does not record it"
+                )
+            task, dataset = trained_task, dataset or trained_dataset
+            batch_size = trained_batch_size
+        if spec.horizon is not None and trained_horizon is None:
+            raise ValueError(
+                f"suite {suite.name!r} gives lengths as multiples of the meta-training horizon, "
+                "which the learned optimizer's checkpoint does not record"
+            )
+        steps = spec.steps if spec.steps is not None else round(spec.horizon * trained_horizon)
+        cases.append(Case(task, dataset or get_task(task).dataset_name, int(steps), batch_size))
+    return list(dict.fromkeys(cases))
+
+
+def _keys(raw: dict, allowed: set[str], where: str) -> None:
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; allowed: {sorted(allowed)}")
+
+
+def _positive_int(value: Any, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{where} must be a positive integer, got {value!r}")
+    return value

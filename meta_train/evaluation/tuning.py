@@ -1,0 +1,125 @@
+"""Learning-rate tuning on a log-spaced grid that widens itself until no optimum sits on its edge.
+
+One sweep of training runs serves every criterion (each picks its own argmin from the same loss
+curves); the grid widens on a side whenever some criterion's best lr is that side's last point.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from meta_train.evaluation.criteria import score
+
+_SIDE = {"lo": "lower", "hi": "upper"}
+RunFn = Callable[[float, int], torch.Tensor]  # (lr, seed) -> training losses [steps]
+
+
+@dataclass(frozen=True)
+class LogGrid:
+    """``lo · 10^(i / per_decade)`` up to ``hi``; widening adds ``widen_decades`` on a side."""
+
+    lo: float = 1e-4
+    hi: float = 10.0
+    per_decade: int = 2
+    widen_decades: int = 1
+    max_widenings: int = 4  # per side
+
+    def __post_init__(self) -> None:
+        if not (0 < self.lo < self.hi and self.per_decade >= 1 and self.widen_decades >= 1):
+            raise ValueError(f"bad grid {self}")
+
+    def points(self, lo_exp: int = 0, hi_exp: int = 0) -> list[float]:
+        """The grid stretched by ``lo_exp``/``hi_exp`` widenings below/above."""
+        k = self.per_decade
+        first = -lo_exp * self.widen_decades * k
+        last = round(math.log10(self.hi / self.lo) * k) + hi_exp * self.widen_decades * k
+        return [float(f"{self.lo * 10 ** (i / k):.6g}") for i in range(first, last + 1)]
+
+
+DEFAULT_GRID = LogGrid()
+QUICK_GRID = LogGrid(1e-3, 1.0)  # narrower start for --quick; widening still guards the edges
+
+
+@dataclass
+class GridPoint:
+    lr: float
+    score_mean: float  # +inf if any tuning run diverged
+    diverged_runs: int
+
+
+@dataclass
+class Tuning:
+    """The outcome for one criterion: the chosen lr, the whole grid, and what widening did."""
+
+    criterion: str
+    lr: float
+    grid: list[GridPoint]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def at_edge(self) -> bool:
+        return self.lr in (self.grid[0].lr, self.grid[-1].lr)
+
+
+def tune(
+    run: RunFn, criteria: Sequence[str], seeds: Sequence[int], grid: LogGrid = DEFAULT_GRID
+) -> dict[str, Tuning]:
+    """The best lr per criterion: mean score over ``seeds``, a divergence anywhere scores +inf."""
+    if not seeds:
+        raise ValueError("tuning needs at least one seed")
+    curves: dict[float, torch.Tensor] = {}
+    scores: dict[tuple[str, float], GridPoint] = {}
+
+    def point(criterion: str, lr: float) -> GridPoint:
+        if lr not in curves:
+            curves[lr] = torch.stack([run(lr, s) for s in seeds])
+        key = (criterion, lr)
+        if key not in scores:
+            values = score(criterion, curves[lr])
+            diverged = int((~torch.isfinite(values)).sum())
+            scores[key] = GridPoint(lr, float(values.mean()), diverged)
+        return scores[key]
+
+    widen = {"lo": 0, "hi": 0}
+    notes: dict[str, list[str]] = {c: [] for c in criteria}
+    while True:
+        lrs = grid.points(widen["lo"], widen["hi"])
+        table = {c: [point(c, lr) for lr in lrs] for c in criteria}
+        best = {c: _argmin(table[c]) for c in criteria}
+        for c in criteria:
+            if not math.isfinite(table[c][best[c]].score_mean):
+                raise RuntimeError(
+                    f"every learning rate in [{lrs[0]:g}, {lrs[-1]:g}] diverged or gave a "
+                    f"non-finite {c!r} score"
+                )
+        grow = []
+        for side, index in (("lo", 0), ("hi", len(lrs) - 1)):
+            edge = [c for c in criteria if best[c] == index]
+            if edge and widen[side] < grid.max_widenings:
+                grow.append(side)
+                for c in edge:
+                    notes[c].append(
+                        f"best lr {lrs[index]:g} at the {_SIDE[side]} edge of "
+                        f"[{lrs[0]:g}, {lrs[-1]:g}]: widened by {grid.widen_decades} decade(s) "
+                        "and retuned"
+                    )
+        if not grow:
+            for c in criteria:
+                if best[c] in (0, len(lrs) - 1):
+                    side = "lo" if best[c] == 0 else "hi"
+                    notes[c].append(
+                        f"best lr {lrs[best[c]]:g} still at the {_SIDE[side]} edge after "
+                        f"{widen[side]} widening(s): the optimum may lie beyond"
+                    )
+            return {c: Tuning(c, lrs[best[c]], table[c], notes[c]) for c in criteria}
+        for side in grow:
+            widen[side] += 1
+
+
+def _argmin(points: list[GridPoint]) -> int:
+    """Index of the lowest mean score (the first on ties)."""
+    return min(range(len(points)), key=lambda i: points[i].score_mean)
