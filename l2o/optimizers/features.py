@@ -64,12 +64,13 @@ def inverse_rms(
 
 
 def normalize_per_segment(
-    x: torch.Tensor, segment_ids: torch.Tensor, num_segments: int, eps: float
+    x: torch.Tensor, segment_ids: torch.Tensor | None, num_segments: int, eps: float
 ) -> torch.Tensor:
-    """``x [..., N, F]`` divided by each feature's RMS over the finite entries of its segment."""
+    """``x [..., N, F]`` divided by each feature's RMS over the finite entries of its segment
+    (``segment_ids`` None: all N coordinates are one segment)."""
     sums, counts = finite_square_sums(x, segment_ids, num_segments)
     scale = inverse_rms(sums, counts, eps, x.dtype)
-    return x * scale.index_select(x.dim() - 2, segment_ids)
+    return x * (scale if segment_ids is None else scale.index_select(x.dim() - 2, segment_ids))
 
 
 #: Centres of the ``tanh`` training-progress features (fractions of the horizon).

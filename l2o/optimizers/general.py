@@ -33,8 +33,6 @@ from l2o.optimizers.base import ParamSpec, State, register
 from l2o.optimizers.features import (
     PROGRESS_CENTERS,
     TIME_SCALES,
-    finite_square_sums,
-    inverse_rms,
     normalize_per_segment,
     progress_features,
     time_features,
@@ -190,8 +188,11 @@ class GeneralOptimizer(MLPOptimizer):
             return torch.full_like(glob[..., 0], base)
         return base + self.schedule(glob).squeeze(-1)
 
-    def residual(self, out: torch.Tensor, segment_ids: torch.Tensor, n_seg: int) -> torch.Tensor:
-        """The learned direction ``[..., N]`` from the network's output ``[..., N, 2]``."""
+    def residual(
+        self, out: torch.Tensor, segment_ids: torch.Tensor | None, n_seg: int
+    ) -> torch.Tensor:
+        """The learned direction ``[..., N]`` from the network's output ``[..., N, 2]`` (only
+        ``d`` is needed with output normalization); ``segment_ids`` None: one tensor."""
         if self.normalize_output:
             return normalize_per_segment(out[..., :1], segment_ids, n_seg, OUTPUT_EPS)[..., 0]
         return out[..., 0] * torch.exp(self.exp_mult * out[..., 1])
@@ -219,41 +220,51 @@ class GeneralOptimizer(MLPOptimizer):
     def apply_updates_(
         self, tensors: list[tuple[torch.Tensor, torch.Tensor, State]], chunk_size: int
     ) -> None:
-        """Deployment: the accumulators and feature scales as ``MLPOptimizer``'s, then per chunk
-        one feature build and one GEMM per layer (normalization folded into the first layer,
-        time features into its bias); with output normalization the directions of a tensor are
-        kept until their RMS is known."""
+        """Deployment: the accumulators and feature scales as ``MLPOptimizer``'s (normalization
+        folded into the first layer, time features into its bias), then the network over each
+        tensor: through the fused C++ kernel of ``MLPOptimizer`` where it runs, else per chunk
+        one feature build and one GEMM per layer. With output normalization the directions of
+        a tensor are kept until their RMS is known."""
         f0 = self.num_normalized_features
         linears = [m for m in self.net if isinstance(m, nn.Linear)]
-        scales, _ = self.advance_and_scale_(tensors, chunk_size)
+        scales, native = self.advance_and_scale_(tensors, chunk_size)
         first = linears[0]
         for (param, grad, state), scale in zip(tensors, scales):
             glob = self.global_features(state)
-            w1 = first.weight[:, :f0] * scale
-            b1 = first.bias + first.weight[:, f0:] @ glob
-            layers = [(w1.t(), b1)] + [(lin.weight.t(), lin.bias) for lin in linears[1:]]
+            weights = [first.weight[:, :f0] * scale, *(lin.weight for lin in linears[1:])]
+            biases = [first.bias + first.weight[:, f0:] @ glob, *(lin.bias for lin in linears[1:])]
             log_lr = self.log_lr(glob)
-            n = param.shape[-1]
-            direction = param.new_empty(n) if self.normalize_output else None
-            for lo in range(0, n, chunk_size):
-                hi = min(lo + chunk_size, n)
-                m, v = state["m"][lo:hi], state["v"][lo:hi]
-                x = self.normalized_features(grad[lo:hi], param[lo:hi], m, v)
-                for k, (w_t, b) in enumerate(layers):
-                    x = torch.addmm(b, x, w_t)
-                    if k < len(layers) - 1:
-                        x.relu_()
-                if direction is not None:
-                    direction[lo:hi] = x[:, 0]
+            m, v = state["m"], state["v"]
+            adam = self.adam_direction(m[:, self.adam_index], v, state["t"])
+            if native is not None and param.dtype == torch.float32 and param.device.type == "cpu":
+                grad = grad.contiguous()
+                if not self.normalize_output:  # Δ = lr·gain·d·exp(λ m) in the kernel, − lr·adam
+                    step = float(torch.exp(log_lr) * self.residual_gain)
+                    native.mlp_update_(param, grad, m, v, weights, biases, step, self.exp_mult)
+                    if self.nominal:
+                        param.sub_(torch.exp(log_lr) * adam)
                     continue
-                adam = self.adam_direction(m[:, self.adam_index], v, state["t"])
-                param[lo:hi] += self.combine(self.residual(x, None, 1), adam, log_lr)
-            if direction is None:
-                continue
-            sums, counts = finite_square_sums(direction.unsqueeze(-1))
-            direction.mul_(inverse_rms(sums[0, 0], counts[0, 0], OUTPUT_EPS, direction.dtype))
-            for lo in range(0, n, chunk_size):
-                hi = min(lo + chunk_size, n)
-                m, v = state["m"][lo:hi], state["v"][lo:hi]
-                adam = self.adam_direction(m[:, self.adam_index], v, state["t"])
-                param[lo:hi] += self.combine(direction[lo:hi], adam, log_lr)
+                # the kernel ADDS d to its input: d = (param + d) - param, exact up to rounding
+                # of param + d (|d| is O(1), far above param's ulp)
+                direction = param.clone()
+                native.mlp_update_(direction, grad, m, v, weights, biases, 1.0, 0.0)
+                out = direction.sub_(param).unsqueeze(-1)
+            else:
+                out = self._chunked_network(param, grad, m, v, weights, biases, chunk_size)
+            param.add_(self.combine(self.residual(out, None, 1), adam, log_lr))
+
+    def _chunked_network(self, param, grad, m, v, weights, biases, chunk_size) -> torch.Tensor:
+        """The network's output ``[n, 2]`` (``[n, 1]`` with output normalization: only ``d``)
+        per chunk of coordinates, with the folded first layer."""
+        n = param.shape[-1]
+        out = param.new_empty(n, 1 if self.normalize_output else 2)
+        layers = [(w.t(), b) for w, b in zip(weights, biases)]
+        for lo in range(0, n, chunk_size):
+            hi = min(lo + chunk_size, n)
+            x = self.normalized_features(grad[lo:hi], param[lo:hi], m[lo:hi], v[lo:hi])
+            for k, (w_t, b) in enumerate(layers):
+                x = torch.addmm(b, x, w_t)
+                if k < len(layers) - 1:
+                    x.relu_()
+            out[lo:hi] = x[:, : out.shape[1]]
+        return out
