@@ -71,8 +71,8 @@ def test_flat_step_confines_a_bad_gradient_to_its_coordinate(arch, bad):
             g[0, 3] = bad
         upd, state = net.step(g, params, state)
         ref, clean_state = net.step(grads[k], params, clean_state)
-        if k >= 1:
-            assert not torch.isfinite(upd[0, 3]), "a bad coordinate must not be hidden"
+        if k >= 1 and not math.isfinite(bad):
+            assert not torch.isfinite(upd[0, 3]), "a NaN/inf must not be hidden"
         others = torch.cat((upd[0, :3], upd[0, 4:]))
         assert torch.isfinite(others).all()
         # the other tensor and the other optimizee are exactly as in the clean run
@@ -93,6 +93,7 @@ def test_deployment_confines_a_bad_gradient_to_its_coordinate(arch, bad, n):
         if k == 1:
             w.grad[7] = bad
         opt.step()
-    assert not torch.isfinite(w[7])
+    if not math.isfinite(bad):  # a huge finite gradient may give any update to its coordinate
+        assert not torch.isfinite(w[7]), "a NaN/inf must not be hidden"
     assert torch.isfinite(torch.cat((w[:7], w[8:]))).all()
     assert torch.isfinite(b).all()
