@@ -5,6 +5,7 @@ a trained one as a ``torch.optim.Optimizer`` (``LearnedOptimizer.from_pretrained
 model.parameters())``).
 """
 
+import l2o.optimizers.general  # noqa: F401  (registers the "general" architecture)
 from l2o.optimizers.base import (
     LearnedOptimizerNet,
     ParamSpec,

@@ -34,3 +34,56 @@ def time_features(
 def ema(avg: torch.Tensor, x: torch.Tensor, decays: torch.Tensor) -> torch.Tensor:
     """Exponential moving averages ``[..., N, D]`` of ``x [..., N]`` at ``D`` decays at once."""
     return torch.lerp(x.unsqueeze(-1), avg, decays)
+
+
+def finite_square_sums(
+    x: torch.Tensor, segment_ids: torch.Tensor | None = None, num_segments: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Σ x², count)`` over the FINITE entries of ``x [..., N, F]``, per segment: ``[..., S, F]``.
+
+    Squares are taken in float64, where any float32 value squares without overflow, and NaN or
+    ±inf entries are left out, so one bad coordinate cannot poison the statistics (and through
+    them, every other coordinate) of its tensor. ``segment_ids [N]`` (None: one segment).
+    """
+    finite = torch.isfinite(x)
+    sq = torch.where(finite, x.to(torch.float64), 0.0).square()
+    both = torch.cat((sq, finite.to(torch.float64)), dim=-1)
+    coord_dim = x.dim() - 2
+    if segment_ids is None:
+        sums = both.sum(coord_dim, keepdim=True)
+    else:
+        shape = (*x.shape[:coord_dim], num_segments, both.shape[-1])
+        sums = both.new_zeros(shape).index_add(coord_dim, segment_ids, both)
+    f = x.shape[-1]
+    return sums[..., :f], sums[..., f:]
+
+
+def inverse_rms(
+    square_sums: torch.Tensor, counts: torch.Tensor, eps: float, dtype: torch.dtype
+) -> torch.Tensor:
+    """``rsqrt(Σx² / count + eps)`` from ``finite_square_sums`` (computed in float64, then cast:
+    a huge but finite mean gives a tiny scale, not 0 or NaN)."""
+    return torch.rsqrt(square_sums / counts.clamp_min(1.0) + eps).to(dtype)
+
+
+def normalize_per_segment(
+    x: torch.Tensor, segment_ids: torch.Tensor | None, num_segments: int, eps: float
+) -> torch.Tensor:
+    """``x [..., N, F]`` divided by each feature's RMS over the finite entries of its segment
+    (``segment_ids`` None: all N coordinates are one segment)."""
+    sums, counts = finite_square_sums(x, segment_ids, num_segments)
+    scale = inverse_rms(sums, counts, eps, x.dtype)
+    return x * (scale if segment_ids is None else scale.index_select(x.dim() - 2, segment_ids))
+
+
+#: Centres of the ``tanh`` training-progress features (fractions of the horizon).
+PROGRESS_CENTERS = (0.25, 0.5, 0.75)
+
+
+def progress_features(t: torch.Tensor, horizon: torch.Tensor) -> torch.Tensor:
+    """``[..., 1 + len(PROGRESS_CENTERS)]`` features of the fraction ``f = t / horizon`` of
+    training completed (VeLO's input; it lets an optimizer learn warm-up and decay): ``f`` and
+    ``tanh(8 (f - c))``. ``f`` is clamped to [0, 1]: past its horizon an optimizer sees the end."""
+    frac = (t.to(torch.float32) / horizon.to(torch.float32)).clamp(0.0, 1.0).unsqueeze(-1)
+    c = torch.tensor(PROGRESS_CENTERS, dtype=torch.float32, device=t.device)
+    return torch.cat((frac, torch.tanh(8.0 * (frac - c))), dim=-1)

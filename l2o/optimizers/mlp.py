@@ -16,9 +16,18 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from l2o.optimizers.base import LearnedOptimizerNet, ParamSpec, State, register, segment_mean
-from l2o.optimizers.features import TIME_SCALES, time_features
+from l2o.optimizers.base import LearnedOptimizerNet, ParamSpec, State, register
+from l2o.optimizers.features import (
+    TIME_SCALES,
+    finite_square_sums,
+    inverse_rms,
+    normalize_per_segment,
+    time_features,
+)
 from l2o.optimizers.lstm_kernels import NATIVE_MIN_ROWS, native_kernels
+
+#: ``ε`` of the per-tensor feature normalization ``x · rsqrt(mean x² + ε)``.
+NORM_EPS = 1e-5
 
 
 @register
@@ -63,7 +72,7 @@ class MLPOptimizer(LearnedOptimizerNet):
             "_decays", torch.tensor(self.momentum_decays, dtype=torch.float32), persistent=False
         )
         layers: list[nn.Module] = []
-        width = self.num_features
+        width = self.num_net_inputs
         for h in self.hidden_sizes:
             layers += [nn.Linear(width, h), nn.ReLU()]
             width = h
@@ -93,6 +102,11 @@ class MLPOptimizer(LearnedOptimizerNet):
     @property
     def num_features(self) -> int:
         return self.num_normalized_features + len(TIME_SCALES)
+
+    @property
+    def num_net_inputs(self) -> int:
+        """The width of the network's first layer (subclasses may feed ``core`` more)."""
+        return self.num_features
 
     def init_state(self, flat_params: torch.Tensor, spec: ParamSpec | None = None) -> State:
         lead, n = flat_params.shape[:-1], flat_params.shape[-1]
@@ -129,8 +143,8 @@ class MLPOptimizer(LearnedOptimizerNet):
         v = torch.lerp(grads * grads, state["v"], self.rms_decay)
         t = state["t"] + 1
         raw = self.normalized_features(grads, params, m, v)
-        second = segment_mean(raw * raw, state["segment_ids"], state["segment_counts"])
-        normed = raw * torch.rsqrt(second + 1e-5)
+        seg = state["segment_ids"]
+        normed = normalize_per_segment(raw, seg, state["segment_counts"].shape[0], NORM_EPS)
         tf = time_features(t, dtype=raw.dtype).unsqueeze(-2).expand(*grads.shape, len(TIME_SCALES))
         new = dict(state)
         new.update(m=m, v=v, t=t)
@@ -146,7 +160,8 @@ class MLPOptimizer(LearnedOptimizerNet):
         return self.step_mult * direction * torch.exp(self.exp_mult * magnitude), state
 
     def _feature_second_moments(self, grad, param, m, v) -> torch.Tensor:
-        """Σ over coordinates of each raw feature squared (``[F₀]``), without building them."""
+        """Σ over coordinates of each raw feature squared (``[F₀]``), without building them
+        (float32: a non-finite result sends the caller to ``_finite_square_sums``)."""
         inv = torch.reciprocal(v + 1e-8)
         return torch.cat(
             (
@@ -159,6 +174,58 @@ class MLPOptimizer(LearnedOptimizerNet):
             )
         )
 
+    def _finite_square_sums(self, grad, param, m, v, chunk_size) -> tuple[torch.Tensor, ...]:
+        """``(Σ x², count)`` ``[F₀]`` of the raw features over one tensor's finite entries."""
+        sums = counts = 0
+        for lo in range(0, param.shape[-1], chunk_size):
+            hi = min(lo + chunk_size, param.shape[-1])
+            raw = self.normalized_features(grad[lo:hi], param[lo:hi], m[lo:hi], v[lo:hi])
+            s, c = finite_square_sums(raw)
+            sums, counts = sums + s[0], counts + c[0]
+        return sums, counts
+
+    def advance_and_scale_(
+        self, tensors: list[tuple[torch.Tensor, torch.Tensor, State]], chunk_size: int
+    ) -> tuple[list[torch.Tensor], Any]:
+        """Deployment, part one: advance every tensor's accumulators in place and return the
+        per-tensor normalization scales ``[F₀]`` of the raw features (and the native kernels, or
+        None). Non-finite coordinates are left out of the statistics."""
+        counts = [param.shape[-1] for param, _, _ in tensors]
+        native = native_kernels() if max(counts) >= NATIVE_MIN_ROWS else None
+        if native is not None and (tensors[0][0].dtype, tensors[0][0].device.type) != (
+            torch.float32,
+            "cpu",
+        ):
+            native = None
+        moments = []
+        for (param, grad, state), n in zip(tensors, counts):
+            state["t"].add_(1)
+            if native is not None:
+                sums = native.mlp_accumulate_(
+                    param,
+                    grad.contiguous(),
+                    state["m"],
+                    state["v"],
+                    list(self.momentum_decays),
+                    self.rms_decay,
+                )
+            else:
+                state["m"].lerp_(grad.unsqueeze(-1).expand_as(state["m"]), 1 - self._decays)
+                state["v"].lerp_(grad * grad, 1 - self.rms_decay)
+                sums = self._feature_second_moments(grad, param, state["m"], state["v"])
+            if bool(torch.isfinite(sums).all()):
+                moments.append((sums.double(), torch.full_like(sums, n, dtype=torch.float64)))
+                continue
+            # a NaN/inf or overflowing coordinate: statistics over the finite entries only
+            moments.append(
+                self._finite_square_sums(grad, param, state["m"], state["v"], chunk_size)
+            )
+        dtype = tensors[0][0].dtype
+        if self.per_tensor_norm:
+            return [inverse_rms(s, c, NORM_EPS, dtype) for s, c in moments], native
+        total = inverse_rms(*(sum(parts) for parts in zip(*moments)), NORM_EPS, dtype)
+        return [total] * len(tensors), native
+
     @torch.no_grad()
     def apply_updates_(
         self, tensors: list[tuple[torch.Tensor, torch.Tensor, State]], chunk_size: int
@@ -168,36 +235,7 @@ class MLPOptimizer(LearnedOptimizerNet):
         folded into the first layer's weights and the time features into its bias."""
         f0 = self.num_normalized_features
         linears = [m for m in self.net if isinstance(m, nn.Linear)]
-        counts = [param.shape[-1] for param, _, _ in tensors]
-        native = native_kernels() if max(counts) >= NATIVE_MIN_ROWS else None
-        if native is not None and (tensors[0][0].dtype, tensors[0][0].device.type) != (
-            torch.float32,
-            "cpu",
-        ):
-            native = None
-        sums = []
-        for param, grad, state in tensors:
-            state["t"].add_(1)
-            if native is not None:
-                sums.append(
-                    native.mlp_accumulate_(
-                        param,
-                        grad.contiguous(),
-                        state["m"],
-                        state["v"],
-                        list(self.momentum_decays),
-                        self.rms_decay,
-                    )
-                )
-                continue
-            state["m"].lerp_(grad.unsqueeze(-1).expand_as(state["m"]), 1 - self._decays)
-            state["v"].lerp_(grad * grad, 1 - self.rms_decay)
-            sums.append(self._feature_second_moments(grad, param, state["m"], state["v"]))
-        if self.per_tensor_norm:
-            scales = [torch.rsqrt(s / c + 1e-5) for s, c in zip(sums, counts)]
-        else:
-            total = torch.rsqrt(torch.stack(sums).sum(0) / sum(counts) + 1e-5)
-            scales = [total] * len(tensors)
+        scales, native = self.advance_and_scale_(tensors, chunk_size)
         first = linears[0]
         ext = native
         for (param, grad, state), scale in zip(tensors, scales):

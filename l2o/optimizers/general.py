@@ -1,0 +1,270 @@
+"""``general``: a per-coordinate MLP optimizer built to generalize past its meta-training task and
+horizon, from design elements of the field (each an option):
+
+* **nominal term** (Harrison et al. 2022, "A closer look at learned optimization", STAR): the
+  update is Adam's bias-corrected direction times a step size, plus a learned residual whose
+  gain starts at zero, so the untrained optimizer IS Adam (``nominal_lr``, β₁ = ``adam_beta1``,
+  β₂ = ``rms_decay``) and meta-training only has to learn a correction;
+* **training-progress inputs** (VeLO, Metz et al. 2022): the fraction of the horizon completed
+  (``features.progress_features``), next to the ``tanh`` step-count features; the horizon is
+  ``total_steps``, or ``init_state(..., total_steps=N)`` for a run of another length;
+* **learned step-size schedule** (Celo, Moudgil et al. 2025): the step size is
+  ``nominal_lr · exp(w · time features + b)``, one global scalar per step, zero at start
+  (a linear map instead of Celo's LSTM: the inputs already carry the time);
+* **output normalization** (Celo2): the learned direction is divided by its RMS over the tensor,
+  so the residual has the units of Adam's direction and cannot blow up the step;
+* the small_fc_lopt / adafac_mlp_lopt per-coordinate features of ``MLPOptimizer`` (gradient,
+  parameter, momenta at several decays, RMS, m·rsqrt(RMS), rsqrt(RMS)), normalized per tensor
+  over finite entries only (a bad coordinate stays a bad coordinate).
+
+Update (added to the parameters), with ``r`` the (normalized) network output:
+``Δ = lr_t · (gain · r − adam)`` with the nominal term, ``lr_t · gain · r`` without it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from l2o.optimizers.base import ParamSpec, State, register
+from l2o.optimizers.features import (
+    PROGRESS_CENTERS,
+    TIME_SCALES,
+    normalize_per_segment,
+    progress_features,
+    time_features,
+)
+from l2o.optimizers.mlp import MLPOptimizer
+
+#: ``ε`` of the output normalization ``d · rsqrt(mean d² + ε)``.
+OUTPUT_EPS = 1e-12
+
+
+@register
+class GeneralOptimizer(MLPOptimizer):
+    """Args (the rest as ``MLPOptimizer``):
+    total_steps: the horizon that the progress features count against, unless ``init_state``
+        is given another.
+    nominal: add Adam's direction (the residual gain then starts at 0, else at 1).
+    nominal_lr: the step size at the start of meta-training (Adam's learning rate).
+    adam_beta1: the momentum decay used as Adam's β₁ (one of ``momentum_decays``).
+    adam_eps: Adam's ε.
+    learned_schedule: learn ``log lr_t`` as a linear function of the time features.
+    normalize_output: divide the network's direction by its RMS over the tensor (Celo2); else
+        ``r = d · exp(exp_mult · m)``.
+    progress: feed the training-progress features (else only step-count features).
+    """
+
+    arch: ClassVar[str] = "general"
+
+    def __init__(
+        self,
+        hidden_sizes: tuple[int, ...] | list[int] = (16,),
+        momentum_decays: tuple[float, ...] | list[float] = (0.5, 0.9, 0.99, 0.999),
+        rms_decay: float = 0.999,
+        exp_mult: float = 0.1,
+        init_scale: float = 0.1,
+        total_steps: int = 200,
+        nominal: bool = True,
+        nominal_lr: float = 1e-3,
+        adam_beta1: float = 0.9,
+        adam_eps: float = 1e-8,
+        learned_schedule: bool = True,
+        normalize_output: bool = True,
+        progress: bool = True,
+    ) -> None:
+        self.total_steps = int(total_steps)
+        self.progress = bool(progress)
+        super().__init__(
+            hidden_sizes=hidden_sizes,
+            momentum_decays=momentum_decays,
+            rms_decay=rms_decay,
+            step_mult=1.0,
+            exp_mult=exp_mult,
+            init_scale=init_scale,
+            per_tensor_norm=True,
+        )
+        if self.total_steps <= 0:
+            raise ValueError(f"total_steps must be positive, got {total_steps}")
+        if float(adam_beta1) not in self.momentum_decays:
+            raise ValueError(
+                f"adam_beta1={adam_beta1} must be one of momentum_decays {self.momentum_decays}"
+            )
+        if not (nominal_lr > 0 and math.isfinite(nominal_lr)):
+            raise ValueError(f"nominal_lr must be positive and finite, got {nominal_lr}")
+        if not (adam_eps > 0 and math.isfinite(adam_eps)):
+            raise ValueError(f"adam_eps must be positive and finite, got {adam_eps}")
+        self.nominal = bool(nominal)
+        self.nominal_lr = float(nominal_lr)
+        self.adam_beta1 = float(adam_beta1)
+        self.adam_index = self.momentum_decays.index(self.adam_beta1)
+        self.adam_eps = float(adam_eps)
+        self.learned_schedule = bool(learned_schedule)
+        self.normalize_output = bool(normalize_output)
+        # the output normalization mixes the coordinates of a tensor: no replay by coordinate
+        self.coordinatewise = not self.normalize_output
+        self.residual_gain = nn.Parameter(torch.tensor(0.0 if self.nominal else 1.0))
+        self.schedule = nn.Linear(self.num_global_features, 1) if self.learned_schedule else None
+        if self.schedule is not None:
+            with torch.no_grad():
+                self.schedule.weight.zero_()
+                self.schedule.bias.zero_()
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "hidden_sizes": list(self.hidden_sizes),
+            "momentum_decays": list(self.momentum_decays),
+            "rms_decay": self.rms_decay,
+            "exp_mult": self.exp_mult,
+            "init_scale": self.init_scale,
+            "total_steps": self.total_steps,
+            "nominal": self.nominal,
+            "nominal_lr": self.nominal_lr,
+            "adam_beta1": self.adam_beta1,
+            "adam_eps": self.adam_eps,
+            "learned_schedule": self.learned_schedule,
+            "normalize_output": self.normalize_output,
+            "progress": self.progress,
+        }
+
+    @property
+    def num_global_features(self) -> int:
+        """Time features shared by all coordinates: step count (and training progress)."""
+        return len(TIME_SCALES) + (1 + len(PROGRESS_CENTERS) if self.progress else 0)
+
+    @property
+    def num_net_inputs(self) -> int:
+        return self.num_normalized_features + self.num_global_features
+
+    @property
+    def num_features(self) -> int:
+        return self.num_net_inputs + 1  # and Adam's direction, last
+
+    def init_state(
+        self,
+        flat_params: torch.Tensor,
+        spec: ParamSpec | None = None,
+        total_steps: int | None = None,
+    ) -> State:
+        """As ``MLPOptimizer``'s, plus ``"horizon" [...]``: ``total_steps`` (default: the
+        constructor's) for the progress features."""
+        horizon = self.total_steps if total_steps is None else int(total_steps)
+        if horizon <= 0:
+            raise ValueError(f"total_steps must be positive, got {total_steps}")
+        state = super().init_state(flat_params, spec)
+        state["horizon"] = torch.full_like(state["t"], float(horizon))
+        return state
+
+    def global_features(self, state: State) -> torch.Tensor:
+        """``[..., G]`` time features of the (already advanced) step counter."""
+        tf = time_features(state["t"])
+        if not self.progress:
+            return tf
+        return torch.cat((tf, progress_features(state["t"], state["horizon"])), dim=-1)
+
+    def adam_direction(self, m: torch.Tensor, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Adam's bias-corrected ``m̂ / (√v̂ + ε)`` (``t [...]`` broadcast over ``[..., N]``)."""
+        t = t.to(m.dtype).unsqueeze(-1)
+        m_hat = m / (1 - self.adam_beta1**t)
+        v_hat = v / (1 - self.rms_decay**t)
+        return m_hat / (v_hat.sqrt() + self.adam_eps)
+
+    def observe(
+        self, grads: torch.Tensor, params: torch.Tensor, state: State
+    ) -> tuple[torch.Tensor, State]:
+        features, new = super().observe(grads, params, state)
+        f0 = self.num_normalized_features
+        glob = self.global_features(new).unsqueeze(-2).expand(*grads.shape, -1)
+        adam = self.adam_direction(new["m"][..., self.adam_index], new["v"], new["t"])
+        return torch.cat((features[..., :f0], glob, adam.unsqueeze(-1)), dim=-1), new
+
+    def log_lr(self, glob: torch.Tensor) -> torch.Tensor:
+        """``log lr_t [...]`` from the global features ``[..., G]``."""
+        base = math.log(self.nominal_lr)
+        if self.schedule is None:
+            return torch.full_like(glob[..., 0], base)
+        return base + self.schedule(glob).squeeze(-1)
+
+    def residual(
+        self, out: torch.Tensor, segment_ids: torch.Tensor | None, n_seg: int
+    ) -> torch.Tensor:
+        """The learned direction ``[..., N]`` from the network's output ``[..., N, 2]`` (only
+        ``d`` is needed with output normalization); ``segment_ids`` None: one tensor."""
+        if self.normalize_output:
+            return normalize_per_segment(out[..., :1], segment_ids, n_seg, OUTPUT_EPS)[..., 0]
+        return out[..., 0] * torch.exp(self.exp_mult * out[..., 1])
+
+    def combine(self, residual: torch.Tensor, adam: torch.Tensor, log_lr: torch.Tensor):
+        """``Δ = lr_t · (gain · r − adam)`` (no ``− adam`` without the nominal term)."""
+        step = self.residual_gain * residual
+        if self.nominal:
+            step = step - adam
+        return torch.exp(log_lr).unsqueeze(-1) * step
+
+    def core(self, features: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        if features.shape[-1] != self.num_features:
+            raise ValueError(
+                f"GeneralOptimizer expects {self.num_features} features, got {features.shape[-1]}"
+            )
+        x, adam = features[..., :-1], features[..., -1]
+        out = self.net(x)
+        seg = state["segment_ids"]
+        r = self.residual(out, seg, state["segment_counts"].shape[0])
+        glob = x[..., 0, self.num_normalized_features :]  # the same for every coordinate
+        return self.combine(r, adam, self.log_lr(glob)), state
+
+    @torch.no_grad()
+    def apply_updates_(
+        self, tensors: list[tuple[torch.Tensor, torch.Tensor, State]], chunk_size: int
+    ) -> None:
+        """Deployment: the accumulators and feature scales as ``MLPOptimizer``'s (normalization
+        folded into the first layer, time features into its bias), then the network over each
+        tensor: through the fused C++ kernel of ``MLPOptimizer`` where it runs, else per chunk
+        one feature build and one GEMM per layer. With output normalization the directions of
+        a tensor are kept until their RMS is known."""
+        f0 = self.num_normalized_features
+        linears = [m for m in self.net if isinstance(m, nn.Linear)]
+        scales, native = self.advance_and_scale_(tensors, chunk_size)
+        first = linears[0]
+        for (param, grad, state), scale in zip(tensors, scales):
+            glob = self.global_features(state)
+            weights = [first.weight[:, :f0] * scale, *(lin.weight for lin in linears[1:])]
+            biases = [first.bias + first.weight[:, f0:] @ glob, *(lin.bias for lin in linears[1:])]
+            log_lr = self.log_lr(glob)
+            m, v = state["m"], state["v"]
+            adam = self.adam_direction(m[:, self.adam_index], v, state["t"])
+            if native is not None and param.dtype == torch.float32 and param.device.type == "cpu":
+                grad = grad.contiguous()
+                if not self.normalize_output:  # Δ = lr·gain·d·exp(λ m) in the kernel, − lr·adam
+                    step = float(torch.exp(log_lr) * self.residual_gain)
+                    native.mlp_update_(param, grad, m, v, weights, biases, step, self.exp_mult)
+                    if self.nominal:
+                        param.sub_(torch.exp(log_lr) * adam)
+                    continue
+                # the kernel ADDS d to its input: d = (param + d) - param, exact up to rounding
+                # of param + d (|d| is O(1), far above param's ulp)
+                direction = param.clone()
+                native.mlp_update_(direction, grad, m, v, weights, biases, 1.0, 0.0)
+                out = direction.sub_(param).unsqueeze(-1)
+            else:
+                out = self._chunked_network(param, grad, m, v, weights, biases, chunk_size)
+            param.add_(self.combine(self.residual(out, None, 1), adam, log_lr))
+
+    def _chunked_network(self, param, grad, m, v, weights, biases, chunk_size) -> torch.Tensor:
+        """The network's output ``[n, 2]`` (``[n, 1]`` with output normalization: only ``d``)
+        per chunk of coordinates, with the folded first layer."""
+        n = param.shape[-1]
+        out = param.new_empty(n, 1 if self.normalize_output else 2)
+        layers = [(w.t(), b) for w, b in zip(weights, biases)]
+        for lo in range(0, n, chunk_size):
+            hi = min(lo + chunk_size, n)
+            x = self.normalized_features(grad[lo:hi], param[lo:hi], m[lo:hi], v[lo:hi])
+            for k, (w_t, b) in enumerate(layers):
+                x = torch.addmm(b, x, w_t)
+                if k < len(layers) - 1:
+                    x.relu_()
+            out[lo:hi] = x[:, : out.shape[1]]
+        return out

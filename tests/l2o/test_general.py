@@ -1,0 +1,139 @@
+"""The ``general`` learned optimizer: an untrained one is Adam; deployment equals the flat step;
+progress features follow the horizon; checkpoints round-trip; meta-gradients reach every part."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from l2o.optimizers import (
+    LearnedOptimizer,
+    ParamSpec,
+    create,
+    load_learned_optimizer,
+    save_learned_optimizer,
+)
+from l2o.optimizers.features import progress_features
+
+
+def model_and_batch(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(32, 5, generator=g)
+    y = x @ torch.randn(5, 1, generator=g)
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1)), x, y
+
+
+def trained_like(**kwargs):
+    """A ``general`` optimizer with every learned part away from its initial value."""
+    torch.manual_seed(1)
+    net = create("general", **kwargs)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return net
+
+
+def test_untrained_general_is_adam():
+    model, x, y = model_and_batch()
+    ref, _, _ = model_and_batch()
+    opt = LearnedOptimizer(model.parameters(), create("general", nominal_lr=0.01))
+    adam = torch.optim.Adam(ref.parameters(), lr=0.01)
+    for _ in range(20):
+        for m, o in ((model, opt), (ref, adam)):
+            o.zero_grad()
+            nn.functional.mse_loss(m(x), y).backward()
+            o.step()
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)  # float rounding only
+
+
+@pytest.mark.parametrize("normalize_output", [True, False])
+@pytest.mark.parametrize("chunk_size", [7, 10_000])
+def test_deployment_equals_the_flat_step(normalize_output, chunk_size):
+    net = trained_like(normalize_output=normalize_output, total_steps=5)
+    model, x, y = model_and_batch()
+    spec = ParamSpec.from_module(model)
+    flat = spec.flatten(dict(model.named_parameters())).detach()
+    state = net.init_state(flat, spec)
+    opt = LearnedOptimizer(model.parameters(), net, chunk_size=chunk_size)
+    for _ in range(4):
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        grads = spec.flatten({n: p.grad for n, p in model.named_parameters()})
+        with torch.no_grad():
+            upd, state = net.step(grads, flat, state)
+        flat = flat + upd
+        opt.step()
+        got = spec.flatten(dict(model.named_parameters())).detach()
+        torch.testing.assert_close(got, flat, rtol=1e-6, atol=1e-7)
+
+
+def test_output_normalization_gives_unit_rms_per_tensor():
+    net = trained_like(nominal=False, learned_schedule=False, nominal_lr=1.0)
+    with torch.no_grad():
+        net.residual_gain.fill_(1.0)
+    spec = ParamSpec(("a", "b"), ((3, 4), (5,)))
+    params = torch.randn(2, spec.numel)
+    upd, _ = net.step(torch.randn_like(params), params, net.init_state(params, spec))
+    for part in spec.unflatten(upd).values():
+        rms = part.reshape(2, -1).square().mean(-1).sqrt()
+        torch.testing.assert_close(rms, torch.ones(2))
+
+
+def test_progress_features_follow_the_horizon():
+    t = torch.tensor([0.0, 50.0, 100.0, 400.0])
+    f = progress_features(t, torch.full_like(t, 100.0))
+    assert f[:, 0].tolist() == [0.0, 0.5, 1.0, 1.0]  # clamped past the horizon
+    net = create("general", total_steps=100)
+    params = torch.zeros(1, 3)
+    assert net.init_state(params)["horizon"].item() == 100.0
+    state = net.init_state(params, total_steps=1000)
+    assert state["horizon"].item() == 1000.0
+    feats, _ = net.observe(torch.ones(1, 3), params, state)
+    glob = feats[0, 0, net.num_normalized_features : net.num_net_inputs]
+    torch.testing.assert_close(glob[-4:], progress_features(torch.ones(()), state["horizon"][0]))
+    assert create("general", progress=False).num_net_inputs == net.num_net_inputs - 4
+
+
+def test_checkpoint_round_trip(tmp_path):
+    net = trained_like(hidden_sizes=[4, 4], nominal_lr=3e-3, total_steps=50)
+    path = save_learned_optimizer(tmp_path / "g.pt", net)
+    back, _ = load_learned_optimizer(path, expected_arch="general")
+    assert back.config() == net.config()
+    params = torch.randn(2, 10)
+    g = torch.randn(2, 10)
+    a, _ = net.step(g, params, net.init_state(params))
+    b, _ = back.step(g, params, back.init_state(params))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_meta_gradient_reaches_gain_schedule_and_network():
+    net = create("general")
+    with torch.no_grad():
+        net.residual_gain.fill_(0.5)
+    params = torch.randn(1, 20)
+    state = net.init_state(params)
+    feats = []
+    for _ in range(3):
+        f, state = net.observe(torch.randn(1, 20), params, state)
+        feats.append(f)
+    upd, _ = net.core(torch.stack(feats), state)
+    (upd * torch.randn_like(upd)).sum().backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(adam_beta1=0.95), "adam_beta1"),
+        (dict(total_steps=0), "total_steps"),
+        (dict(nominal_lr=float("nan")), "nominal_lr"),
+        (dict(adam_eps=0.0), "adam_eps"),
+    ],
+)
+def test_bad_configs_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        create("general", **kwargs)
