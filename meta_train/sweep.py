@@ -20,7 +20,7 @@ GridSampler, ``random`` samples with its RandomSampler and ``bayes`` with its Ga
 GPSampler (W&B's bayes is a GP too). Each trial runs the sweep's ``command`` with the macros
 filled in as ``wandb agent`` fills them (the same ``--key=value`` arguments, W&B's own
 formatter), plus ``--run-dir`` into the sweep folder; its score is the metric's last value in the
-run's ``metrics.jsonl`` (W&B's summary value), else in the offline W&B summary. A trial whose
+run's ``metrics.jsonl`` (what W&B's summary holds for a logged key). A trial whose
 config asks for W&B ``online`` logs ``offline`` into its run folder instead (``wandb sync``
 later); ``$WANDB_MODE``, when set, wins. The study lives in ``study.db`` (SQLite) in the sweep
 folder: the same command continues an interrupted sweep (``--count`` is the sweep's total), an
@@ -340,15 +340,13 @@ class MetricMissing(RuntimeError):
 
 
 def read_metric(run_dir: Path, name: str) -> float:
-    """What W&B's summary holds for ``name``: its last logged value (``metrics.jsonl``), else
-    a value set in the summary of an offline W&B run in the folder."""
+    """What W&B's summary holds for ``name`` by default: its last logged value, read from the
+    run's ``metrics.jsonl``. (Values the run only sets in the W&B summary, such as
+    ``best_val_loss`` or ``meta_test/*``, are not on disk: sweep on a logged key.)"""
     from meta_train.tracking import read_metrics
 
     records = read_metrics(run_dir)
     value = next((r[name] for r in reversed(records) if name in r), None)
-    if value is None:
-        for path in sorted(run_dir.glob("wandb/*run-*/files/wandb-summary.json")):
-            value = json.loads(path.read_text()).get(name, value)
     if value is None:
         keys = sorted({k for r in records for k in r} - {"step", "time"})
         raise MetricMissing(f"the run logged no {name!r} (its metrics: {', '.join(keys)})")
@@ -450,6 +448,13 @@ class LocalSweep:
 
     def objective(self, trial) -> float:
         """Run (or resume) one trial; its metric, or ``MetricMissing`` (a failed trial)."""
+        grid = trial.user_attrs.get("grid")
+        storage = trial.study._storage
+        if grid and "grid_id" not in storage.get_trial_system_attrs(trial._trial_id):
+            # A queued-again grid trial takes its predecessor's grid point, or Optuna's
+            # GridSampler (which marks points by this system attribute) fails to count it.
+            for key, value in grid.items():
+                storage.set_trial_system_attr(trial._trial_id, key, value)
         values = _suggest(trial, self.parameters)
         trial.set_user_attr("values", values)
         run_dir = Path(trial.user_attrs.get("resume_from") or self.run_dir(trial.number))
@@ -502,7 +507,11 @@ class LocalSweep:
             run_dir = trial.user_attrs.get("run_dir", str(self.run_dir(trial.number)))
             if run_dir not in queued:
                 print(f"trial {trial.number} was interrupted: queued again ({run_dir})")
-                study.enqueue_trial(trial.params, user_attrs={"resume_from": run_dir})
+                attrs: dict[str, Any] = {"resume_from": run_dir}
+                if "grid_id" in trial.system_attrs:
+                    keys = ("grid_id", "search_space")
+                    attrs["grid"] = {k: trial.system_attrs[k] for k in keys}
+                study.enqueue_trial(trial.params, user_attrs=attrs)
                 queued.add(run_dir)
 
     def run(self, count: int | None) -> Any:
@@ -643,7 +652,7 @@ def run_local(
     rows = ranking(study, local.metric, keys)
     print(write_ranking(rows, local.folder / "ranking.csv"))
     print(f"ranking: {local.folder / 'ranking.csv'}")
-    if any(r["state"] == "complete" for r in rows):
+    if keys and any(r["state"] == "complete" for r in rows):
         plot_metric(rows, local.metric, local.parameters, local.folder / "metric_vs_params.png")
         print(f"plot:    {local.folder / 'metric_vs_params.png'}")
     return 0
