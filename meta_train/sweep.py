@@ -563,21 +563,22 @@ def ranking(study, metric: str, keys: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, short: bool = True) -> str:
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return f"{value:.6g}" if short else repr(value)
     if isinstance(value, (list, dict)):
         return json.dumps(value)
     return "" if value is None else str(value)
 
 
 def write_ranking(rows: list[dict[str, Any]], path: Path) -> str:
-    """Write the CSV; return the table as text (without run folders and errors)."""
+    """Write the CSV (full precision); return the table as text (6 digits, without run folders
+    and errors)."""
     columns = list(rows[0]) if rows else []
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
-        writer.writerows([[_cell(row[c]) for c in columns] for row in rows])
+        writer.writerows([[_cell(row[c], short=False) for c in columns] for row in rows])
     shown = [c for c in columns if c not in ("run_dir", "error")]
     table = [shown] + [[_cell(row[c]) for c in shown] for row in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(shown))]
