@@ -281,8 +281,20 @@ def _choices(parameter: Parameter) -> tuple[list[Any], bool]:
     return [json.dumps(v) for v in values], True
 
 
+def _optuna():
+    """Optuna, the engine of local sweeps (an optional dependency, named when missing)."""
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError(
+            "a sweep run here needs optuna: pip install 'l2o[sweeps]' (or pip install optuna), "
+            "or run it on W&B with --project"
+        ) from None
+    return optuna
+
+
 def _sampler(method: str, parameters: list[Parameter], seed: int):
-    import optuna
+    optuna = _optuna()
 
     if method == "grid":
         space = {p.key: _choices(p)[0] for p in parameters if not p.fixed}
@@ -418,7 +430,7 @@ class LocalSweep:
         return math.prod(len(_grid_values(p)) for p in self.parameters if not p.fixed)
 
     def open_study(self):
-        import optuna
+        optuna = _optuna()
 
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # we print each trial
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -360,3 +360,10 @@ def test_shipped_sweeps_run_here_on_a_tiny_budget(path, tmp_path, monkeypatch):
     assert main([str(path), "--count", "1", "--sweep-dir", str(folder), *budget]) == 0
     (row,) = _ranking(folder)
     assert row["state"] == "complete" and math.isfinite(float(row["val/best_loss"]))
+
+
+def test_without_optuna_a_local_sweep_says_what_to_install(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
+    path = _grid_file(tmp_path, values=(0.01,))
+    assert main([str(path), "--sweep-dir", str(tmp_path / "sweep")]) == 2
+    assert "l2o[sweeps]" in capsys.readouterr().err
