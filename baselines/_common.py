@@ -18,6 +18,7 @@ from torch import Tensor
 __all__ = [
     "BaselineOptimizer",
     "adam_moments_",
+    "as_real",
     "check_betas",
     "check_choice",
     "check_int",
@@ -102,6 +103,13 @@ def device_dtype_buckets(tensors: Sequence[Tensor]) -> list[list[int]]:
     return list(buckets.values())
 
 
+def as_real(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """``torch.view_as_real`` of the complex tensors (others as they are): torch's convention for
+    complex parameters (``torch.optim.Adam`` does the same), so a complex parameter moves exactly
+    as the real parameter ``view_as_real(p)`` would, its real and imaginary parts as coordinates."""
+    return [torch.view_as_real(t) if t.is_complex() else t for t in tensors]
+
+
 def adam_moments_(
     exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor],
@@ -125,7 +133,41 @@ class BaselineOptimizer(torch.optim.Optimizer):
     parameters that have a (dense) gradient to ``_step_group`` and returns the closure's loss.
     Subclasses validate a group's hyperparameters in ``_prepare_group``; it runs for every group
     added, so ``{"params": ..., "lr": -1}`` is refused like a bad constructor argument.
+
+    Copies and pickles: torch's ``Optimizer.__getstate__`` keeps only ``defaults``, ``state`` and
+    ``param_groups``. Attributes a subclass creates in ``_init_attributes`` (caches, telemetry)
+    are recreated on unpickling, and those named in ``_pickled_attributes`` travel with the copy,
+    so ``copy.deepcopy``, ``pickle`` and ``torch.save(optimizer)`` give an optimizer that steps
+    and reports like the original.
     """
+
+    # Attributes beyond torch's pickled state that copies keep (the last step's telemetry).
+    _pickled_attributes: tuple[str, ...] = ()
+
+    def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+        self._init_attributes()
+        super().__init__(params, defaults)
+
+    def _init_attributes(self) -> None:
+        """Create the instance attributes that torch's pickled state does not hold."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.update({name: getattr(self, name) for name in self._pickled_attributes})
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._init_attributes()
+        super().__setstate__(state)
+
+    def _refuse_complex(self, group: dict[str, Any], reason: str) -> None:
+        """A clear ``ValueError`` when ``group`` holds a complex parameter this update cannot
+        take (raised when the group is added, before any step)."""
+        if any(torch.is_complex(p) for p in group["params"]):
+            raise ValueError(
+                f"{type(self).__name__} does not support complex parameters: {reason}. "
+                "Optimize torch.view_as_real(param) (a real tensor) instead"
+            )
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)

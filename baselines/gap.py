@@ -52,7 +52,10 @@ Choices made where the README is ambiguous (each is tested in tests/baselines/te
    compute bit-identical J (a reduction's rounding depends on memory alignment). When all
    candidates share β₂ their K second moments are identical at every step, so ``exp_avg_sq``
    holds one tensor instead of K.
-10. SGDM switch buffers follow torch's SGD per candidate: the first step copies the gradient, then
+10. Complex parameters: ``'default'`` is torch's step, so it takes them as torch does
+    (``view_as_real``); the switch modes refuse them when the group is added (J is a real
+    alignment, which the README defines for real gradients only).
+11. SGDM switch buffers follow torch's SGD per candidate: the first step copies the gradient, then
     ``buf = m_j * buf + (1 - dampening) * g``; Nesterov applies ``g + m_c * buf_c``. The J always
     uses ``buf_j``.
 """
@@ -131,6 +134,10 @@ class _GAPBase(BaselineOptimizer):
         if not isinstance(group["lr_modulation"], bool):
             raise ValueError(f"Invalid lr_modulation: {group['lr_modulation']!r} (must be a bool)")
         self._candidates(group)
+        if group["type"] != "default":
+            self._refuse_complex(
+                group, f"type={group['type']!r} compares real alignments J (type='default' does)"
+            )
         group.setdefault("last_choice", None)
         group.setdefault("hysteresis_count", 0)
         group.setdefault("J_smoothed", None)

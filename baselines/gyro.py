@@ -20,8 +20,10 @@ Deliberate differences from the source, none of which changes a number: all tens
 (device, dtype) bucket are processed with ``torch._foreach_*`` kernels and the per-tensor
 decisions are taken from one host transfer per bucket instead of one per tensor; dot products use
 ``torch.dot`` (float rounding only); hyperparameters are validated for every parameter group;
-sparse gradients raise an error in ``GYROSGD`` too. Telemetry is the source's:
-``get_telemetry()`` after a step returns ``step``, ``mean_cos``, ``projection_rate``,
+sparse gradients raise an error in ``GYROSGD`` too. Complex parameters (which the source does
+not handle: its projection drops the imaginary part) follow torch's ``view_as_real`` convention:
+real and imaginary parts are coordinates, so ``<g, m>`` is the real inner product. Telemetry is
+the source's: ``get_telemetry()`` after a step returns ``step``, ``mean_cos``, ``projection_rate``,
 ``mean_norm_g``, ``mean_norm_m`` (means over the tensors of groups with ``telemetry=True``;
 ``mean_cos`` divides by all those tensors, as the source does).
 """
@@ -38,6 +40,7 @@ from torch import Tensor
 from ._common import (
     BaselineOptimizer,
     adam_moments_,
+    as_real,
     check_betas,
     check_int,
     check_range,
@@ -113,10 +116,11 @@ def _rotate(
 class _GYROBase(BaselineOptimizer):
     """Shared GYRO machinery: validation, telemetry, the projection of a bucket's gradients."""
 
-    def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+    _pickled_attributes = ("_tally", "_telemetry_step")
+
+    def _init_attributes(self) -> None:
         self._tally = _Tally()
         self._telemetry_step = 0
-        super().__init__(params, defaults)
 
     def _prepare_group(self, group: dict[str, Any]) -> None:
         check_range("learning rate", group["lr"], 0.0)
@@ -223,7 +227,8 @@ class GYROAdam(_GYROBase):
         if not params:
             return
         steps, exp_avgs = self._advance(group, params)
-        exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
+        exp_avg_sqs = as_real([self.state[p]["exp_avg_sq"] for p in params])
+        params, grads, exp_avgs = as_real(params), as_real(grads), as_real(exp_avgs)
         beta1, beta2 = group["betas"]
         lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
         for bucket in device_dtype_buckets(params):
@@ -289,6 +294,7 @@ class GYROSGD(_GYROBase):
         if not params:
             return
         steps, bufs = self._advance(group, params)
+        params, grads, bufs = as_real(params), as_real(grads), as_real(bufs)
         momentum, lr = group["momentum"], group["lr"]
         for bucket in device_dtype_buckets(params):
             b_bufs = [bufs[i] for i in bucket]

@@ -12,8 +12,11 @@ Source: dingste/HysteroGrad (``hysterograd/optimizer.py``). Per parameter group,
     if n > h:  p -= lr * clip * s     ("Liquid")   else the parameters stay ("Frozen")
 
 ``tau``, ``T`` and ``E`` live, as in the source, in the state of the group's first parameter
-(keys ``group_tau``, ``group_temp``, ``avg_energy``), so ``state_dict`` carries them. ``shock()``
-multiplies tau by ``factor`` and raises the temperature to at least 0.2.
+(keys ``group_tau``, ``group_temp``, ``avg_energy``), so ``state_dict`` carries them; they keep
+torch's default dtype (float32) whatever the parameters' dtype, ``load_state_dict`` included.
+``shock()`` multiplies tau by ``factor`` and raises the temperature to at least 0.2. Complex
+parameters follow torch's ``view_as_real`` convention (``G`` accumulates the squares of the real
+and imaginary parts).
 
 Interface change (numbers unchanged): the source's ``step()`` returns ``(status, grad_norm,
 barrier)``; here ``step()`` follows torch and returns the closure's loss, and that triple (means
@@ -30,9 +33,18 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ._common import BaselineOptimizer, check_range, constructor_defaults, device_dtype_buckets
+from ._common import (
+    BaselineOptimizer,
+    as_real,
+    check_range,
+    constructor_defaults,
+    device_dtype_buckets,
+)
 
 __all__ = ["HIOptimizer", "HysteroGrad", "HysteroTelemetry"]
+
+# The per-group scalars kept, as in the source, in the state of the group's first parameter.
+_GROUP_KEYS = ("group_tau", "group_temp", "avg_energy")
 
 
 class HysteroTelemetry(NamedTuple):
@@ -61,6 +73,8 @@ class HIOptimizer(BaselineOptimizer):
         hysteresis_scale: overall barrier factor (1.0).
     """
 
+    _pickled_attributes = ("telemetry",)
+
     def __init__(
         self,
         params: Any,
@@ -76,11 +90,11 @@ class HIOptimizer(BaselineOptimizer):
         hysteresis_scale: float = 1.0,
     ) -> None:
         defaults = constructor_defaults(locals())
-        self.telemetry: HysteroTelemetry | None = None
-        self._moved = 0
-        self._barrier_sum = 0.0
-        self._norm_sum = 0.0
         super().__init__(params, defaults)
+
+    def _init_attributes(self) -> None:
+        self.telemetry: HysteroTelemetry | None = None
+        self._begin_step()
 
     def _prepare_group(self, group: dict[str, Any]) -> None:
         check_range("learning rate", group["lr"], 0.0)
@@ -131,6 +145,7 @@ class HIOptimizer(BaselineOptimizer):
             if "G" not in state:
                 state["G"] = torch.zeros_like(param)
             metrics.append(state["G"])
+        params, grads, metrics = as_real(params), as_real(grads), as_real(metrics)
 
         steps: list[Tensor | None] = [None] * len(params)
         square_norm = torch.tensor(0.0, device=group_state["group_tau"].device)
@@ -176,6 +191,20 @@ class HIOptimizer(BaselineOptimizer):
                 torch._foreach_add_(
                     [params[i] for i in bucket], [steps[i] for i in bucket], alpha=alpha
                 )
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's, except that ``group_tau``, ``group_temp`` and ``avg_energy`` keep their saved
+        dtype (torch casts every floating state tensor but ``step`` to its parameter's dtype,
+        which in bfloat16 / float16 rounds them: a resumed run would drift from an uninterrupted
+        one)."""
+        super().load_state_dict(state_dict)
+        saved = state_dict["state"]
+        for group, saved_group in zip(self.param_groups, state_dict["param_groups"]):
+            entry = saved.get(saved_group["params"][0], {}) if saved_group["params"] else {}
+            state = self.state[group["params"][0]] if group["params"] else {}
+            for key in _GROUP_KEYS:
+                if key in entry:
+                    state[key] = entry[key].to(device=state[key].device)
 
     def shock(self, factor: float = 0.5) -> None:
         """Liquefy: scale the path length tau by ``factor``, lift the temperature to >= 0.2."""

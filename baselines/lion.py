@@ -14,6 +14,9 @@ applied as ``θ · (1 - α·lr·wd) - α·lr·sign(c) - (1 - α)·sgd_lr·d``, t
 α = 1 reproduces ``Lion`` and α = 0 reproduces ``torch.optim.SGD`` to the bit. The paper's
 interpolation experiment used SGD(lr=0.5, momentum=0.9) and Lion(lr=0.005) with weights 0.9 and 0.1:
 ``LionSGD(params, alpha=0.1, lr=0.005, sgd_lr=0.5, momentum=0.9)``.
+
+Both refuse complex parameters when a group is added (the reference's ``sign`` is defined for
+real tensors only).
 """
 
 from __future__ import annotations
@@ -108,6 +111,7 @@ class Lion(BaselineOptimizer):
         check_range("learning rate", group["lr"], 0.0)
         check_betas(group["betas"], closed=True)
         check_range("weight_decay", group["weight_decay"], 0.0)
+        self._refuse_complex(group, "Lion's update is the sign of a real momentum")
 
     def _exp_avgs(self, params: list[Tensor]) -> list[Tensor]:
         for param in params:

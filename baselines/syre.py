@@ -40,6 +40,9 @@ Where the two paths agree, and where not:
   (two in-place passes, no temporaries), the same value up to rounding.
 
 Offsets are int32 in the kernel, so tensors must stay below 2³¹ elements (as in the gist).
+Complex parameters follow torch's ``view_as_real`` convention on both paths: the anchor, the
+decay and Adam act on the real view (real and imaginary parts as coordinates), as they would on the
+real parameter ``view_as_real(p)``.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from torch import Tensor
 from ._common import (
     BaselineOptimizer,
     adam_moments_,
+    as_real,
     check_betas,
     check_choice,
     check_int,
@@ -234,8 +238,11 @@ class AdamSyre(BaselineOptimizer):
         backend: str = "auto",
     ) -> None:
         defaults = constructor_defaults(locals())
-        self._anchors: dict[Tensor, _Anchor] = {}
         super().__init__(params, defaults)
+
+    def _init_attributes(self) -> None:
+        # θ₀ and d per parameter of the torch path: a cache, recomputed after copies and pickles.
+        self._anchors: dict[Tensor, _Anchor] = {}
 
     def _prepare_group(self, group: dict[str, Any]) -> None:
         check_range("learning rate", group["lr"], 0.0)
@@ -250,7 +257,8 @@ class AdamSyre(BaselineOptimizer):
             raise ValueError("backend='triton' needs triton, which does not import here")
 
     def anchor(self, param: Tensor) -> tuple[Tensor, Tensor]:
-        """θ₀ and d of ``param`` (shaped like it), as both paths use them."""
+        """θ₀ and d of ``param`` (shaped like it, or like ``view_as_real(param)`` when complex),
+        as both paths use them."""
         for group in self.param_groups:
             for position, candidate in enumerate(group["params"]):
                 if candidate is param:
@@ -260,17 +268,18 @@ class AdamSyre(BaselineOptimizer):
     def _anchor(self, group: dict[str, Any], param: Tensor, position: int) -> _Anchor:
         seeds = parameter_seeds(group["syre_seed"], len(group["params"]))
         seed_anchor, seed_scale = seeds[position]
-        dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
-        key = (seed_anchor, seed_scale, param.shape, group["syre_std"], group["syre_eps"], dtype)
+        real = as_real([param])[0]
+        dtype = torch.float64 if real.dtype == torch.float64 else torch.float32
+        key = (seed_anchor, seed_scale, real.shape, group["syre_std"], group["syre_eps"], dtype)
         cached = self._anchors.get(param)
         if cached is None or cached.key != key or cached.anchor.device != param.device:
             anchor, scale = syre_anchor(
-                param.numel(), group["syre_std"], group["syre_eps"], seed_anchor, seed_scale
+                real.numel(), group["syre_std"], group["syre_eps"], seed_anchor, seed_scale
             )
             cached = _Anchor(
                 key,
-                anchor.to(device=param.device, dtype=dtype).view(param.shape),
-                scale.to(device=param.device, dtype=dtype).view(param.shape),
+                anchor.to(device=param.device, dtype=dtype).view(real.shape),
+                scale.to(device=param.device, dtype=dtype).view(real.shape),
             )
             self._anchors[param] = cached
         return cached
@@ -285,14 +294,14 @@ class AdamSyre(BaselineOptimizer):
         position = {id(p): i for i, p in enumerate(group["params"])}
         seeds = parameter_seeds(group["syre_seed"], len(group["params"]))
         on_torch = []
-        for param in params:
+        for param, real in zip(params, as_real(params)):
             if self._uses_triton(group, param):
                 seed_anchor, seed_scale = seeds[position[id(param)]]
                 _triton_kernels().syre_weight_decay_(
-                    param, gamma, group["syre_std"], group["syre_eps"], seed_anchor, seed_scale
+                    real, gamma, group["syre_std"], group["syre_eps"], seed_anchor, seed_scale
                 )
             else:
-                on_torch.append((param, self._anchor(group, param, position[id(param)])))
+                on_torch.append((real, self._anchor(group, param, position[id(param)])))
         for bucket in device_dtype_buckets([param for param, _ in on_torch]):
             b_params = [on_torch[i][0] for i in bucket]
             anchors = [on_torch[i][1].anchor for i in bucket]
@@ -321,15 +330,17 @@ class AdamSyre(BaselineOptimizer):
                 state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
             state["step"] += 1
+        states = [self.state[p] for p in params]
+        params, grads = as_real(params), as_real(grads)
         for bucket in device_dtype_buckets(params):
             b_params = [params[i] for i in bucket]
-            states = [self.state[p] for p in b_params]
-            exp_avgs = [s["exp_avg"] for s in states]
-            exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+            b_states = [states[i] for i in bucket]
+            exp_avgs = as_real([s["exp_avg"] for s in b_states])
+            exp_avg_sqs = as_real([s["exp_avg_sq"] for s in b_states])
             adam_moments_(exp_avgs, exp_avg_sqs, [grads[i] for i in bucket], beta1, beta2)
             denom = torch._foreach_sqrt(exp_avg_sqs)
-            torch._foreach_div_(denom, [math.sqrt(1 - beta2 ** s["step"]) for s in states])
+            torch._foreach_div_(denom, [math.sqrt(1 - beta2 ** s["step"]) for s in b_states])
             torch._foreach_add_(denom, eps)
             sign = 1.0 if group["maximize"] else -1.0
-            step_sizes = [sign * lr / (1 - beta1 ** s["step"]) for s in states]
+            step_sizes = [sign * lr / (1 - beta1 ** s["step"]) for s in b_states]
             torch._foreach_addcdiv_(b_params, exp_avgs, denom, step_sizes)

@@ -176,15 +176,28 @@ _INTERPRETED_KERNEL_CHECK = textwrap.dedent(
     kernels.syre_weight_decay_(strided, 1.0, std, 0.0, seed_anchor, seed_scale)
     torch_anchor, torch_scale = syre.syre_anchor(n, std, eps, seed_anchor, seed_scale)
 
-    def trajectory(backend):
-        start = torch.randn(40, 30, generator=torch.Generator().manual_seed(1))
+    def trajectory(backend, dtype=torch.float32):
+        start = torch.randn(40, 30, generator=torch.Generator().manual_seed(1), dtype=dtype)
         params = [torch.nn.Parameter(start)]
         opt = AdamSyre(params, lr=0.05, weight_decay=0.5, syre_std=0.2, backend=backend)
         generator = torch.Generator().manual_seed(2)
         for _ in range(5):
-            params[0].grad = torch.randn(40, 30, generator=generator)
+            params[0].grad = torch.randn(40, 30, generator=generator, dtype=dtype)
             opt.step()
         return params[0].detach()
+
+    def complex_gap(backend):  # the complex parameter against its real view, on one backend
+        on_complex = torch.view_as_real(trajectory(backend, torch.complex64))
+        params = [torch.nn.Parameter(torch.view_as_real(
+            torch.randn(40, 30, generator=torch.Generator().manual_seed(1), dtype=torch.complex64)
+        ).clone())]
+        opt = AdamSyre(params, lr=0.05, weight_decay=0.5, syre_std=0.2, backend=backend)
+        generator = torch.Generator().manual_seed(2)
+        for _ in range(5):
+            grad = torch.randn(40, 30, generator=generator, dtype=torch.complex64)
+            params[0].grad = torch.view_as_real(grad).clone()
+            opt.step()
+        return (on_complex - params[0].detach()).abs().max().item()
 
     print(json.dumps({
         "anchor_vs_torch": (anchor - torch_anchor).abs().max().item(),
@@ -197,6 +210,7 @@ _INTERPRETED_KERNEL_CHECK = textwrap.dedent(
         "anchor_std": anchor.std().item(),
         "scale_range": [scale.min().item(), scale.max().item()],
         "adamsyre_triton_vs_torch": (trajectory("triton") - trajectory("torch")).abs().max().item(),
+        "complex_vs_real_view": [complex_gap("triton"), complex_gap("torch")],
     }))
     """
 )
@@ -225,6 +239,7 @@ def test_triton_kernel_on_cpu_under_the_interpreter():
     assert found["anchor_std"] == pytest.approx(std, rel=0.05)
     assert 1 - eps <= found["scale_range"][0] and found["scale_range"][1] <= 1 + eps
     assert found["adamsyre_triton_vs_torch"] < 1e-5
+    assert found["complex_vs_real_view"] == [0.0, 0.0]  # view_as_real on both paths
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
