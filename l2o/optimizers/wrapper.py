@@ -21,6 +21,7 @@ float64; a half-precision parameter is rounded once per step). Any device but ``
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -62,6 +63,11 @@ SUPPORTED_DEVICE_TYPES = ("cpu", "cuda", "xpu", "mps")
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
+def takes_total_steps(net: LearnedOptimizerNet) -> bool:
+    """True if ``net`` has training-progress inputs (its ``init_state`` takes ``total_steps``)."""
+    return "total_steps" in inspect.signature(net.init_state).parameters
+
+
 class LearnedOptimizer(torch.optim.Optimizer):
     """Apply a (frozen) learned optimizer to any parameters.
 
@@ -73,6 +79,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
             result beyond float rounding); None: the network's ``deploy_chunk_size``.
         lr: multiplier on the learned update (per group; what lr schedulers change).
         weight_decay: decoupled weight decay (per group): ``θ ← θ - lr·weight_decay·θ``.
+        total_steps: the training horizon, for networks with training-progress inputs (the
+            ``general`` architecture's fraction of the horizon completed, as VeLO is told its
+            number of steps); None keeps the network's own default. A network without such
+            inputs refuses it rather than ignoring it.
     """
 
     def __init__(
@@ -82,6 +92,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         chunk_size: int | None = None,
         lr: float = 1.0,
         weight_decay: float = 0.0,
+        total_steps: int | None = None,
     ) -> None:
         if isinstance(net, str | os.PathLike):
             net, self.metadata = load_learned_optimizer(net)
@@ -92,6 +103,16 @@ class LearnedOptimizer(torch.optim.Optimizer):
         chunk_size = net.deploy_chunk_size if chunk_size is None else int(chunk_size)
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        if total_steps is not None:
+            if isinstance(total_steps, bool) or int(total_steps) != total_steps or total_steps <= 0:
+                raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
+            if not takes_total_steps(net):
+                raise TypeError(
+                    f"total_steps: the {net.arch!r} optimizer has no training-progress inputs; "
+                    "only architectures whose init_state takes total_steps (e.g. 'general') do"
+                )
+            total_steps = int(total_steps)
+        self.total_steps = total_steps
         super().__init__(params, {"arch": net.arch, "lr": lr, "weight_decay": weight_decay})
         self.net = net
         self.chunk_size = int(chunk_size)
@@ -167,7 +188,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
             flat = p.view(-1) if in_place else p.detach().reshape(-1).to(torch.float32, copy=True)
             state = self.state[p]
             if not state:
-                state.update(net.init_state(flat))
+                steps = getattr(self, "total_steps", None)  # None in pickles from before it
+                horizon = {} if steps is None else {"total_steps": steps}
+                state.update(net.init_state(flat, **horizon))
             triples.append((flat, p.grad.reshape(-1).to(torch.float32), state))
             if not in_place:
                 write_back.append((p, flat, flat.clone()))
@@ -194,7 +217,12 @@ class LearnedOptimizer(torch.optim.Optimizer):
         # torch.optim.Optimizer keeps only defaults, state and param_groups: without the
         # network, a deep copy or an unpickled optimizer could not step
         state = super().__getstate__()
-        state.update(net=self.net, chunk_size=self.chunk_size, metadata=self.metadata)
+        state.update(
+            net=self.net,
+            chunk_size=self.chunk_size,
+            metadata=self.metadata,
+            total_steps=self.total_steps,
+        )
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

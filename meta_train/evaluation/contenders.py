@@ -84,8 +84,11 @@ class Learned:
     horizon: int | None
     batch_size: int | None = None
 
-    def factory(self) -> Factory:
-        return lambda params: lo.LearnedOptimizer(params, self.net)
+    def factory(self, steps: int | None = None) -> Factory:
+        """The optimizer for a run of ``steps``; a network with training-progress inputs is
+        told that horizon, as a user of a VeLO-style optimizer tells it the run's length."""
+        horizon = steps if steps is not None and lo.wrapper.takes_total_steps(self.net) else None
+        return lambda params: lo.LearnedOptimizer(params, self.net, total_steps=horizon)
 
 
 def resolve_learned(spec: str, name: str | None = None) -> Learned:

@@ -179,7 +179,7 @@ def _run_case(case, task, data, learned, ev: Evaluation, log) -> CaseResult:
     for lrn in learned:
         t0 = time.perf_counter()
         with torch.random.fork_rng(devices=[]):
-            learned_runs[lrn.name] = train_runs(task, lrn.factory(), steps, ev.seeds, data)
+            learned_runs[lrn.name] = train_runs(task, lrn.factory(steps), steps, ev.seeds, data)
         log(f"  {lrn.name}: {time.perf_counter() - t0:.1f}s")
     results = {}
     for name in ev.baselines:

@@ -279,3 +279,24 @@ def test_groups_carry_lr_and_decoupled_weight_decay():
         LearnedOptimizer([a], net, weight_decay=float("nan"))
     with pytest.raises(ValueError, match="lr"):
         LearnedOptimizer([{"params": [a], "lr": -1.0}], net)
+
+
+def test_total_steps_reaches_a_progress_aware_network_and_survives_a_copy():
+    import copy
+
+    net = create("general", total_steps=200)
+    model = nn.Linear(3, 2)
+    opt = LearnedOptimizer(model.parameters(), net, total_steps=1000)
+    model(torch.ones(4, 3)).sum().backward()
+    opt.step()
+    assert all(float(opt.state[p]["horizon"].flatten()[0]) == 1000.0 for p in model.parameters())
+    assert copy.deepcopy(opt).total_steps == 1000
+    default = LearnedOptimizer(nn.Linear(3, 2).parameters(), net)
+    assert default.total_steps is None  # the network's own horizon (200) applies
+
+
+def test_total_steps_is_refused_by_a_network_without_progress_inputs():
+    with pytest.raises(TypeError, match="no training-progress inputs"):
+        LearnedOptimizer(nn.Linear(3, 2).parameters(), create("mlp"), total_steps=100)
+    with pytest.raises(ValueError, match="positive integer"):
+        LearnedOptimizer(nn.Linear(3, 2).parameters(), create("general"), total_steps=0)
