@@ -44,6 +44,13 @@ from meta_train.unroll import UnrollConfig
 
 # Keys renamed since older configs and checkpoints were written: old dotted key → new one.
 RENAMED_KEYS = {"unroll.order": "unroll.estimator"}
+#: Keys of the paper-criterion meta-test that the fair evaluation replaced: an error in a config
+#: or an override (naming what to use instead), dropped from a checkpoint's saved config.
+RETIRED_KEYS = {
+    f"meta_test.{key}": "the run ends with meta_train/evaluate.py's suites (meta_test.suites, "
+    "meta_test.seeds, meta_test.baselines), which tune every baseline on their own grid"
+    for key in ("steps", "first_seed", "lr_grid", "grid_steps", "grid_seeds", "report_steps")
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,35 +139,25 @@ class ValidationConfig:
 
 @dataclass
 class MetaTestConfig:
-    """The final comparison of the frozen learned optimizer with baselines at their best grid LR."""
+    """What a run ends with: the fair evaluation (``meta_train/evaluate.py``) of its checkpoint,
+    against baselines tuned for each reported criterion on seeds disjoint from the evaluation's."""
 
     enabled: bool = True
-    steps: int = 200
-    seeds: int = 10
-    first_seed: int = 1000
-    baselines: list[str] = field(default_factory=lambda: ["sgd", "adam"])
-    lr_grid: list[float] | None = None  # None: the paper's grid, l2o.training.PAPER_LR_GRID
-    grid_steps: int = 50
-    grid_seeds: int = 3
     checkpoint: Literal["best", "last"] = "best"
-    report_steps: list[int] = field(default_factory=list)  # extra table columns: loss at step k
+    suites: list[str] = field(default_factory=lambda: ["indist", "long"])  # configs/eval/*.yaml
+    quick: bool = True  # the suites' quick mode (fewer seeds and cases)
+    seeds: int | None = None  # evaluation seeds per case; None: the suite's (quick) default
+    baselines: list[str] = field(default_factory=lambda: ["sgdm", "adam", "adamw_cosine"])
     plot: bool = True
 
     def __post_init__(self) -> None:
-        require_positive("meta_test.steps", self.steps)
-        require_positive("meta_test.seeds", self.seeds)
-        require_non_negative("meta_test.first_seed", self.first_seed)
-        require_positive("meta_test.grid_steps", self.grid_steps)
-        require_positive("meta_test.grid_seeds", self.grid_seeds)
-        for i, k in enumerate(self.report_steps):
-            key = f"meta_test.report_steps[{i}]"
-            require(1 <= k <= self.steps, key, f"must be in [1, {self.steps}]", k)
-        if self.lr_grid is not None:
-            require(len(self.lr_grid) > 0, "meta_test.lr_grid", "must not be empty", self.lr_grid)
-            for i, lr in enumerate(self.lr_grid):
-                require_positive(f"meta_test.lr_grid[{i}]", lr)
-        unique = len(set(self.baselines)) == len(self.baselines)
-        require(unique, "meta_test.baselines", "has duplicates", self.baselines)
+        if self.seeds is not None:
+            require_positive("meta_test.seeds", self.seeds)
+        for key in ("suites", "baselines"):
+            values = getattr(self, key)
+            require(len(values) > 0, f"meta_test.{key}", "must not be empty", values)
+            unique = len(set(values)) == len(values)
+            require(unique, f"meta_test.{key}", "has duplicates", values)
 
 
 @dataclass
@@ -269,10 +266,18 @@ def all_keys() -> list[str]:
     return _all_keys(MetaTrainConfig)
 
 
-def _rename_old_keys(data: dict[str, Any]) -> dict[str, Any]:
+def _rename_old_keys(data: dict[str, Any], saved: bool = False) -> dict[str, Any]:
     """``data`` with the :data:`RENAMED_KEYS` moved to their new names (old configs and
-    checkpoints keep working); giving both names is an error."""
+    checkpoints keep working); giving both names is an error. :data:`RETIRED_KEYS` are dropped
+    from a ``saved`` (checkpoint) config and refused elsewhere."""
     out = copy.deepcopy(data)  # never edit the caller's mapping (a checkpoint's saved config)
+    for key, instead in RETIRED_KEYS.items():
+        section, leaf = key.split(".")
+        node = out.get(section)
+        if isinstance(node, dict) and leaf in node:
+            if not saved:
+                raise ConfigError(f"{key} was retired: {instead}")
+            del node[leaf]
     for old, new in RENAMED_KEYS.items():
         (section, old_leaf), (_, new_leaf) = old.split("."), new.split(".")
         node = out.get(section)
@@ -283,11 +288,16 @@ def _rename_old_keys(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> MetaTrainConfig:
-    """Build and validate a config from a (YAML) mapping plus ``key=value`` overrides."""
-    data = _rename_old_keys(data or {})
+def config_from_dict(
+    data: dict[str, Any], overrides: list[str] | None = None, *, saved: bool = False
+) -> MetaTrainConfig:
+    """Build and validate a config from a (YAML) mapping plus ``key=value`` overrides;
+    ``saved``: ``data`` is a checkpoint's config (retired keys are dropped, not refused)."""
+    data = _rename_old_keys(data or {}, saved=saved)
     for text in overrides or []:
         key, value = parse_override(text)
+        if key in RETIRED_KEYS:
+            raise ConfigError(f"{key} was retired: {RETIRED_KEYS[key]}")
         set_dotted(MetaTrainConfig, data, RENAMED_KEYS.get(key, key), value)
     return build(MetaTrainConfig, data)
 
@@ -368,22 +378,25 @@ def _check_across_sections(cfg: MetaTrainConfig) -> None:
             f"({u.length}) so that every run has whole truncations"
         )
     val_seeds = set(range(v.first_seed, v.first_seed + v.seeds))
-    test_seeds = set(range(t.first_seed, t.first_seed + t.seeds))
-    grid_seeds = set(range(t.grid_seeds))
-    for key, seeds in (("validation", val_seeds), ("meta_test", test_seeds)):
-        require(
-            max(seeds) < SEED_SPACE,
-            f"{key}.first_seed",
-            f"+ seeds must be < {SEED_SPACE}",
-            max(seeds),
-        )
-    if val_seeds & test_seeds or val_seeds & grid_seeds or test_seeds & grid_seeds:
-        raise ConfigError(
-            "validation seeds [validation.first_seed, +seeds), meta-test seeds "
-            "[meta_test.first_seed, +seeds) and grid-search seeds [0, meta_test.grid_seeds) "
-            f"must be disjoint: held-out means held out (got {sorted(val_seeds)[:3]}..., "
-            f"{sorted(test_seeds)[:3]}..., {sorted(grid_seeds)[:3]}...)"
-        )
+    require(
+        max(val_seeds) < SEED_SPACE,
+        "validation.first_seed",
+        f"+ seeds must be < {SEED_SPACE}",
+        max(val_seeds),
+    )
+    if t.enabled:  # evaluate.py tunes on seeds 0, 1, ... and evaluates on 1000, 1001, ...
+        held_out = {
+            "tuning seeds [0, 100)": range(100),
+            f"evaluation seeds [1000, {1000 + (t.seeds or 100)})": range(
+                1000, 1000 + (t.seeds or 100)
+            ),
+        }
+        for what, seeds in held_out.items():
+            if val_seeds & set(seeds):
+                raise ConfigError(
+                    f"validation seeds [{v.first_seed}, {v.first_seed + v.seeds}) overlap the "
+                    f"final evaluation's {what}: held-out means held out"
+                )
     require_positive("threads", cfg.threads)
     require(
         0 <= cfg.seed < 2**63, "seed", "must be in [0, 2**63) (torch seeds are 64-bit)", cfg.seed
@@ -424,16 +437,18 @@ def validate_names(cfg: MetaTrainConfig) -> None:
     except ValueError as exc:
         raise ConfigError(f"task: {exc}") from None
     validate_optimizer(cfg.optimizer)
-    if cfg.meta_test.enabled and cfg.meta_test.baselines:
-        import baselines
+    if cfg.meta_test.enabled:
+        from meta_train.evaluation.contenders import check_baselines
+        from meta_train.evaluation.suites import available_suites
 
-        known = baselines.available()
-        for name in cfg.meta_test.baselines:
-            if name not in known:
-                near = difflib.get_close_matches(name, known, n=3)
-                hint = f" Did you mean {', '.join(near)}?" if near else ""
+        try:
+            check_baselines(list(cfg.meta_test.baselines))
+        except ValueError as exc:
+            raise ConfigError(f"meta_test.baselines: {exc}") from None
+        for name in cfg.meta_test.suites:
+            if name not in available_suites():
                 raise ConfigError(
-                    f"meta_test.baselines: unknown baseline {name!r}.{hint} Available: {known}"
+                    f"meta_test.suites: unknown suite {name!r}; available: {available_suites()}"
                 )
 
 

@@ -146,13 +146,17 @@ def evaluate_run(
     suites: tuple[str, ...] = RUN_SUITES,
     plot: bool = True,
     log: Callable[[str], None] = print,
+    *,
+    quick: bool = True,
+    seeds: int | None = None,
+    baselines: tuple[str, ...] = DEFAULT_BASELINES,
 ) -> tuple[dict[str, Path], dict[str, float]]:
-    """The end of a meta-training run: each suite in quick mode for the run's checkpoint, into
-    ``out_dir/SUITE``. Returns the files and a flat summary for the run's tracker."""
+    """The end of a meta-training run: each suite (quick by default) for the run's checkpoint,
+    into ``out_dir/SUITE``. Returns the files and a flat summary for the run's tracker."""
     learned = [resolve_learned(str(checkpoint), name=f"l2o ({Path(checkpoint).stem})")]
     files, scalars = {}, {}
     for name in suites:
-        ev = run_suite(learned, name, quick=True, log=log)
+        ev = run_suite(learned, name, quick=quick, seeds=seeds, baselines=baselines, log=log)
         table = rows(ev)
         print(format_table(ev, table))
         for kind, path in write_outputs(ev, Path(out_dir) / name, plot=plot).items():

@@ -159,8 +159,8 @@ def prepare(
             )
         payload = ckpt.load_run_checkpoint(run_dir / ckpt.LAST)
         try:  # the saved config in today's schema, and the same plus the overrides
-            saved = config_from_dict(copy.deepcopy(payload["config"])).to_dict()
-            cfg = config_from_dict(copy.deepcopy(payload["config"]), overrides)
+            saved = config_from_dict(copy.deepcopy(payload["config"]), saved=True).to_dict()
+            cfg = config_from_dict(copy.deepcopy(payload["config"]), overrides, saved=True)
         except ConfigError as exc:
             raise ConfigError(f"{exc} (config of {run_dir / ckpt.LAST})") from None
         changes = ckpt.check_resume_config(saved, cfg.to_dict(), payload["position"])
@@ -281,7 +281,8 @@ def _write_failed(exc: OSError, run_dir: Path) -> int:
 
 
 def _meta_test(cfg: MetaTrainConfig, trainer) -> dict[str, Path]:
-    """The fair evaluation of the run's checkpoint: ``indist`` + ``long``, quick (evaluate.py)."""
+    """The fair evaluation of the run's checkpoint (evaluate.py; ``meta_test`` says which suites,
+    by default ``indist`` + ``long`` in quick mode)."""
     from meta_train.evaluate import evaluate_run
 
     best = trainer.run_dir / ckpt.BEST
@@ -290,8 +291,12 @@ def _meta_test(cfg: MetaTrainConfig, trainer) -> dict[str, Path]:
     files, scalars = evaluate_run(
         checkpoint,
         trainer.run_dir / "evaluation",
+        tuple(cfg.meta_test.suites),
         plot=cfg.meta_test.plot,
         log=trainer.tracker.print,
+        quick=cfg.meta_test.quick,
+        seeds=cfg.meta_test.seeds,
+        baselines=tuple(cfg.meta_test.baselines),
     )
     trainer.tracker.summary(scalars)
     return files

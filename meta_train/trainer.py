@@ -250,7 +250,8 @@ class Trainer:
         return ckpt.atomic_save(self.state_payload(), self.run_dir / ckpt.LAST)
 
     def _restore(self, payload: dict) -> tuple[int | None, str | None]:
-        saved_cfg = config_from_dict(copy.deepcopy(payload["config"])).to_dict()  # new defaults
+        # the saved config in today's schema (new defaults, retired keys dropped)
+        saved_cfg = config_from_dict(copy.deepcopy(payload["config"]), saved=True).to_dict()
         ckpt.check_resume_config(saved_cfg, self.cfg.to_dict(), payload["position"])
         self._restore_lopt(payload["lopt"])
         self.meta_opt.load_state_dict(payload["meta_optimizer"])

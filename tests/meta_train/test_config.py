@@ -56,7 +56,7 @@ def test_overrides_in_both_forms_and_coercion():
             "--schedule.epochs=3",  # the wandb-agent form
             "--unroll.length=2",
             "schedule.horizon=4",
-            "meta_test.baselines=[sgd]",
+            "meta_test.baselines=[sgd]",  # any registry baseline, as in evaluate.py
             "wandb.tags=a,b",
             "task.batch_size=null",
             "meta_optimizer.grad_clip_norm=null",
@@ -114,9 +114,13 @@ def test_unknown_key_lists_near_matches():
         ("wandb.mode=loud", r"wandb\.mode must be one of"),
         ("regularization.kind=symmetry", r"regularization\.reg_mul is 0"),
         ("reliability.max_consecutive_nonfinite=0", r"max_consecutive_nonfinite must be positive"),
-        ("validation.first_seed=1000", r"disjoint"),
-        ("meta_test.lr_grid=[]", r"meta_test\.lr_grid must not be empty"),
-        ("meta_test.report_steps=[6]", r"meta_test\.report_steps\[0\] must be in \[1, 5\]"),
+        ("validation.first_seed=1000", r"overlap the final evaluation's evaluation seeds"),
+        ("validation.first_seed=3", r"overlap the final evaluation's tuning seeds"),
+        ("meta_test.suites=[]", r"meta_test\.suites must not be empty"),
+        ("meta_test.suites=[indist, indist]", r"meta_test\.suites has duplicates"),
+        ("meta_test.seeds=0", r"meta_test\.seeds must be positive"),
+        ("meta_test.lr_grid=[0.1]", r"meta_test\.lr_grid was retired: .*evaluate\.py"),
+        ("meta_test.report_steps=[6]", r"meta_test\.report_steps was retired"),
         ("device=gpu", r"device must be"),
         ("schedule=3", r"schedule must be a mapping"),
         ("schedule.epochs.x=3", r"schedule\.epochs is a value"),
@@ -142,6 +146,7 @@ def test_malformed_override():
         ("optimizer.kwargs.hiden_size=3", r"optimizer\.kwargs\.hiden_size.*hidden_size"),
         ("optimizer.kwargs.hidden_size=big", r"optimizer\.kwargs\.hidden_size must be an integer"),
         ("meta_test.baselines=[sgd, adamm]", r"unknown baseline 'adamm'.*adam"),
+        ("meta_test.suites=[indst]", r"unknown suite 'indst'"),
     ],
 )
 def test_unknown_names_fail_before_work(override, fragment):
@@ -200,3 +205,16 @@ def test_the_unroll_section_is_the_unrolls_config():
     assert isinstance(cfg.unroll, UnrollConfig) and cfg.unroll.estimator == "second"
     with pytest.raises(ConfigError, match=r"unroll\.order is the old name of unroll\.estimator"):
         config_from_dict({"unroll": {"order": "first", "estimator": "first"}})
+
+
+def test_a_checkpoint_config_with_retired_meta_test_keys_still_loads(tmp_path):
+    """Runs saved before the fair evaluation resume: their retired keys are dropped."""
+    from meta_train.config import config_from_dict
+
+    saved = load_config("tiny").to_dict()
+    saved["meta_test"].update(steps=5, lr_grid=[0.01, 0.1], grid_seeds=1, report_steps=[1])
+    with pytest.raises(ConfigError, match="retired"):
+        config_from_dict(saved)
+    cfg = config_from_dict(saved, saved=True)
+    assert cfg.meta_test.suites == ["indist"]
+    assert "lr_grid" in saved["meta_test"]  # the caller's mapping is never edited

@@ -39,7 +39,8 @@ def test_two_meta_steps_end_to_end(tmp_path):
         "out",
         "schedule.runs_per_epoch=1",  # 1 run × 2 meta-steps
         "--meta_test.seeds=3",  # the wandb-agent form
-        "--meta_test.baselines=[sgd, adam]",
+        "--meta_test.baselines=[sgdm, adam, adamw_cosine]",
+        "--meta_test.suites=[indist, long]",
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
@@ -63,6 +64,8 @@ def test_two_meta_steps_end_to_end(tmp_path):
     opt.step()
     # the evaluation (meta_train/evaluate.py, indist + long, quick): tables, CSV, JSON, PNGs
     for text in ("l2o (best)", "sgdm", "adamw_cosine", "ratio to best", "OVERALL l2o (best)"):
+        assert text in proc.stdout, text
+    for text in ("suite 'indist' (quick): 3 seeds", "suite 'long' (quick): 3 seeds"):
         assert text in proc.stdout, text
     for suite, steps in (("indist", 6), ("long", 30)):  # 1x and 5x the horizon of 6
         with open(run / "evaluation" / suite / "summary.csv") as f:
