@@ -127,6 +127,7 @@ def truncation_meta_losses(
 
     x, y = next_batches(held_out, pop.params.device)
     x, y = x.index_select(0, pop.task_index), y.index_select(0, pop.task_index)
+    optimizee = pt.for_particles(optimizee, pop.task_index)
     with torch.no_grad():
         if pop.params.shape[0] == 1:
             return optimizee.loss_and_grad(pop.params, pop.buffers, x, y)[0]

@@ -243,6 +243,7 @@ def unroll_particles(
 
     ``next_batch() -> (x, y)`` gives one minibatch per TASK (``[T, ...]``); every particle of a
     task sees its task's batch (common random numbers across a pair)."""
+    optimizee = for_particles(optimizee, pop.task_index)
     losses = pop.params.new_empty(pop.params.shape[0], steps)
     params, state = pop.params, pop.opt_state
     for k in range(steps):
@@ -256,6 +257,13 @@ def unroll_particles(
     pop.params, pop.opt_state = params, state
     finite = torch.isfinite(params).all(1)
     return losses, finite
+
+
+def for_particles(optimizee, task_index: torch.Tensor):
+    """The optimizee as the particles see it: one whose per-task settings (e.g. a family's
+    augmentations, ``meta_train.families``) are gathered to the particles; plain ones as is."""
+    select = getattr(optimizee, "select", None)
+    return select(task_index) if select is not None else optimizee
 
 
 def particle_tasks(num_tasks: int, pairs: int, device) -> torch.Tensor:
