@@ -5,7 +5,8 @@ vectors φ_p. Every particle trains its own optimizee; all P of them step togeth
 optimizee gradients of all particles come from one ``vmap``, ``observe`` (which does not depend on
 the weights) runs on ``[P, N]`` directly, and the network runs once over all particles with
 per-particle weights (``particle_core``): batched matmuls for the LSTM (its fused kernels have no
-batching rule), ``torch.func.vmap`` over ``functional_call`` for any other architecture. No step
+batching rule) and the MLP (one ``baddbmm`` per layer, cheaper than ``vmap``'s matmul plus
+bias), ``torch.func.vmap`` over ``functional_call`` for any other architecture. No step
 builds an autograd graph and no step reads a value back to the host.
 
 ``Population`` holds the particles' inner state (parameters, buffers, optimizer state) with the
@@ -24,6 +25,7 @@ from torch.func import functional_call, vmap
 from l2o.optimizers.base import LearnedOptimizerNet, ParamSpec, State
 from l2o.optimizers.lstm import LSTMOptimizer
 from l2o.optimizers.lstm_kernels import _cell_forward
+from l2o.optimizers.mlp import MLPOptimizer
 
 
 def meta_spec(lopt: LearnedOptimizerNet) -> ParamSpec:
@@ -69,6 +71,21 @@ def _lstm_core(
     new = dict(state)
     new["h"], new["c"] = torch.stack(hs), torch.stack(cs)
     return head.squeeze(-1) * lopt.output_scale, new
+
+
+def _mlp_core(
+    lopt: MLPOptimizer, weights: dict[str, torch.Tensor], features: torch.Tensor, state: State
+) -> tuple[torch.Tensor, State]:
+    """One MLP-optimizer step for P particles: one ``baddbmm`` per layer, ReLU in place."""
+    x = features
+    linears = [i for i, m in enumerate(lopt.net) if isinstance(m, torch.nn.Linear)]
+    for k, i in enumerate(linears):
+        w, b = weights[f"net.{i}.weight"], weights[f"net.{i}.bias"]
+        x = torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
+        if k < len(linears) - 1:
+            x.relu_()
+    upd = x[..., 1].mul_(lopt.exp_mult).exp_().mul_(x[..., 0]).mul_(lopt.step_mult)
+    return upd, state
 
 
 def _vmapped_core(
@@ -123,6 +140,10 @@ def particle_core(
     ``features [P, N, F]`` and state; the same as P calls of ``lopt.core`` (tested)."""
     if isinstance(lopt, LSTMOptimizer):
         return _lstm_core(lopt, weights, features, state)
+    if isinstance(lopt, MLPOptimizer) and all(
+        isinstance(m, torch.nn.Linear | torch.nn.ReLU) for m in lopt.net
+    ):
+        return _mlp_core(lopt, weights, features, state)
     return _vmapped_core(lopt, weights, features, state, pdims)
 
 

@@ -103,3 +103,19 @@ def test_antithetic_layout():
         [-1.0] * 3,
     ]
     assert pt.particle_tasks(2, 2, "cpu").tolist() == [0, 0, 1, 1, 0, 0, 1, 1]
+
+
+def test_generic_vmap_path_equals_the_batched_mlp():
+    """Architectures without a batched path run under ``vmap(functional_call)``: on the MLP
+    both give the same updates."""
+    torch.manual_seed(1)
+    lopt = lo.create("mlp")
+    spec, flat = _perturbed(lopt, 3)
+    weights = pt.particle_weights(spec, flat)
+    params = torch.randn(3, 11)
+    features, state = lopt.observe(torch.randn(3, 11), params, lopt.init_state(params))
+    pdims = pt.particle_dims(lopt, 11, None, params.device)
+    with torch.no_grad():
+        generic, _ = pt._vmapped_core(lopt, weights, features, state, pdims)
+        batched, _ = pt._mlp_core(lopt, weights, features, state)
+    torch.testing.assert_close(generic, batched, rtol=1e-5, atol=1e-7)
