@@ -171,6 +171,10 @@ class AugmentedSampler:
         self.labels = draw.labels.to(y.device)
         self.inner = BatchSampler(x, y, batch_size, seed)
 
+    @property
+    def batch_size(self) -> int:
+        return self.inner.batch_size
+
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.inner.next()
         return x, self.labels[y]

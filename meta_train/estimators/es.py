@@ -13,14 +13,20 @@ Like truncated BPTT it ignores how φ changed the state the truncation started f
 All 2·T·pairs particles step as one batch (``particles``); no autograd graph is built; the only
 host read is one small vector of summaries per truncation.
 
-Options (learned_optimization's): ``clip_delta_loss`` clamps L⁺ − L⁻ to ±c (the fraction of
-clamped pairs is reported), ``sign_delta_loss`` replaces it by s·sign(L⁺ − L⁻). The meta-loss is
-one of ``meta_losses`` over the truncation's training losses, or ``final_val``: the loss on a
-held-out batch at the truncation's end.
+Settings (``unroll.estimator_kwargs``; ``ESOptions``): ``sigma``, ``num_pairs`` per task,
+``clip_delta_loss`` (clamp L⁺ − L⁻ to ±c; the fraction of clamped pairs is reported) and
+``sign_delta_loss`` (use s·sign(L⁺ − L⁻)), learned_optimization's options, and ``objective``:
+``train``, the ``unroll.meta_loss`` of the truncation's training losses, or ``final_val``, the
+loss on a held-out batch at the truncation's end (drawn from the test split of
+``held_out_data``, which the trainer sets, by a seed of the optimizee and its step: stateless,
+so resumes are exact). The perturbations come from the meta-step's ``seed`` (the estimator
+contract). Metrics (``UnrollResult.metrics``): the estimate's norm, mean |L⁺ − L⁻|, the fraction
+of clipped pairs, the particle steps taken.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,13 +35,17 @@ from typing import TYPE_CHECKING
 import torch
 
 from l2o.optimizers.base import LearnedOptimizerNet
+from l2o.seeding import derive_seed
+from meta_train.config_engine import ConfigError
 from meta_train.estimators import particles as pt
-from meta_train.meta_losses import META_LOSSES, meta_loss
+from meta_train.estimators.base import Estimator
+from meta_train.meta_losses import meta_loss
+from meta_train.unroll import InnerState, UnrollConfig, UnrollResult, next_batches
 
 if TYPE_CHECKING:
-    from meta_train.unroll import InnerState, UnrollConfig, UnrollResult
+    from l2o.data import Dataset
 
-FINAL_VAL = "final_val"
+OBJECTIVES = ("train", "final_val")
 
 
 @dataclass(frozen=True)
@@ -47,30 +57,28 @@ class ESOptions:
         num_pairs: antithetic pairs per task (2·pairs particles per task).
         clip_delta_loss: clamp L⁺ − L⁻ to [−c, c] (None: off).
         sign_delta_loss: use s·sign(L⁺ − L⁻) instead of L⁺ − L⁻ (None: off).
-        meta_loss: a ``meta_losses`` name or ``final_val``.
-        seed: seed of the perturbations' generator (saved and restored with the estimator).
+        objective: ``train`` (the unroll's meta-loss of the training losses) or ``final_val``.
     """
 
     sigma: float = 0.01
     num_pairs: int = 1
     clip_delta_loss: float | None = None
     sign_delta_loss: float | None = None
-    meta_loss: str = "log_sum"
-    seed: int = 0
+    objective: str = "train"
 
     def __post_init__(self) -> None:
+        key = "unroll.estimator_kwargs."
         if not (self.sigma > 0 and math.isfinite(self.sigma)):
-            raise ValueError(f"sigma must be positive, got {self.sigma}")
-        if self.num_pairs <= 0:
-            raise ValueError(f"num_pairs must be positive, got {self.num_pairs}")
-        for key in ("clip_delta_loss", "sign_delta_loss"):
-            value = getattr(self, key)
+            raise ConfigError(f"{key}sigma must be positive, got {self.sigma}")
+        if isinstance(self.num_pairs, bool) or self.num_pairs <= 0:
+            raise ConfigError(f"{key}num_pairs must be a positive integer, got {self.num_pairs}")
+        for name in ("clip_delta_loss", "sign_delta_loss"):
+            value = getattr(self, name)
             if value is not None and not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"{key} must be positive or None, got {value}")
-        if self.meta_loss not in (*META_LOSSES, FINAL_VAL):
-            raise ValueError(
-                f"meta_loss must be one of {[*sorted(META_LOSSES), FINAL_VAL]}, "
-                f"got {self.meta_loss!r}"
+                raise ConfigError(f"{key}{name} must be positive or None, got {value}")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(
+                f"{key}objective must be one of {list(OBJECTIVES)}, got {self.objective!r}"
             )
 
 
@@ -110,22 +118,25 @@ def accumulate_grad(lopt: LearnedOptimizerNet, spec, grad: torch.Tensor) -> None
             param.grad.add_(g)
 
 
-def truncation_meta_losses(
-    optimizee,
-    pop: pt.Population,
-    losses: torch.Tensor,
-    kind: str,
-    held_out: Sequence | None,
-) -> torch.Tensor:
-    """Each particle's meta-loss ``[P]``: of its training losses ``[P, K]``, or (``final_val``)
-    its loss on its task's held-out batch at the truncation's end."""
-    if kind != FINAL_VAL:
-        return meta_loss(losses, kind)
-    if held_out is None:
-        raise ValueError("meta_loss final_val needs held-out samplers (one per task)")
-    from meta_train.unroll import next_batches
+def held_out_batches(data: Dataset, inner: InnerState, batch_size: int):
+    """One held-out (test-split) minibatch per task ``[T, ...]``, drawn by a seed of the task's
+    optimizee and its step (the same batch for every particle of the task)."""
+    pairs = [
+        data.sampler(batch_size, derive_seed(seed, "held-out", inner.step), split="test").next()
+        for seed in inner.seeds
+    ]
+    return torch.stack([x for x, _ in pairs]), torch.stack([y for _, y in pairs])
 
-    x, y = next_batches(held_out, pop.params.device)
+
+def truncation_meta_losses(
+    optimizee, pop: pt.Population, losses: torch.Tensor, kind: str, held_out
+) -> torch.Tensor:
+    """Each particle's meta-loss ``[P]``: ``meta_loss(kind)`` of its training losses
+    ``[P, K]``, or, given the held-out batches ``(x, y)`` per task, its loss on its task's
+    batch at the truncation's end (``final_val``)."""
+    if held_out is None:
+        return meta_loss(losses, kind)
+    x, y = held_out
     x, y = x.index_select(0, pop.task_index), y.index_select(0, pop.task_index)
     optimizee = pt.for_particles(optimizee, pop.task_index)
     with torch.no_grad():
@@ -134,55 +145,64 @@ def truncation_meta_losses(
         return optimizee.loss(pop.params, pop.buffers, x, y)
 
 
-class ParticleEstimator:
-    """What ``es`` and ``pes`` share: options, the perturbations' generator, one truncation of all
-    particles, the estimate and its summaries. Subclasses decide where particles start from and
+class ParticleEstimator(Estimator):
+    """What ``es`` and ``pes`` share: settings, the perturbations, one truncation of all
+    particles, the estimate and its metrics. Subclasses decide where particles start from and
     which directions weigh the loss differences."""
 
-    name = ""
+    def __init__(self, cfg: UnrollConfig, **settings) -> None:
+        super().__init__(cfg)
+        try:
+            self.options = ESOptions(**settings)
+        except TypeError as exc:
+            raise ConfigError(
+                f"unroll.estimator_kwargs: {exc}; {self.name!r} takes "
+                f"{[f.name for f in dataclasses.fields(ESOptions)]}"
+            ) from None
+        #: the dataset whose test split gives the ``final_val`` batches (set by the trainer)
+        self.held_out_data: Dataset | None = None
 
-    def __init__(self, options: ESOptions) -> None:
-        self.options = options
-        self.generator = torch.Generator(device="cpu").manual_seed(options.seed)
-        #: summaries of the last truncation (floats), merged into the trainer's metrics
-        self.last_metrics: dict[str, float] = {}
-
-    def sample_eps(self, pairs: int, dim: int, device) -> torch.Tensor:
-        """ε ``[pairs, D]`` from the estimator's own CPU generator (the same on every device)."""
-        eps = torch.randn(pairs, dim, generator=self.generator) * self.options.sigma
-        return eps.to(device)
+    def sample_eps(self, pairs: int, dim: int, seed: int, device) -> torch.Tensor:
+        """ε ``[pairs, D]`` from the meta-step's seed, drawn on the CPU (the same on every
+        device)."""
+        gen = torch.Generator(device="cpu").manual_seed(seed % 2**63)
+        return (torch.randn(pairs, dim, generator=gen) * self.options.sigma).to(device)
 
     def _check(self, regularizer, inner: InnerState, samplers: Sequence) -> None:
         if regularizer is not None:
-            raise ValueError(
-                f"the {self.name!r} estimator does not support regularization "
+            raise ConfigError(
+                f"unroll.estimator {self.name!r} does not support regularization "
                 "(set regularization.kind: none, or use unroll.estimator: first)"
             )
         if len(samplers) != inner.batch_size:
             raise ValueError(f"got {len(samplers)} samplers for {inner.batch_size} optimizees")
+        if self.options.objective == "final_val" and self.held_out_data is None:
+            raise ValueError("objective final_val needs held_out_data (a dataset, test split)")
 
     def _run(
         self,
         lopt: LearnedOptimizerNet,
         optimizee,
+        inner: InnerState,
         pop: pt.Population,
         eps: torch.Tensor,
         samplers: Sequence,
-        steps: int,
-        held_out: Sequence | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Unroll every particle ``steps`` steps at φ ± ε; returns ``(losses [P, K],
+        """Unroll every particle one truncation at φ ± ε; returns ``(losses [P, K],
         meta-losses [P], finite [P])``."""
-        from meta_train.unroll import next_batches
-
         spec = pt.meta_spec(lopt)
         phi = pt.flat_meta_params(lopt)
         weights = pt.particle_weights(spec, pt.antithetic_weights(phi, eps))
         device = pop.params.device
         losses, finite = pt.unroll_particles(
-            lopt, optimizee, weights, pop, lambda: next_batches(samplers, device), steps
+            lopt, optimizee, weights, pop, lambda: next_batches(samplers, device), self.cfg.length
         )
-        metas = truncation_meta_losses(optimizee, pop, losses, self.options.meta_loss, held_out)
+        held_out = None
+        if self.options.objective == "final_val":
+            end = dataclasses.replace(inner, step=inner.step + self.cfg.length)
+            x, y = held_out_batches(self.held_out_data, end, samplers[0].batch_size)
+            held_out = (x.to(device), y.to(device))
+        metas = truncation_meta_losses(optimizee, pop, losses, self.cfg.meta_loss, held_out)
         finite = finite & torch.isfinite(losses).all(1) & torch.isfinite(metas)
         return losses, metas, finite
 
@@ -193,9 +213,9 @@ class ParticleEstimator:
         metas: torch.Tensor,
         finite: torch.Tensor,
         losses: torch.Tensor,
-    ) -> tuple[bool, float, torch.Tensor]:
-        """The estimate (accumulated into ``.grad`` only when every particle is finite), the
-        metrics; returns ``(finite, mean meta-loss, grad)``."""
+    ) -> tuple[bool, float, dict[str, float]]:
+        """Accumulate the estimate into ``.grad`` when every particle is finite; returns
+        ``(finite, mean meta-loss, metrics)`` (one host read)."""
         half = directions.shape[0]
         opts = self.options
         grad, stats = antithetic_estimate(
@@ -214,57 +234,33 @@ class ParticleEstimator:
         summary = dict(zip(keys, values, strict=True))
         is_finite = summary.pop("finite") == 1.0
         meta_value = summary.pop("meta_loss")
-        self.last_metrics = {f"{self.name}/{k}": v for k, v in summary.items()}
-        self.last_metrics[f"{self.name}/particle_steps"] = float(losses.numel())
+        metrics = {f"{self.name}/{k}": v for k, v in summary.items()}
+        metrics[f"{self.name}/particle_steps"] = float(losses.numel())
         if is_finite:
             accumulate_grad(lopt, pt.meta_spec(lopt), grad)
-        return is_finite, meta_value, grad
+        return is_finite, meta_value, metrics
 
-    @staticmethod
-    def _result(meta_value: float, losses: torch.Tensor, finite: bool, steps: int) -> UnrollResult:
-        from meta_train.unroll import UnrollResult
-
-        return UnrollResult(meta_value, losses.detach(), 0.0, finite)
-
-    @staticmethod
-    def _task_state(pop: pt.Population, inner: InnerState, pairs: int, steps: int) -> InnerState:
+    def _task_state(self, pop: pt.Population, inner: InnerState) -> InnerState:
         """The tasks' inner state: that of the positive particle of each task's first pair."""
-        from meta_train.unroll import InnerState
-
-        first = torch.arange(inner.batch_size, device=pop.params.device) * pairs
+        first = torch.arange(inner.batch_size, device=pop.params.device)
         params, buffers, opt_state = pop.select(first)
-        return InnerState(params, buffers, opt_state, inner.step + steps, inner.seeds, inner.spec)
-
-    # the estimator's persistent state (the trainer saves it in last.pt)
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+        step = inner.step + self.cfg.length
+        return InnerState(params, buffers, opt_state, step, inner.seeds, inner.spec)
 
 
 class AntitheticES(ParticleEstimator):
-    """Antithetic truncated ES (see the module docstring)."""
+    """Antithetic truncated ES (see the module docstring). Stateless between meta-steps."""
 
     name = "es"
 
-    def __call__(
-        self,
-        lopt: LearnedOptimizerNet,
-        optimizee,
-        inner: InnerState,
-        samplers: Sequence,
-        cfg: UnrollConfig,
-        regularizer=None,
-        held_out: Sequence | None = None,
-    ) -> tuple[UnrollResult, InnerState]:
+    def estimate(self, lopt, optimizee, inner, samplers, regularizer=None, seed=0):
         self._check(regularizer, inner, samplers)
         pairs = self.options.num_pairs
         device = inner.params.device
         tasks = pt.particle_tasks(inner.batch_size, pairs, device)
         pop = pt.Population.replicate(lopt, inner.params, inner.buffers, inner.opt_state, tasks)
-        eps = self.sample_eps(inner.batch_size * pairs, pt.meta_spec(lopt).numel, device)
-        losses, metas, finite = self._run(lopt, optimizee, pop, eps, samplers, cfg.unroll, held_out)
-        ok, meta_value, _ = self._estimate(lopt, eps, metas, finite, losses)
-        new_inner = self._task_state(pop, inner, pairs, cfg.unroll)
-        return self._result(meta_value, losses, ok, cfg.unroll), new_inner
+        eps = self.sample_eps(inner.batch_size * pairs, pt.meta_spec(lopt).numel, seed, device)
+        losses, metas, finite = self._run(lopt, optimizee, inner, pop, eps, samplers)
+        ok, meta_value, metrics = self._estimate(lopt, eps, metas, finite, losses)
+        result = UnrollResult(meta_value, losses, 0.0, ok, metrics=metrics)
+        return result, self._task_state(pop, inner)

@@ -289,11 +289,10 @@ def for_particles(optimizee, task_index: torch.Tensor):
 
 
 def particle_tasks(num_tasks: int, pairs: int, device) -> torch.Tensor:
-    """The task of each of the ``2 · num_tasks · pairs`` particles: sign-major, so particles
-    ``[0, T·pairs)`` are the positive ones and ``[T·pairs, 2·T·pairs)`` their antithetic twins
-    in the same order."""
-    one = torch.arange(num_tasks, device=device).repeat_interleave(pairs)
-    return torch.cat((one, one))
+    """The task of each of the ``2 · pairs · T`` particles, laid out ``[sign, pair, task]``:
+    particles ``[0, pairs·T)`` are the positive ones, ``[pairs·T, 2·pairs·T)`` their antithetic
+    twins in the same order, and particle ``t`` is task t's first positive one."""
+    return torch.arange(num_tasks, device=device).repeat(2 * pairs)
 
 
 def antithetic_weights(phi: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:

@@ -14,24 +14,20 @@ restarts, its particles start from the fresh optimizee and ξ is reset to 0.
 
 Restarts: with the trainer's synchronized runs, all tasks restart when ``inner.step == 0``; with
 desynchronized tasks (``meta_train.truncation``), ``restart`` names the tasks whose run begins.
-The particles, accumulators and generator are the estimator's ``state_dict`` (in ``last.pt``),
-so a resumed run continues bit for bit. A truncation with any non-finite particle is discarded
-as a whole: no gradient, and the particles and accumulators stay as they were.
+The particles and accumulators are the estimator's ``state_dict`` (in ``last.pt``; the
+perturbations come from the meta-step's seed), so a resumed run continues bit for bit. A
+truncation with any non-finite particle is discarded as a whole: no gradient, and the particles
+and accumulators stay as they were.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 
 from l2o.optimizers.base import LearnedOptimizerNet
 from meta_train.estimators import particles as pt
 from meta_train.estimators.es import ParticleEstimator
-
-if TYPE_CHECKING:
-    from meta_train.unroll import InnerState, UnrollConfig, UnrollResult
+from meta_train.unroll import InnerState, UnrollResult
 
 
 class PES(ParticleEstimator):
@@ -39,10 +35,10 @@ class PES(ParticleEstimator):
 
     name = "pes"
 
-    def __init__(self, options) -> None:
-        super().__init__(options)
+    def __init__(self, cfg, **settings) -> None:
+        super().__init__(cfg, **settings)
         self.population: pt.Population | None = None
-        self.accumulated: torch.Tensor | None = None  # ξ [T·pairs, D]
+        self.accumulated: torch.Tensor | None = None  # ξ [pairs·T, D]
         self._saved: dict | None = None  # a loaded state, placed on the first call
 
     def _restore(self, lopt: LearnedOptimizerNet, inner: InnerState) -> None:
@@ -57,32 +53,19 @@ class PES(ParticleEstimator):
     ) -> None:
         """Start the particles of the tasks in ``restart [T]`` (all, if None) from ``inner``."""
         pairs, device = self.options.num_pairs, inner.params.device
-        dim = pt.meta_spec(lopt).numel
         tasks = pt.particle_tasks(inner.batch_size, pairs, device)
+        fresh = pt.Population.replicate(lopt, inner.params, inner.buffers, inner.opt_state, tasks)
         if restart is None or self.population is None:
-            self.population = pt.Population.replicate(
-                lopt, inner.params, inner.buffers, inner.opt_state, tasks
-            )
+            self.population = fresh
+            dim = pt.meta_spec(lopt).numel
             self.accumulated = inner.params.new_zeros(inner.batch_size * pairs, dim)
             return
         restart = restart.to(device)
-        mask = restart.index_select(0, tasks)
-        fresh = pt.Population.replicate(lopt, inner.params, inner.buffers, inner.opt_state, tasks)
-        self.population.restart(mask, fresh)
-        pair_mask = restart.repeat_interleave(pairs).unsqueeze(1)
+        self.population.restart(restart.index_select(0, tasks), fresh)
+        pair_mask = restart.repeat(pairs).unsqueeze(1)
         self.accumulated = torch.where(pair_mask, 0.0, self.accumulated)
 
-    def __call__(
-        self,
-        lopt: LearnedOptimizerNet,
-        optimizee,
-        inner: InnerState,
-        samplers: Sequence,
-        cfg: UnrollConfig,
-        regularizer=None,
-        held_out: Sequence | None = None,
-        restart: torch.Tensor | None = None,
-    ) -> tuple[UnrollResult, InnerState]:
+    def estimate(self, lopt, optimizee, inner, samplers, regularizer=None, seed=0, restart=None):
         """One truncation. ``inner`` holds the tasks' states; a task's particles start from it
         when its run begins (``restart [T]`` bool, or ``inner.step == 0`` for all tasks)."""
         self._check(regularizer, inner, samplers)
@@ -99,34 +82,27 @@ class PES(ParticleEstimator):
             self._restart(lopt, inner, None)
         pop = self.population
         before = (pop.params, pop.buffers, pop.opt_state)
-        eps = self.sample_eps(
-            inner.batch_size * pairs, self.accumulated.shape[1], pop.params.device
-        )
+        dim = self.accumulated.shape[1]
+        eps = self.sample_eps(inner.batch_size * pairs, dim, seed, pop.params.device)
         accumulated = self.accumulated + eps
-        losses, metas, finite = self._run(lopt, optimizee, pop, eps, samplers, cfg.unroll, held_out)
-        ok, meta_value, _ = self._estimate(lopt, accumulated, metas, finite, losses)
+        losses, metas, finite = self._run(lopt, optimizee, inner, pop, eps, samplers)
+        ok, meta_value, metrics = self._estimate(lopt, accumulated, metas, finite, losses)
         if ok:
             self.accumulated = accumulated
         else:  # discard the truncation: the particles go back
             pop.params, pop.buffers, pop.opt_state = before
-        new_inner = self._task_state(pop, inner, pairs, cfg.unroll)
-        return self._result(meta_value, losses, ok, cfg.unroll), new_inner
+        result = UnrollResult(meta_value, losses, 0.0, ok, metrics=metrics)
+        return result, self._task_state(pop, inner)
 
     def state_dict(self) -> dict:
-        out = super().state_dict()
         if self._saved is not None:
-            out.update(population=self._saved["population"], accumulated=self._saved["accumulated"])
-        elif self.population is not None:
-            out.update(
-                population=self.population.state_dict(), accumulated=self.accumulated.clone()
-            )
-        return out
+            return dict(self._saved)
+        if self.population is None:
+            return {}
+        return {"population": self.population.state_dict(), "accumulated": self.accumulated.clone()}
 
     def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
         self.population, self.accumulated = None, None
-        self._saved = (
-            {"population": state["population"], "accumulated": state["accumulated"]}
-            if "population" in state
-            else None
-        )
+        self._saved = None
+        if state:
+            self._saved = {"population": state["population"], "accumulated": state["accumulated"]}

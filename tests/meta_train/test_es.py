@@ -12,9 +12,10 @@ from torch import nn
 
 import l2o.optimizers as lo
 from l2o.tasks.task import Task
-from meta_train import meta_grad
+from meta_train.config_engine import ConfigError
 from meta_train.estimators import particles as pt
 from meta_train.estimators.es import AntitheticES, ESOptions, antithetic_estimate
+from meta_train.estimators.truncated_bptt import second_order
 from meta_train.unroll import UnrollConfig, functional_optimizee, init_inner_state
 
 
@@ -75,8 +76,8 @@ def flat_grad(lopt) -> torch.Tensor:
 def exact_gradient(lopt, optimizee, inner, samplers, steps: int) -> torch.Tensor:
     """d(mean over tasks of the summed losses)/dφ through the whole unroll (second order)."""
     lopt.zero_grad(set_to_none=True)
-    cfg = UnrollConfig(unroll=steps, meta_loss="sum", order="second")
-    meta_grad.second_order(lopt, optimizee, inner, samplers, cfg)
+    cfg = UnrollConfig(length=steps, meta_loss="sum", estimator="second")
+    second_order(lopt, optimizee, inner, samplers, cfg)
     out = flat_grad(lopt)
     lopt.zero_grad(set_to_none=True)
     return out
@@ -87,12 +88,12 @@ def test_es_loss_differences_are_exact_directional_derivatives_on_a_quadratic():
     pair's L⁺ − L⁻ equals 2 εᵀ∇L exactly: the pair cancels L(φ) and the curvature."""
     lopt, optimizee, inner, samplers = quadratic_problem(tasks=1)
     g = exact_gradient(lopt, optimizee, inner, samplers, steps=2)
-    est = AntitheticES(ESOptions(sigma=0.1, num_pairs=128, meta_loss="sum", seed=3))
+    est = AntitheticES(UnrollConfig(length=2, meta_loss="sum"), sigma=0.1, num_pairs=128)
     eps_gen = torch.Generator().manual_seed(3)
     eps = torch.randn(128, g.numel(), generator=eps_gen) * 0.1
     tasks = pt.particle_tasks(1, 128, "cpu")
     pop = pt.Population.replicate(lopt, inner.params, inner.buffers, inner.opt_state, tasks)
-    _, metas, finite = est._run(lopt, optimizee, pop, eps, samplers, 2, None)
+    _, metas, finite = est._run(lopt, optimizee, inner, pop, eps, samplers)
     assert bool(finite.all())
     delta = metas[:128] - metas[128:]
     torch.testing.assert_close(delta, 2 * eps @ g, rtol=1e-3, atol=1e-5)
@@ -104,14 +105,15 @@ def test_es_average_matches_the_exact_gradient_on_a_quadratic():
     lopt, optimizee, inner, samplers = quadratic_problem()
     g = exact_gradient(lopt, optimizee, inner, samplers, steps=2)
     pairs = 4096
-    est = AntitheticES(ESOptions(sigma=0.1, num_pairs=pairs, meta_loss="sum", seed=1))
-    result, new_inner = est(lopt, optimizee, inner, samplers, UnrollConfig(unroll=2))
+    est = AntitheticES(UnrollConfig(length=2, meta_loss="sum"), sigma=0.1, num_pairs=pairs)
+    result, new_inner = est.estimate(lopt, optimizee, inner, samplers, seed=1)
     assert result.finite and new_inner.step == 2
     estimate = flat_grad(lopt)
     tol = 3 * math.sqrt((g.numel() + 1) / (2 * pairs))
     rel = float((estimate - g).norm() / g.norm())
     assert rel < tol, (rel, tol)
-    assert est.last_metrics["es/estimate_norm"] == pytest.approx(float(estimate.norm()), rel=1e-5)
+    assert result.metrics["es/estimate_norm"] == pytest.approx(float(estimate.norm()), rel=1e-5)
+    assert result.metrics["es/particle_steps"] == 2 * pairs * 2 * 2
 
 
 def test_antithetic_pairs_cancel_the_zeroth_order_term():
@@ -140,24 +142,26 @@ def test_clip_and_sign_options():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"sigma": 0.0}, {"num_pairs": 0}, {"clip_delta_loss": -1.0}, {"meta_loss": "nope"}],
+    [{"sigma": 0.0}, {"num_pairs": 0}, {"clip_delta_loss": -1.0}, {"objective": "nope"}],
 )
 def test_options_are_validated(kwargs):
-    with pytest.raises(ValueError, match=next(iter(kwargs))):
+    with pytest.raises(ConfigError, match=f"unroll.estimator_kwargs.{next(iter(kwargs))}"):
         ESOptions(**kwargs)
+    with pytest.raises(ConfigError, match="takes"):
+        AntitheticES(UnrollConfig(), sigmaa=0.1)
 
 
 def test_non_finite_truncation_gives_no_gradient():
     lopt, optimizee, inner, samplers = quadratic_problem()
     samplers[1] = FixedBatch(samplers[1].x * float("nan"), samplers[1].y)
-    est = AntitheticES(ESOptions(sigma=0.1, meta_loss="sum"))
-    result, _ = est(lopt, optimizee, inner, samplers, UnrollConfig(unroll=2))
+    est = AntitheticES(UnrollConfig(length=2, meta_loss="sum"), sigma=0.1)
+    result, _ = est.estimate(lopt, optimizee, inner, samplers)
     assert not result.finite
     assert all(p.grad is None for p in lopt.parameters())
 
 
 def test_es_rejects_a_regularizer():
     lopt, optimizee, inner, samplers = quadratic_problem()
-    est = AntitheticES(ESOptions())
-    with pytest.raises(ValueError, match="regularization"):
-        est(lopt, optimizee, inner, samplers, UnrollConfig(unroll=2), lambda u, p: u)
+    est = AntitheticES(UnrollConfig(length=2))
+    with pytest.raises(ConfigError, match="regularization"):
+        est.estimate(lopt, optimizee, inner, samplers, lambda u, p: u)

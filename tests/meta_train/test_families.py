@@ -8,7 +8,7 @@ import torch
 
 import l2o.optimizers as lo
 from l2o.tasks import get_task
-from meta_train.estimators.es import AntitheticES, ESOptions
+from meta_train.estimators.es import AntitheticES
 from meta_train.families import (
     AugmentationSpec,
     AugmentedOptimizee,
@@ -121,6 +121,6 @@ def test_es_runs_on_augmented_optimizees():
         def next(self):
             return x[self.b], y[self.b]
 
-    est = AntitheticES(ESOptions(num_pairs=2, meta_loss="mean"))
-    result, _ = est(lopt, aug, inner, [Fixed(0), Fixed(1)], UnrollConfig(unroll=2))
+    est = AntitheticES(UnrollConfig(length=2, meta_loss="mean"), num_pairs=2)
+    result, _ = est.estimate(lopt, aug, inner, [Fixed(0), Fixed(1)])
     assert result.finite and result.inner_losses.shape == (8, 2)

@@ -102,7 +102,7 @@ def test_antithetic_layout():
         [-1.0] * 3,
         [-1.0] * 3,
     ]
-    assert pt.particle_tasks(2, 2, "cpu").tolist() == [0, 0, 1, 1, 0, 0, 1, 1]
+    assert pt.particle_tasks(2, 2, "cpu").tolist() == [0, 1, 0, 1, 0, 1, 0, 1]
 
 
 def test_generic_vmap_path_equals_the_batched_mlp():

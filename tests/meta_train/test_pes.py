@@ -9,16 +9,16 @@ import math
 import torch
 from test_es import exact_gradient, flat_grad, quadratic_problem
 
-from meta_train.estimators.es import AntitheticES, ESOptions
+from meta_train.estimators.es import AntitheticES
 from meta_train.estimators.pes import PES
 from meta_train.unroll import UnrollConfig
 
 
-def _summed_estimate(estimator, lopt, optimizee, inner, samplers, unroll, truncations):
+def _summed_estimate(estimator, lopt, optimizee, inner, samplers, truncations):
     lopt.zero_grad(set_to_none=True)
     state = inner
-    for _ in range(truncations):
-        result, state = estimator(lopt, optimizee, state, samplers, UnrollConfig(unroll=unroll))
+    for k in range(truncations):
+        result, state = estimator.estimate(lopt, optimizee, state, samplers, seed=100 + k)
         assert result.finite
     return flat_grad(lopt)
 
@@ -34,9 +34,10 @@ def test_pes_is_unbiased_over_the_run_and_truncated_es_is_not():
     g = exact_gradient(lopt, optimizee, inner, samplers, steps=4)
     pairs = 8192
     noise = math.sqrt((g.numel() + 1) / pairs)
-    opts = ESOptions(sigma=0.01, num_pairs=pairs, meta_loss="sum", seed=5)
-    pes = _summed_estimate(PES(opts), lopt, optimizee, inner, samplers, 2, 2)
-    es = _summed_estimate(AntitheticES(opts), lopt, optimizee, inner, samplers, 2, 2)
+    cfg = UnrollConfig(length=2, meta_loss="sum")
+    opts = {"sigma": 0.01, "num_pairs": pairs}
+    pes = _summed_estimate(PES(cfg, **opts), lopt, optimizee, inner, samplers, 2)
+    es = _summed_estimate(AntitheticES(cfg, **opts), lopt, optimizee, inner, samplers, 2)
     rel = lambda e: float((e - g).norm() / g.norm())
     assert rel(pes) < 3 * noise, rel(pes)
     assert rel(es) > 0.5, rel(es)
@@ -52,28 +53,27 @@ def _roundtrip(state: dict) -> dict:
 
 
 def test_pes_resume_is_bitwise():
-    opts = ESOptions(sigma=0.05, num_pairs=3, meta_loss="log_sum", seed=2)
+    cfg = UnrollConfig(length=3, meta_loss="log_sum")
     lopt, optimizee, inner, samplers = quadratic_problem(tasks=2)
-    cfg = UnrollConfig(unroll=3)
 
-    def run(est, state, truncations):
+    def run(est, state, meta_steps):
         grads = []
-        for _ in range(truncations):
+        for k in meta_steps:
             lopt.zero_grad(set_to_none=True)
-            _, state = est(lopt, optimizee, state, samplers, cfg)
+            _, state = est.estimate(lopt, optimizee, state, samplers, seed=k)
             grads.append(flat_grad(lopt))
         return state, grads
 
-    straight = PES(opts)
-    end, grads = run(straight, inner, 4)
+    straight = PES(cfg, sigma=0.05, num_pairs=3)
+    end, grads = run(straight, inner, range(4))
 
-    first = PES(opts)
-    mid, grads_a = run(first, inner, 2)
+    first = PES(cfg, sigma=0.05, num_pairs=3)
+    mid, grads_a = run(first, inner, range(2))
     saved = _roundtrip(first.state_dict())
-    resumed = PES(opts)
+    resumed = PES(cfg, sigma=0.05, num_pairs=3)
     resumed.load_state_dict(saved)
     assert _roundtrip(resumed.state_dict()).keys() == saved.keys()
-    end_b, grads_b = run(resumed, mid, 2)
+    end_b, grads_b = run(resumed, mid, range(2, 4))
     for a, b in zip(grads, grads_a + grads_b, strict=True):
         assert torch.equal(a, b)
     assert torch.equal(end.params, end_b.params)
@@ -83,31 +83,26 @@ def test_pes_resume_is_bitwise():
 
 
 def test_pes_restart_resets_only_the_named_tasks():
-    opts = ESOptions(sigma=0.05, num_pairs=2, meta_loss="sum", seed=0)
     lopt, optimizee, inner, samplers = quadratic_problem(tasks=2)
-    cfg = UnrollConfig(unroll=2)
-    est = PES(opts)
-    est(lopt, optimizee, inner, samplers, cfg)
+    est = PES(UnrollConfig(length=2, meta_loss="sum"), sigma=0.05, num_pairs=2)
+    est.estimate(lopt, optimizee, inner, samplers)
     acc = est.accumulated.clone()
     assert float(acc.abs().sum()) > 0
     restart = torch.tensor([True, False])
     before = est.population.params.clone()
     est._restart(lopt, inner, restart)
-    assert float(est.accumulated[:2].abs().sum()) == 0.0  # task 0's two pairs
-    assert torch.equal(est.accumulated[2:], acc[2:])
+    # directions are laid out [pair, task]: task 0's two pairs are rows 0 and 2
+    assert float(est.accumulated[0::2].abs().sum()) == 0.0
+    assert torch.equal(est.accumulated[1::2], acc[1::2])
     tasks = est.population.task_index
     assert torch.equal(est.population.params[tasks == 0], inner.params[0].expand(4, -1))
     assert torch.equal(est.population.params[tasks == 1], before[tasks == 1])
 
 
 def test_pes_resets_everything_when_a_synchronized_run_starts():
-    opts = ESOptions(sigma=0.05, num_pairs=1, meta_loss="sum", seed=0)
     lopt, optimizee, inner, samplers = quadratic_problem(tasks=2)
-    est = PES(opts)
-    est(lopt, optimizee, inner, samplers, UnrollConfig(unroll=2))
-    est(lopt, optimizee, inner, samplers, UnrollConfig(unroll=2))  # inner.step == 0 again
-    gen = torch.Generator().manual_seed(0)
-    shape = est.accumulated.shape
-    torch.randn(*shape, generator=gen)  # the first truncation's ε
-    second = torch.randn(*shape, generator=gen) * opts.sigma
+    est = PES(UnrollConfig(length=2, meta_loss="sum"), sigma=0.05)
+    est.estimate(lopt, optimizee, inner, samplers, seed=1)
+    est.estimate(lopt, optimizee, inner, samplers, seed=2)  # inner.step == 0 again
+    second = est.sample_eps(2, est.accumulated.shape[1], 2, "cpu")
     assert torch.equal(est.accumulated, second)  # ξ restarted from 0: only the second ε
