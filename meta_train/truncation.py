@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from l2o.seeding import derive_seed
+
 
 @dataclass(frozen=True)
 class HorizonSchedule:
@@ -111,3 +113,90 @@ class TaskClocks:
         self.steps = [int(s) for s in state["steps"]]
         self.horizons = [int(h) for h in state["horizons"]]
         self.runs = [int(r) for r in state["runs"]]
+
+
+def task_seed(seed: int, task: int, run: int) -> int:
+    """The optimizee seed of run ``run`` (1-based) of meta-batch slot ``task``."""
+    return derive_seed(seed, "meta-train-task", task, run)
+
+
+class TaskRotation:
+    """The trainer's side of desynchronized tasks: the clocks, and replacing the optimizees (and
+    their minibatch samplers) of the tasks whose run restarts, in place of the others.
+
+    Task ``b``'s run ``r`` trains the optimizee of ``task_seed(seed, b, r)`` on the samplers of
+    ``data_seed`` of it; both follow from the clocks, so ``state_dict`` is the clocks' state."""
+
+    def __init__(self, clocks: TaskClocks, seed: int) -> None:
+        self.clocks, self.seed = clocks, seed
+
+    def seeds(self) -> list[int]:
+        return [task_seed(self.seed, b, r) for b, r in enumerate(self.clocks.runs)]
+
+    def samplers(self, data, batch_size: int) -> list:
+        from l2o.training import data_seed
+
+        return [data.sampler(batch_size, data_seed(s)) for s in self.seeds()]
+
+    def begin(self, task, lopt, inner, samplers: list, data, batch_size: int):
+        """Start the runs that are due (all of them the first time, ``inner`` None); returns
+        ``(inner, samplers, restart [T] bool)``."""
+        from l2o.training import data_seed
+        from meta_train.estimators.particles import particle_dims
+        from meta_train.unroll import InnerState, init_inner_state
+
+        restart = self.clocks.begin()
+        seeds = self.seeds()
+        if inner is None:
+            fresh = init_inner_state(task, lopt, seeds, inner_device(lopt))
+            return fresh, self.samplers(data, batch_size), torch.tensor(restart)
+        if not any(restart):
+            return inner, samplers, torch.tensor(restart)
+        rows = [b for b, due in enumerate(restart) if due]
+        fresh = init_inner_state(task, lopt, [seeds[b] for b in rows], inner.params.device)
+        index = torch.tensor(rows, device=inner.params.device)
+        pdims = particle_dims(lopt, inner.params.shape[1], inner.spec, inner.params.device)
+        opt_state = {}
+        for key, value in inner.opt_state.items():
+            dim = pdims[key]
+            opt_state[key] = (
+                value if dim is None else value.index_copy(dim, index, fresh.opt_state[key])
+            )
+        new_inner = InnerState(
+            inner.params.index_copy(0, index, fresh.params),
+            {k: v.index_copy(0, index, fresh.buffers[k]) for k, v in inner.buffers.items()},
+            opt_state,
+            inner.step,
+            tuple(seeds),
+            inner.spec,
+        )
+        samplers = list(samplers)
+        for b in rows:
+            samplers[b] = data.sampler(batch_size, data_seed(seeds[b]))
+        return new_inner, samplers, torch.tensor(restart)
+
+    def advance(self) -> None:
+        self.clocks.advance()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.clocks.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.clocks.load_state_dict(state)
+
+
+def inner_device(lopt) -> torch.device:
+    return next(lopt.parameters()).device
+
+
+def make_rotation(cfg) -> TaskRotation:
+    """The trainer's ``TaskRotation`` for a ``MetaTrainConfig`` with per-task runs."""
+    s = cfg.schedule
+    clocks = TaskClocks(
+        s.meta_batch,
+        cfg.horizon_schedule,
+        cfg.unroll.length,
+        derive_seed(cfg.seed, "task-clocks") % 2**63,
+        s.desync,
+    )
+    return TaskRotation(clocks, cfg.seed)

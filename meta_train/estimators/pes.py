@@ -13,7 +13,8 @@ meta-loss (truncated ES is not; ``tests/meta_train/test_pes.py`` shows both). Wh
 restarts, its particles start from the fresh optimizee and ξ is reset to 0.
 
 Restarts: with the trainer's synchronized runs, all tasks restart when ``inner.step == 0``; with
-desynchronized tasks (``meta_train.truncation``), ``restart`` names the tasks whose run begins.
+desynchronized tasks (``meta_train.truncation``), a task restarts when the caller hands in a
+state for it that is not the one this estimator returned (a fresh optimizee).
 The particles and accumulators are the estimator's ``state_dict`` (in ``last.pt``; the
 perturbations come from the meta-step's seed), so a resumed run continues bit for bit. A
 truncation with any non-finite particle is discarded as a whole: no gradient, and the particles
@@ -65,21 +66,23 @@ class PES(ParticleEstimator):
         pair_mask = restart.repeat(pairs).unsqueeze(1)
         self.accumulated = torch.where(pair_mask, 0.0, self.accumulated)
 
-    def estimate(self, lopt, optimizee, inner, samplers, regularizer=None, seed=0, restart=None):
-        """One truncation. ``inner`` holds the tasks' states; a task's particles start from it
-        when its run begins (``restart [T]`` bool, or ``inner.step == 0`` for all tasks)."""
+    def estimate(self, lopt, optimizee, inner, samplers, regularizer=None, seed=0):
+        """One truncation. ``inner`` holds the tasks' states: all particles start from it when
+        a run begins (``inner.step == 0``), and a task's particles restart from its row when
+        that row is not the state this estimator last returned (the caller restarted the task,
+        e.g. ``meta_train.truncation.TaskRotation``, or went back after a skipped step)."""
         self._check(regularizer, inner, samplers)
         if self._saved is not None:
             self._restore(lopt, inner)
         pairs = self.options.num_pairs
         expected = 2 * inner.batch_size * pairs
-        if self.population is None or self.population.params.shape[0] != expected:
+        pop = self.population
+        if pop is None or pop.params.shape[0] != expected or inner.step == 0:
             self._restart(lopt, inner, None)
-        elif restart is not None:
-            if bool(restart.any()):
-                self._restart(lopt, inner, restart)
-        elif inner.step == 0:
-            self._restart(lopt, inner, None)
+        else:
+            changed = (inner.params != pop.params[: inner.batch_size]).any(1)
+            if bool(changed.any()):  # one host read per truncation
+                self._restart(lopt, inner, changed)
         pop = self.population
         before = (pop.params, pop.buffers, pop.opt_state)
         dim = self.accumulated.shape[1]

@@ -106,3 +106,87 @@ def test_pes_resets_everything_when_a_synchronized_run_starts():
     est.estimate(lopt, optimizee, inner, samplers, seed=2)  # inner.step == 0 again
     second = est.sample_eps(2, est.accumulated.shape[1], 2, "cpu")
     assert torch.equal(est.accumulated, second)  # ξ restarted from 0: only the second ε
+
+
+def test_pes_restarts_a_task_whose_state_the_caller_replaced():
+    lopt, optimizee, inner, samplers = quadratic_problem(tasks=2)
+    est = PES(UnrollConfig(length=2, meta_loss="sum"), sigma=0.05, num_pairs=2)
+    _, state = est.estimate(lopt, optimizee, inner, samplers, seed=0)
+    _, state = est.estimate(lopt, optimizee, state, samplers, seed=1)
+    kept = est.accumulated[1::2].clone()
+    # task 1 continues; task 0 gets a fresh optimizee (what TaskRotation does at a restart)
+    state.params = torch.stack((inner.params[0], state.params[1]))
+    state.opt_state = {k: v.clone() for k, v in state.opt_state.items()}
+    est.estimate(lopt, optimizee, state, samplers, seed=2)
+    third = est.sample_eps(4, est.accumulated.shape[1], 2, "cpu")
+    assert torch.equal(est.accumulated[0::2], third[0::2])  # task 0: ξ restarted
+    assert torch.equal(est.accumulated[1::2], kept + third[1::2])  # task 1: ξ kept
+
+
+# ---------------------------------------------------------------------------------------------
+# Through the trainer: PES with desynchronized per-task runs, killed and resumed
+
+TRAINER_OVERRIDES = [
+    "unroll.estimator=pes",
+    "unroll.estimator_kwargs={sigma: 0.05, num_pairs: 2, objective: final_val}",
+    "schedule.epochs=1",
+    "schedule.runs_per_epoch=3",
+    "schedule.horizon={min: 6, max: 18}",
+    "schedule.desync=true",
+    "schedule.meta_batch=3",
+    "validation.enabled=false",
+    "meta_test.enabled=false",
+    "checkpoint.every=1",
+    "threads=1",
+]
+
+
+class _Crash(Exception):
+    pass
+
+
+def _train(run_dir, crash_after=None, resume=None, seen=None):
+    from meta_train.config import load_config
+    from meta_train.trainer import Trainer
+
+    cfg = load_config("tiny", TRAINER_OVERRIDES)
+
+    def hook(trainer, record):
+        if seen is not None:
+            seen.append((list(trainer.rotation.clocks.steps), list(trainer.rotation.clocks.runs)))
+            assert "train/pes/estimate_norm" in record
+        if trainer.position.global_step == crash_after:
+            raise _Crash
+
+    trainer = Trainer(cfg, run_dir, resume=resume, on_meta_step=hook)
+    try:
+        trainer.train()
+    except _Crash:
+        pass
+    finally:
+        trainer.close()
+
+
+def test_trainer_pes_desynchronized_resume_is_bitwise(tmp_path):
+    from meta_train import checkpointing as ckpt
+
+    seen = []
+    _train(tmp_path / "ref", seen=seen)
+    # 3 windows of 6 // 3 = 2 meta-steps; the tasks restart at their own times
+    assert len(seen) == 6
+    restarts = [runs for _, runs in seen]
+    assert any(len(set(steps)) > 1 for steps, _ in seen)  # the tasks are out of step
+    assert restarts[-1] != restarts[0]
+    _train(tmp_path / "cut", crash_after=4)
+    saved = ckpt.load_run_checkpoint(tmp_path / "cut" / "last.pt")
+    assert saved["estimator"]["accumulated"].shape[0] == 3 * 2
+    _train(tmp_path / "cut", resume=saved)
+    a = ckpt.load_run_checkpoint(tmp_path / "ref" / "last.pt")
+    b = ckpt.load_run_checkpoint(tmp_path / "cut" / "last.pt")
+    for key, value in a["lopt"]["state_dict"].items():
+        assert torch.equal(value, b["lopt"]["state_dict"][key]), key
+    for key in ("accumulated",):
+        assert torch.equal(a["estimator"][key], b["estimator"][key])
+    for key, value in a["estimator"]["population"].items():
+        assert torch.equal(value, b["estimator"]["population"][key]), key
+    assert torch.equal(a["rotation"]["steps"], b["rotation"]["steps"])
