@@ -16,7 +16,7 @@ restarted in place (``restart``) and the whole state saved and restored bit for 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -298,7 +298,3 @@ def particle_tasks(num_tasks: int, pairs: int, device) -> torch.Tensor:
 def antithetic_weights(phi: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """Flat particle weights ``[2M, D]``: ``φ + ε_m`` then ``φ − ε_m`` for ``eps [M, D]``."""
     return torch.cat((phi + eps, phi - eps))
-
-
-def sequence_index(values: Sequence[int], device) -> torch.Tensor:
-    return torch.as_tensor(list(values), dtype=torch.long, device=device)
