@@ -75,3 +75,19 @@ def test_clocks_state_dict_resumes_the_same_draws():
         a.advance()
         b.advance()
     assert (a.steps, a.horizons, a.runs) == (b.steps, b.horizons, b.runs)
+
+
+def test_config_horizon_range_and_desync():
+    from meta_train.config import config_from_dict
+    from meta_train.config_engine import ConfigError
+
+    cfg = config_from_dict(
+        {}, ["schedule.horizon={min: 100, max: 2000}", "unroll.length=20", "schedule.desync=true"]
+    )
+    assert cfg.horizon_schedule == HorizonSchedule(100, 2000)
+    assert cfg.per_task_runs and cfg.meta_steps_per_run == 5
+    assert not config_from_dict({}, []).per_task_runs
+    with pytest.raises(ConfigError, match=r"schedule\.horizon"):
+        config_from_dict({}, ["schedule.horizon={min: 100}"])
+    with pytest.raises(ConfigError, match=r"must not exceed schedule\.horizon"):
+        config_from_dict({}, ["schedule.horizon={min: 10, max: 50}", "unroll.length=20"])
