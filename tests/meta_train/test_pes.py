@@ -153,8 +153,11 @@ def _train(run_dir, crash_after=None, resume=None, seen=None):
 
     def hook(trainer, record):
         if seen is not None:
-            seen.append((list(trainer.rotation.clocks.steps), list(trainer.rotation.clocks.runs)))
+            clocks = trainer.rotation.clocks
+            seen.append((list(clocks.steps), list(clocks.runs)))
             assert "train/pes/estimate_norm" in record
+            # the optimizer's time features see each task's own step
+            assert trainer.inner.opt_state["t"].tolist() == [float(s) for s in clocks.steps]
         if trainer.position.global_step == crash_after:
             raise _Crash
 
