@@ -5,6 +5,13 @@ reference loop run in the same process.
     python benchmarks/meta_train_speed.py                     # classic: B=1, K=20, LSTM, CPU
     python benchmarks/meta_train_speed.py --B 8
     python benchmarks/meta_train_speed.py --K 200 --checkpoint-every 20 --no-reference
+    python benchmarks/meta_train_speed.py --estimator pes --arch mlp --B 8 --K 10
+
+With ``--estimator es|pes`` the evolution-strategy estimator (``--pairs`` antithetic pairs per
+task) runs interleaved with first-order truncated BPTT of the same optimizer on the same tasks;
+its throughput counts every particle's step (2 · pairs · B per inner step), ``ratio`` is ES/PES
+over first order, and ``peak_rss_mb`` is the process's peak after the ES/PES rounds alone (they
+run first; ``first_order_peak_rss_mb`` is the peak after both).
 
 Classic configuration: MNIST 784-20-10 sigmoid MLP (``mnist_mlp_sigmoid`` on ``mnist5k``), batch
 128, LSTM 2×20 with log/sign preprocessing, unroll 20, first-order, meta-batch 1, CPU, 2 threads.
@@ -99,6 +106,90 @@ class ReferenceLoop(OurLoop):
         return value
 
 
+class ParticleLoop(OurLoop):
+    """Meta-training with the ``es``/``pes`` estimator, as the trainer runs it: one truncation
+    of all particles (``meta_step_gradient`` with the run's estimator and a per-step seed),
+    then clipping and one Adam step."""
+
+    def __init__(self, task, data, args) -> None:
+        from meta_train.estimators import make_estimator
+
+        super().__init__(task, data, args)
+        self.cfg = UnrollConfig(
+            length=args.K,
+            meta_loss="mean",
+            estimator=args.estimator,
+            estimator_kwargs={"sigma": 0.01, "num_pairs": args.pairs},
+        )
+        self.estimator = make_estimator(self.cfg)
+        self.step = 0
+
+    def meta_step(self) -> float:
+        self.meta_opt.zero_grad(set_to_none=True)
+        result, self.inner = meta_step_gradient(
+            self.lopt,
+            self.task,
+            self.inner,
+            self.samplers,
+            self.cfg,
+            estimator=self.estimator,
+            seed=self.step,
+        )
+        self.step += 1
+        nn.utils.clip_grad_norm_(self.lopt.parameters(), 1.0)
+        self.meta_opt.step()
+        return result.meta_loss
+
+
+def estimator_main(args, task, data) -> dict:
+    """ES/PES against first-order truncated BPTT of the same optimizer, interleaved."""
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    particles = ParticleLoop(task, data, args)
+    for _ in range(args.warmup):
+        particles.meta_step()
+    sync()
+    times_es = [timed(particles, args.meta_steps)]
+    sync()
+    es_peak = peak_rss_mb()
+    args.order = "first"
+    first = OurLoop(task, data, args)
+    for _ in range(args.warmup):
+        first.meta_step()
+    times_fo, ratios = [], []
+    steps_es = args.meta_steps * args.K * args.B * 2 * args.pairs
+    steps_fo = args.meta_steps * args.K * args.B
+    for r in range(args.repeats):
+        sync()
+        t_fo = timed(first, args.meta_steps)
+        sync()
+        t_es = timed(particles, args.meta_steps) if r > 0 else times_es[0]
+        sync()
+        if r > 0:
+            times_es.append(t_es)
+        times_fo.append(t_fo)
+        ratios.append((steps_es / t_es) / (steps_fo / t_fo))
+    result = {
+        "benchmark": "meta_train_speed",
+        "estimator": args.estimator,
+        "arch": args.arch,
+        "B": args.B,
+        "pairs": args.pairs,
+        "K": args.K,
+        "device": args.device,
+        "threads": args.threads,
+        "inner_steps_per_s": round(steps_es / statistics.median(times_es), 2),
+        "first_order_steps_per_s": round(steps_fo / statistics.median(times_fo), 2),
+        "ratio": round(statistics.median(ratios), 3),
+        "ratio_min_max": [round(min(ratios), 3), round(max(ratios), 3)],
+        "peak_rss_mb": round(es_peak, 1),
+        "first_order_peak_rss_mb": round(peak_rss_mb(), 1),
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+    }
+    print(json.dumps(result))
+    return result
+
+
 def timed(loop, meta_steps: int) -> float:
     start = time.perf_counter()
     for _ in range(meta_steps):
@@ -123,6 +214,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-reference", action="store_true", help="skip the reference loop")
     parser.add_argument("--dataset", default="mnist5k")
     parser.add_argument(
+        "--estimator",
+        choices=["es", "pes"],
+        default=None,
+        help="run this evolution-strategy estimator against first-order BPTT (see above)",
+    )
+    parser.add_argument("--pairs", type=int, default=1, help="antithetic pairs per task (ES/PES)")
+    parser.add_argument(
         "--mmap-threshold",
         type=int,
         default=0,
@@ -138,6 +236,8 @@ def main(argv: list[str] | None = None) -> dict:
     task = get_task("mnist_mlp_sigmoid", dataset=args.dataset)
     data = task.load_data(args.device)
     steps_per_round = args.meta_steps * args.K * args.B
+    if args.estimator is not None:
+        return estimator_main(args, task, data)
 
     ours = OurLoop(task, data, args)
     for _ in range(args.warmup):

@@ -107,16 +107,30 @@ class MetaOptimizerConfig:
 @dataclass
 class ScheduleConfig:
     """epochs × runs_per_epoch runs; each run trains ``meta_batch`` fresh optimizees for
-    ``horizon`` inner steps (T), i.e. ``horizon / unroll.length`` meta-steps."""
+    ``horizon`` inner steps (T), i.e. ``horizon / unroll.length`` meta-steps.
+
+    ``horizon`` may be a log-uniform range ``{min: 100, max: 2000}``, drawn per task and run
+    (rounded up to whole truncations); with a range or ``desync``, every task of the meta-batch
+    keeps its own step counter and restarts on its own (``meta_train.truncation``): ``desync``
+    also cuts each task's first run short by a random number of truncations, so that the tasks
+    restart at different times. A "run" of the loop (validation, run summaries) is then a window
+    of ``min // unroll.length`` meta-steps, and the optimizees carry over between windows."""
 
     epochs: int = 5
     runs_per_epoch: int = 20
-    horizon: int = 200
+    horizon: int | dict[str, int] = 200
     meta_batch: int = 1
+    desync: bool = False
 
     def __post_init__(self) -> None:
-        for key in ("epochs", "runs_per_epoch", "horizon", "meta_batch"):
+        for key in ("epochs", "runs_per_epoch", "meta_batch"):
             require_positive(f"schedule.{key}", getattr(self, key))
+        from meta_train.truncation import HorizonSchedule
+
+        try:
+            HorizonSchedule.parse(self.horizon)
+        except ValueError as exc:
+            raise ConfigError(f"schedule.horizon: {exc}") from None
 
 
 @dataclass
@@ -254,7 +268,23 @@ class MetaTrainConfig:
 
     @property
     def meta_steps_per_run(self) -> int:
-        return self.schedule.horizon // self.unroll.length
+        return self.horizon_schedule.min // self.unroll.length
+
+    @property
+    def horizon_schedule(self):
+        """``schedule.horizon`` as a ``meta_train.truncation.HorizonSchedule``."""
+        from meta_train.truncation import HorizonSchedule
+
+        try:
+            return HorizonSchedule.parse(self.schedule.horizon)
+        except ValueError as exc:
+            raise ConfigError(f"schedule.horizon: {exc}") from None
+
+    @property
+    def per_task_runs(self) -> bool:
+        """Tasks restart on their own clocks (a horizon range, or ``schedule.desync``)."""
+        h = self.horizon_schedule
+        return self.schedule.desync or h.min != h.max
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML/JSON/``weights_only``-safe containers (tuples become lists)."""
@@ -368,11 +398,12 @@ def _check_across_sections(cfg: MetaTrainConfig) -> None:
     require(
         u.estimator in estimators, "unroll.estimator", f"must be one of {estimators}", u.estimator
     )
-    if u.length > s.horizon:
+    horizon = cfg.horizon_schedule  # a ConfigError for a malformed value or range
+    if u.length > horizon.min:
         raise ConfigError(
             f"unroll.length ({u.length}) must not exceed schedule.horizon ({s.horizon})"
         )
-    if s.horizon % u.length:
+    if horizon.min == horizon.max and s.horizon % u.length:
         raise ConfigError(
             f"schedule.horizon ({s.horizon}) must be a multiple of unroll.length "
             f"({u.length}) so that every run has whole truncations"

@@ -39,6 +39,7 @@ from meta_train import checkpointing as ckpt
 from meta_train.config import ConfigError, MetaTrainConfig, config_from_dict, validate_names
 from meta_train.estimators import make_estimator, meta_step_gradient
 from meta_train.tracking import Tracker
+from meta_train.truncation import make_rotation
 from meta_train.unroll import InnerState, init_inner_state
 
 
@@ -194,6 +195,9 @@ class Trainer:
         self.regularizer = make_regularizer(cfg, self.task, self.device)
         self.unroll_cfg = cfg.unroll
         self.estimator = make_estimator(cfg.unroll)
+        if hasattr(self.estimator, "held_out_data"):  # es/pes with objective final_val
+            self.estimator.held_out_data = self.data
+        self.rotation = make_rotation(cfg) if cfg.per_task_runs else None
         self.step_fn = step_fn or self._estimate
         self.on_meta_step = on_meta_step
         self.position = Position()
@@ -234,6 +238,7 @@ class Trainer:
             "lopt": checkpoint_io.to_payload(self.lopt),
             "meta_optimizer": self.meta_opt.state_dict(),
             "estimator": self.estimator.state_dict(),
+            "rotation": None if self.rotation is None else self.rotation.state_dict(),
             "rng": ckpt.rng_state(),
             "samplers": None if self.samplers is None else [s.state_dict() for s in self.samplers],
             "inner": None if self.inner is None else self.inner.state_dict(),
@@ -266,7 +271,11 @@ class Trainer:
         self.best_position = payload["best"]["position"]
         if payload["inner"] is not None:
             self.inner = InnerState.from_state_dict(payload["inner"], self.task, self.device)
-            self.samplers = self._make_samplers(self.position.epoch, self.position.run)
+            if self.rotation is not None:
+                self.rotation.load_state_dict(payload["rotation"])
+                self.samplers = self.rotation.samplers(self.data, self.task.batch_size)
+            else:
+                self.samplers = self._make_samplers(self.position.epoch, self.position.run)
             for sampler, state in zip(self.samplers, payload["samplers"], strict=True):
                 sampler.load_state_dict(state)
         return int(payload["metrics_bytes"]), payload.get("wandb_id")
@@ -296,6 +305,9 @@ class Trainer:
         ]
 
     def _start_run(self) -> None:
+        if self.rotation is not None:  # per-task runs: every task starts its first run
+            self._rotate()
+            return
         p = self.position
         seeds = run_seeds(self.cfg, p.epoch, p.run)
         self.samplers = self._make_samplers(p.epoch, p.run)
@@ -323,8 +335,16 @@ class Trainer:
             lopt, task, inner, samplers, cfg, regularizer, estimator=self.estimator, seed=seed
         )
 
+    def _rotate(self) -> None:
+        """Per-task runs: restart the tasks whose run ended (``meta_train.truncation``)."""
+        self.inner, self.samplers, _ = self.rotation.begin(
+            self.task, self.lopt, self.inner, self.samplers, self.data, self.task.batch_size
+        )
+
     def meta_step(self) -> dict[str, Any]:
         """One meta-step; returns its metric record. Skips (and counts) non-finite ones."""
+        if self.rotation is not None:
+            self._rotate()
         assert self.inner is not None and self.samplers is not None
         self.lopt.train()
         self.meta_opt.zero_grad(set_to_none=True)
@@ -349,6 +369,8 @@ class Trainer:
         if reason is None:
             self.meta_opt.step()
             self.inner = new_inner
+            if self.rotation is not None:
+                self.rotation.advance()
             self.consecutive_nonfinite = 0
             losses = torch.as_tensor(result.inner_losses).detach().float()
             record.update(
@@ -487,7 +509,8 @@ class Trainer:
                 console=True,
             )
         p = self.position
-        self.inner, self.samplers = None, None
+        if self.rotation is None:  # per-task runs carry their optimizees over
+            self.inner, self.samplers = None, None
         p.meta_step = 0
         p.run += 1
         if p.run == self.cfg.schedule.runs_per_epoch:

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from l2o.optimizers.base import LearnedOptimizerNet
 from meta_train.config_engine import ConfigError
 from meta_train.estimators.base import Estimator
+from meta_train.estimators.es import AntitheticES
+from meta_train.estimators.pes import PES
 from meta_train.estimators.truncated_bptt import FirstOrder, SecondOrder
 from meta_train.unroll import (
     InnerState,
@@ -30,7 +32,12 @@ __all__ = [
     "register_estimator",
 ]
 
-_ESTIMATORS: dict[str, type[Estimator]] = {"first": FirstOrder, "second": SecondOrder}
+_ESTIMATORS: dict[str, type[Estimator]] = {
+    "first": FirstOrder,
+    "second": SecondOrder,
+    "es": AntitheticES,
+    "pes": PES,
+}
 
 
 def register_estimator(name: str, cls: type[Estimator]) -> None:

@@ -108,8 +108,14 @@ def test_unknown_key_lists_near_matches():
         ("schedule.epochs=1.5", r"schedule\.epochs must be an integer"),
         ("schedule.meta_batch=true", r"schedule\.meta_batch must be an integer"),
         ("logging.progress=maybe", r"logging\.progress must be a bool"),
-        ("unroll.estimator=third", r"unroll\.estimator must be one of \['first', 'second'\]"),
-        ("unroll.order=third", r"unroll\.estimator must be one of \['first', 'second'\]"),
+        (
+            "unroll.estimator=third",
+            r"unroll\.estimator must be one of \['es', 'first', 'pes', 'second'\]",
+        ),
+        (
+            "unroll.order=third",
+            r"unroll\.estimator must be one of \['es', 'first', 'pes', 'second'\]",
+        ),
         ("unroll.meta_loss=median", r"unroll\.meta_loss must be one of"),
         ("wandb.mode=loud", r"wandb\.mode must be one of"),
         ("regularization.kind=symmetry", r"regularization\.reg_mul is 0"),

@@ -1,0 +1,93 @@
+"""Horizon schedules and desynchronized task clocks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from meta_train.truncation import HorizonSchedule, TaskClocks
+
+
+def test_parse_fixed_and_range():
+    assert HorizonSchedule.parse(200) == HorizonSchedule(200, 200)
+    assert HorizonSchedule.parse({"min": 100, "max": 2000}) == HorizonSchedule(100, 2000)
+    for bad in ({"min": 5}, {"min": 10, "max": 5}, 0, "200", True):
+        with pytest.raises(ValueError, match="horizon"):
+            HorizonSchedule.parse(bad)
+
+
+def test_log_uniform_horizons_are_whole_truncations_in_range():
+    sched = HorizonSchedule(100, 2000)
+    gen = torch.Generator().manual_seed(0)
+    draws = [sched.sample(gen, 10) for _ in range(2000)]
+    assert all(h % 10 == 0 and 100 <= h <= 2000 for h in draws)
+    logs = torch.tensor([math.log(h) for h in draws])
+    # log-uniform: the median of log h sits at the middle of [log 100, log 2000]
+    middle = (math.log(100) + math.log(2000)) / 2
+    assert abs(float(logs.median()) - middle) < 0.1
+    assert HorizonSchedule(200, 200).sample(gen, 20) == 200
+    assert HorizonSchedule(5, 5).sample(gen, 20) == 20  # at least one truncation
+
+
+def test_desynchronized_restarts_keep_each_tasks_own_counter():
+    clocks = TaskClocks(6, HorizonSchedule(40, 40), unroll=10, seed=3, desync=True)
+    assert clocks.begin() == [True] * 6
+    first = list(clocks.horizons)
+    assert len(set(first)) > 1  # first runs cut short by different offsets
+    assert all(h % 10 == 0 and 10 <= h <= 40 for h in first)
+    history = []
+    for _ in range(12):
+        restart = clocks.begin()
+        history.append((restart, list(clocks.steps)))
+        clocks.advance()
+    for task in range(6):
+        steps = [s[task] for _, s in history]
+        restarts = [r[task] for r, _ in history]
+        # every task counts its own steps from its own restarts
+        for k in range(1, len(steps)):
+            assert steps[k] == (0 if restarts[k] else steps[k - 1] + 10)
+        assert steps[0] == 0
+    # after the first runs, every run lasts the full horizon
+    assert all(r >= 3 for r in clocks.runs)
+    assert len({tuple(r) for r, _ in history}) > 1  # restarts do not all happen together
+
+
+def test_synchronized_clocks_restart_together():
+    clocks = TaskClocks(3, HorizonSchedule(30, 30), unroll=10, seed=0, desync=False)
+    restarts = []
+    for _ in range(7):
+        restarts.append(clocks.begin())
+        clocks.advance()
+    assert restarts == [[True] * 3, [False] * 3, [False] * 3] * 2 + [[True] * 3]
+
+
+def test_clocks_state_dict_resumes_the_same_draws():
+    a = TaskClocks(4, HorizonSchedule(20, 400), unroll=10, seed=9, desync=True)
+    for _ in range(5):
+        a.begin()
+        a.advance()
+    b = TaskClocks(4, HorizonSchedule(20, 400), unroll=10, seed=0, desync=True)
+    b.load_state_dict(a.state_dict())
+    for _ in range(30):
+        assert a.begin() == b.begin()
+        a.advance()
+        b.advance()
+    assert (a.steps, a.horizons, a.runs) == (b.steps, b.horizons, b.runs)
+
+
+def test_config_horizon_range_and_desync():
+    from meta_train.config import config_from_dict
+    from meta_train.config_engine import ConfigError
+
+    cfg = config_from_dict(
+        {}, ["schedule.horizon={min: 100, max: 2000}", "unroll.length=20", "schedule.desync=true"]
+    )
+    assert cfg.horizon_schedule == HorizonSchedule(100, 2000)
+    assert cfg.per_task_runs and cfg.meta_steps_per_run == 5
+    assert not config_from_dict({}, []).per_task_runs
+    with pytest.raises(ConfigError, match=r"schedule\.horizon"):
+        config_from_dict({}, ["schedule.horizon={min: 100}"])
+    with pytest.raises(ConfigError, match=r"must not exceed schedule\.horizon"):
+        config_from_dict({}, ["schedule.horizon={min: 10, max: 50}", "unroll.length=20"])
