@@ -38,6 +38,7 @@ from l2o.training import data_seed, train_optimizee
 from meta_train import checkpointing as ckpt
 from meta_train.config import ConfigError, MetaTrainConfig, config_from_dict, validate_names
 from meta_train.estimators import make_estimator, meta_step_gradient
+from meta_train.memory import check_fits
 from meta_train.tracking import Tracker
 from meta_train.truncation import make_rotation
 from meta_train.unroll import InnerState, init_inner_state
@@ -95,7 +96,8 @@ def setup_environment(cfg: MetaTrainConfig) -> torch.device:
 
 
 def preflight(cfg: MetaTrainConfig) -> None:
-    """Every check that can fail before a run folder exists: names, device, data on disk."""
+    """Every check that can fail before a run folder exists: names, device, data on disk, and
+    whether one meta-step fits in memory (``meta_train.memory``)."""
     validate_names(cfg)
     try:
         device = resolve_device(cfg.device)
@@ -112,6 +114,13 @@ def preflight(cfg: MetaTrainConfig) -> None:
             f"task.batch_size ({task.batch_size}) exceeds the {examples} training examples of "
             f"{data.name}"
         )
+    lopt = lo.create(cfg.optimizer.name, **cfg.optimizer.kwargs).to(device)
+    x, y = data.split("train")
+    refusal = check_fits(
+        cfg.unroll, cfg.schedule.meta_batch, task, lopt, x[: task.batch_size], y[: task.batch_size]
+    )
+    if refusal is not None:
+        raise ConfigError(refusal)
 
 
 def make_task(cfg: MetaTrainConfig) -> Task:

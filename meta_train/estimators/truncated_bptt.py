@@ -74,12 +74,13 @@ def first_order(
     seg = cfg.checkpoint_every if 0 < cfg.checkpoint_every < steps else steps
     params, buffers, state = inner.params, inner.buffers, dict(inner.opt_state)
     batch, n = params.shape
-    feats = torch.empty(steps, batch, n, lopt.num_features, device=device)
-    grads = torch.empty(steps, batch, n, device=device)
-    losses = torch.empty(batch, steps, device=device)
+    like = {"device": device, "dtype": params.dtype}  # buffers in the run's dtype
+    feats = torch.empty(steps, batch, n, lopt.num_features, **like)
+    grads = torch.empty(steps, batch, n, **like)
+    losses = torch.empty(batch, steps, **like)
     starts: list[torch.Tensor] | None = [] if regularizer is not None else None
     boundaries: dict[int, State] = {}
-    abs_update = torch.zeros((), device=device)
+    abs_update = torch.zeros((), device=device, dtype=params.dtype)
     with torch.no_grad():
         for k in range(steps):
             if k % seg == 0:
@@ -121,12 +122,13 @@ def _first_order_direct(
     meta_params = [p for p in lopt.parameters() if p.requires_grad]
     params, buffers, state = inner.params, inner.buffers, dict(inner.opt_state)
     batch, n = params.shape
-    grads = torch.empty(steps, batch, n, device=device)
-    losses = torch.empty(batch, steps, device=device)
+    like = {"device": device, "dtype": params.dtype}  # buffers in the run's dtype
+    grads = torch.empty(steps, batch, n, **like)
+    losses = torch.empty(batch, steps, **like)
     tape = lopt.new_tape(steps, params)
     updates: list[torch.Tensor] = []
     starts: list[torch.Tensor] = []
-    abs_update = torch.zeros((), device=device)
+    abs_update = torch.zeros((), device=device, dtype=params.dtype)
     for k in range(steps):
         x, y = next_batches(samplers, device)
         loss, grad = optimizee.loss_and_grad(params, buffers, x, y)
@@ -239,8 +241,8 @@ def second_order(
         params = inner.params.detach().requires_grad_(True)
         buffers, state = inner.buffers, dict(inner.opt_state)
         losses: list[torch.Tensor] = []
-        reg_total = torch.zeros((), device=device)
-        abs_update = torch.zeros((), device=device)
+        reg_total = torch.zeros((), device=device, dtype=inner.params.dtype)
+        abs_update = torch.zeros((), device=device, dtype=inner.params.dtype)
         for _ in range(steps):
             x, y = next_batches(samplers, device)
             loss = optimizee.loss(params, buffers, x, y)

@@ -13,8 +13,11 @@ import pytest
 import torch
 
 import l2o.optimizers as lo
+from meta_train import memory
+from meta_train.config import load_config
 from meta_train.run import main
 from meta_train.tracking import read_metrics
+from meta_train.trainer import make_task, preflight
 
 RUN_PY = Path(__file__).resolve().parents[2] / "meta_train" / "run.py"
 
@@ -99,6 +102,15 @@ def test_config_errors_exit_early_with_the_key(tmp_path):
         ([f"seed={2**70}"], "seed must be in [0, 2**63)"),
         (["device=cuda:abc"], "device must be cpu, cuda, cuda:N, mps or auto, got 'cuda:abc'"),
         (["optimizer.kwargs.output_scale=nan"], "optimizer.kwargs.output_scale must be finite"),
+        (["schedule.meta_batch=1000000000"], "schedule.meta_batch (1000000000) × unroll.length"),
+        (
+            ["schedule.horizon=100000000", "unroll.length=100000000"],
+            "× unroll.length (100000000): one meta-step needs about",
+        ),
+        (
+            ["unroll.estimator=second", "schedule.meta_batch=100000000"],
+            "(estimator 'second'), over the",
+        ),
     ],
 )
 def test_bad_configs_exit_2_before_any_work(tmp_path, monkeypatch, capsys, args, message):
@@ -106,6 +118,33 @@ def test_bad_configs_exit_2_before_any_work(tmp_path, monkeypatch, capsys, args,
     assert main(["--config", "tiny", *args]) == 2
     assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # no run folder
+
+
+def test_a_meta_step_over_the_memory_is_refused_naming_the_keys(tmp_path, monkeypatch, capsys):
+    """The comparison itself: with 1 MiB available, even ``tiny`` does not fit."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: (2**20, "test RAM"))
+    assert main(["--config", "tiny", "schedule.meta_batch=4"]) == 2
+    err = _one_error_line(capsys.readouterr().err)
+    assert "schedule.meta_batch (4) × unroll.length (3): one meta-step needs about" in err
+    assert "over the 0.0 GiB test RAM; lower schedule.meta_batch or unroll.length" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["default", "tiny"])
+def test_the_shipped_configs_fit_in_memory(name):
+    cfg = load_config(name)
+    preflight(cfg)  # no ConfigError
+    task = make_task(cfg)
+    x, y = task.load_data("cpu", root=cfg.data.root).split("train")
+    lopt = lo.create(cfg.optimizer.name, **cfg.optimizer.kwargs)
+    bs = task.batch_size
+    need = memory.meta_step_bytes(cfg.unroll, cfg.schedule.meta_batch, task, lopt, x[:bs], y[:bs])
+    assert 0 < need < 2**30  # well under any machine that runs the tests
+    twice = memory.meta_step_bytes(
+        cfg.unroll, 2 * cfg.schedule.meta_batch, task, lopt, x[:bs], y[:bs]
+    )
+    assert twice == pytest.approx(2 * need, rel=1e-9)  # linear in the meta-batch
 
 
 def test_a_missing_dataset_fails_before_training(tmp_path, monkeypatch, capsys):
