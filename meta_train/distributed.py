@@ -45,6 +45,12 @@ def launched_by_torchrun() -> bool:
     return all(k in os.environ for k in ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT"))
 
 
+def launch_rank() -> int:
+    """This process's rank as torchrun announced it (0 without torchrun): usable before
+    :func:`init`, e.g. to let only rank 0 lock the run folder."""
+    return int(os.environ["RANK"]) if launched_by_torchrun() else 0
+
+
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
