@@ -163,6 +163,40 @@ def test_without_torchrun_there_is_no_process_group(monkeypatch):
         assert params[0].grad.tolist() == [3.0, 3.0]
 
 
+def test_resume_with_another_number_of_processes_says_what_changes(tmp_path, capsys):
+    from meta_train import checkpointing as ckpt
+
+    first = _trainer(tmp_path / "run")
+    first._start_run()
+    first.meta_step()
+    first.position.meta_step, first.position.global_step = 1, 1
+    first.save_last()
+    first.close()
+    payload = ckpt.load_run_checkpoint(tmp_path / "run" / ckpt.LAST)
+    payload["world_size"], payload["ranks"] = (
+        2,
+        [
+            dict(payload["ranks"] or {})
+            or {"inner": payload["inner"], "samplers": payload["samplers"], "estimator": {}}
+        ],
+    )  # as if written by 2 ranks
+    resumed = _trainer_resumed(tmp_path / "run", payload)
+    err = capsys.readouterr().err
+    assert "written by 2 process(es), this run has 1" in err
+    assert "restarts at its first meta-step" in err
+    assert resumed.inner is None and resumed.position.meta_step == 0
+    assert resumed.position.global_step == 1
+    resumed.close()
+
+
+def _trainer_resumed(run_dir: Path, payload: dict):
+    from meta_train.config import load_config
+    from meta_train.trainer import Trainer
+
+    cfg = load_config("tiny", OVERRIDES)
+    return Trainer(cfg, run_dir, resume=payload, console=lambda _: None)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_meta_training_keeps_everything_on_the_gpu(tmp_path):
     from meta_train.config import load_config
