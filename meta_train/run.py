@@ -125,10 +125,15 @@ def check_run_folder(run_dir: Path) -> None:
             raise ConfigError(f"{run_dir / 'meta_test'} is a file where the run writes a folder")
 
 
-def lock_run_folder(run_dir: Path, stack: contextlib.ExitStack) -> ckpt.RunLock:
-    """Create ``run_dir`` if needed and hold its lock until ``stack`` closes."""
+def lock_run_folder(run_dir: Path, stack: contextlib.ExitStack) -> ckpt.RunLock | None:
+    """Create ``run_dir`` if needed and hold its lock until ``stack`` closes (under torchrun
+    rank 0 alone, the run folder's one writer: the other ranks get None)."""
+    from meta_train.distributed import launch_rank
+
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if launch_rank() != 0:
+            return None
         return stack.enter_context(ckpt.RunLock(run_dir))
     except OSError as exc:
         raise ConfigError(
@@ -179,7 +184,7 @@ def prepare(
     from meta_train.trainer import preflight
 
     preflight(cfg)
-    if lock is None:
+    if not args.resume:
         lock = lock_run_folder(run_dir, stack)
         _refuse_existing_run(run_dir)  # again, under the lock
     return cfg, run_dir, payload, lock
@@ -207,17 +212,24 @@ def main(argv: list[str] | None = None) -> int:
         except ckpt.RunLockedError as exc:
             _error(str(exc))
             return EXIT_BUSY
-        if lock is None:
+        if args.print_config:
             print(dump_yaml(cfg), end="")
             return 0
-        return _run(cfg, run_dir, payload, lock)
+        from meta_train import distributed
+
+        with distributed.session(cfg.device):  # under torchrun; nothing in a plain run
+            return _run(cfg, distributed.from_main(run_dir), payload, lock)
 
 
-def _run(cfg: MetaTrainConfig, run_dir: Path, payload: dict | None, lock: ckpt.RunLock) -> int:
+def _run(
+    cfg: MetaTrainConfig, run_dir: Path, payload: dict | None, lock: ckpt.RunLock | None
+) -> int:
     from l2o.io import atomic_write
+    from meta_train.distributed import is_main
     from meta_train.trainer import NonFiniteError, Trainer
 
-    print(f"run folder: {run_dir}", file=sys.stderr)
+    if is_main():
+        print(f"run folder: {run_dir}", file=sys.stderr)
     try:
         trainer = Trainer(cfg, run_dir, resume=payload, lock=lock)
     except (ckpt.CheckpointError, ValueError) as exc:
@@ -226,8 +238,11 @@ def _run(cfg: MetaTrainConfig, run_dir: Path, payload: dict | None, lock: ckpt.R
     except OSError as exc:
         return _write_failed(exc, run_dir)
     try:
-        atomic_write(run_dir / "config.yaml", dump_yaml(cfg))  # once the resume checks passed
+        if is_main():
+            atomic_write(run_dir / "config.yaml", dump_yaml(cfg))  # once the resume checks passed
         outcome = trainer.train()
+        if not is_main():
+            return 0  # rank 0 reports and meta-tests
         if outcome.counters.get("nonfinite", 0) >= trainer.position.global_step:
             _error(
                 f"every one of the run's {trainer.position.global_step} meta-steps was "

@@ -39,18 +39,25 @@ class Tracker:
         resume_bytes: int | None = None,
         wandb_id: str | None = None,
         console=None,
+        active: bool = True,
     ) -> None:
+        """``active=False`` (ranks other than 0 under torchrun): a tracker that writes, prints
+        and sends nothing, so one process alone owns the run folder's records and the W&B run."""
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / METRICS_FILE
+        self.active = active
+        self.counters: dict[str, int] = {}
+        self._wandb = None
+        self.wandb_id = wandb_id
+        self._console = console or _console
+        self._file = None
+        if not active:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume_bytes is not None and self.path.exists():
             with open(self.path, "r+b") as f:
                 f.truncate(resume_bytes)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
-        self._console = console or _console
-        self.counters: dict[str, int] = {}
-        self._wandb = None
-        self.wandb_id = wandb_id
         if wandb_cfg is not None:
             self._init_wandb(wandb_cfg, config or {})
 
@@ -84,6 +91,8 @@ class Tracker:
 
     # -- records -----------------------------------------------------------------------------
     def log(self, metrics: dict[str, Any], step: int, console: bool = False) -> None:
+        if self._file is None:
+            return
         record = {"step": int(step), "time": round(time.time(), 3)}
         record.update({k: _jsonable(v) for k, v in metrics.items()})
         self._file.write(json.dumps(record) + "\n")
@@ -100,7 +109,8 @@ class Tracker:
         return self.counters[name]
 
     def print(self, text: str) -> None:
-        self._console(text)
+        if self.active:
+            self._console(text)
 
     def summary(self, values: dict[str, Any]) -> None:
         if self._wandb is not None:
@@ -109,12 +119,14 @@ class Tracker:
 
     def sync_point(self) -> int:
         """Flush to disk and return the JSONL size, stored in checkpoints for exact resume."""
+        if self._file is None:
+            return 0
         self._file.flush()
         os.fsync(self._file.fileno())
         return self.path.stat().st_size
 
     def close(self) -> None:
-        if not self._file.closed:
+        if self._file is not None and not self._file.closed:
             self._file.close()
         if self._wandb is not None:
             self._wandb.finish()

@@ -19,6 +19,7 @@ import copy
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -36,6 +37,7 @@ from l2o.seeding import derive_seed
 from l2o.tasks import Task, get_task
 from l2o.training import data_seed, train_optimizee
 from meta_train import checkpointing as ckpt
+from meta_train import distributed as dist
 from meta_train.config import ConfigError, MetaTrainConfig, config_from_dict, validate_names
 from meta_train.estimators import make_estimator, meta_step_gradient
 from meta_train.memory import check_fits
@@ -68,11 +70,15 @@ class TrainOutcome:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when available, else CPU. Under torchrun, plain ``cuda`` (or ``auto`` with
+    a GPU) means this process's GPU, ``cuda:LOCAL_RANK``."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} was asked for but CUDA is not available (use cpu/auto)")
+    if device.type == "cuda" and device.index is None and dist.is_distributed():
+        device = torch.device("cuda", dist.local_rank())
     return device
 
 
@@ -140,10 +146,19 @@ def make_regularizer(cfg: MetaTrainConfig, task: Task, device: torch.device) -> 
 
 
 def run_seeds(cfg: MetaTrainConfig, epoch: int, run: int) -> list[int]:
-    """The optimizee seeds of one training run: 63-bit, so never among the small held-out seeds."""
+    """The optimizee seeds of one training run: 63-bit, so never among the small held-out seeds.
+
+    ``schedule.meta_batch`` is the whole meta-batch; under torchrun each rank unrolls an equal
+    slice of it (:func:`rank_seeds`), so the optimizees do not depend on the number of ranks."""
     return [
         derive_seed(cfg.seed, "meta-train", epoch, run, b) for b in range(cfg.schedule.meta_batch)
     ]
+
+
+def rank_seeds(cfg: MetaTrainConfig, epoch: int, run: int) -> list[int]:
+    """This rank's slice of :func:`run_seeds` (all of them without a process group)."""
+    lo, hi = dist.slice_bounds(cfg.schedule.meta_batch, dist.world_size(), dist.rank())
+    return run_seeds(cfg, epoch, run)[lo:hi]
 
 
 def _all_finite(tensors) -> bool:
@@ -165,7 +180,20 @@ def _state_tensors(state: Any):
             yield from _state_tensors(value)
 
 
+def _to_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor on the CPU (to gather it through pickling)."""
+    if torch.is_tensor(obj):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
 StepFn = Callable[..., tuple[Any, InnerState]]
+SYNC_CHECK_EVERY = 100  # meta-steps between two weight checks under torchrun (and every run's end)
+SKIP_REASONS = ("inner_loss", "update", "meta_loss")  # checked before the meta-gradient's norm
 
 
 class Trainer:
@@ -192,6 +220,9 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.is_main = dist.is_main()  # rank 0 (or no process group): logs and checkpoints
+        self.world_size = dist.world_size()
+        dist.slice_bounds(cfg.schedule.meta_batch, self.world_size, dist.rank())  # divisible?
         self.device = setup_environment(cfg)
         self.task = task if task is not None else make_task(cfg)
         # Loading the data first: a missing dataset fails here, before any meta-training work.
@@ -207,6 +238,11 @@ class Trainer:
         if hasattr(self.estimator, "held_out_data"):  # es/pes with objective final_val
             self.estimator.held_out_data = self.data
         self.rotation = make_rotation(cfg) if cfg.per_task_runs else None
+        if self.rotation is not None and self.world_size > 1:
+            raise ConfigError(
+                "per-task runs (a schedule.horizon range or schedule.desync) are not supported "
+                "under torchrun yet: their task clocks are not sliced over ranks; run one process"
+            )
         self.step_fn = step_fn or self._estimate
         self.on_meta_step = on_meta_step
         self.position = Position()
@@ -223,11 +259,15 @@ class Trainer:
             metrics_bytes, wandb_id = self._restore(resume)
         rng = resume["rng"] if resume is not None else ckpt.rng_state()
         # One writer per run folder, from the first write (run.py passes the lock it holds).
-        self._owns_lock = lock is None
-        self.lock = lock if lock is not None else ckpt.RunLock(self.run_dir).acquire()
-        if not self.lock.held or self.lock.folder.resolve() != self.run_dir.resolve():
-            raise ValueError(f"the lock passed to Trainer is not held for {self.run_dir}")
-        ckpt.remove_stale_temporaries(self.lock)
+        # Under torchrun rank 0 alone writes, so it alone locks; the other ranks take no lock.
+        self._owns_lock = lock is None and self.is_main
+        self.lock = lock if lock is not None or not self.is_main else ckpt.RunLock(self.run_dir)
+        if self.is_main:
+            if self._owns_lock:
+                self.lock.acquire()
+            if not self.lock.held or self.lock.folder.resolve() != self.run_dir.resolve():
+                raise ValueError(f"the lock passed to Trainer is not held for {self.run_dir}")
+            ckpt.remove_stale_temporaries(self.lock)
         self.tracker = Tracker(  # W&B may draw from the global RNGs: they are put back below
             self.run_dir,
             cfg.wandb,
@@ -235,22 +275,38 @@ class Trainer:
             resume_bytes=metrics_bytes,
             wandb_id=wandb_id,
             console=console,
+            active=self.is_main,
         )
         ckpt.set_rng_state(rng)
+        self._sync_time = 0.0  # seconds in the meta-step's all-reduce (distributed runs)
+        dist.check_in_sync(list(self.lopt.parameters()), "at the start")
 
     # -- checkpoint state -----------------------------------------------------------------------
-    def state_payload(self) -> dict[str, Any]:
+    def _rank_state(self) -> dict[str, Any]:
+        """What only this rank knows: its slice's optimizees, samplers and estimator state."""
+        return {
+            "inner": None if self.inner is None else self.inner.state_dict(),
+            "samplers": None if self.samplers is None else [s.state_dict() for s in self.samplers],
+            "estimator": self.estimator.state_dict(),
+        }
+
+    def state_payload(self, ranks: list[dict] | None = None) -> dict[str, Any]:
+        """The checkpoint; ``ranks``: every rank's :meth:`_rank_state` (rank 0's goes in the
+        top-level keys as in a single-process run, the others' in ``ranks``)."""
+        own = ranks[0] if ranks is not None else self._rank_state()
         return {
             "format": ckpt.FORMAT,
             "version": ckpt.VERSION,
             "config": self.cfg.to_dict(),
             "lopt": checkpoint_io.to_payload(self.lopt),
             "meta_optimizer": self.meta_opt.state_dict(),
-            "estimator": self.estimator.state_dict(),
+            "estimator": own["estimator"],
             "rotation": None if self.rotation is None else self.rotation.state_dict(),
             "rng": ckpt.rng_state(),
-            "samplers": None if self.samplers is None else [s.state_dict() for s in self.samplers],
-            "inner": None if self.inner is None else self.inner.state_dict(),
+            "samplers": own["samplers"],
+            "inner": own["inner"],
+            "world_size": self.world_size,
+            "ranks": list(ranks[1:]) if ranks is not None else [],
             "position": asdict(self.position),
             "counters": dict(self.counters),
             "consecutive_nonfinite": self.consecutive_nonfinite,
@@ -261,7 +317,15 @@ class Trainer:
         }
 
     def save_last(self) -> Path:
-        return ckpt.atomic_save(self.state_payload(), self.run_dir / ckpt.LAST)
+        """Write ``last.pt`` (rank 0; under torchrun every rank must call this together: it
+        gathers the ranks' slices)."""
+        path = self.run_dir / ckpt.LAST
+        if not dist.is_distributed():
+            return ckpt.atomic_save(self.state_payload(), path)
+        ranks = dist.gather_to_main(_to_cpu(self._rank_state()))
+        if ranks is not None:
+            ckpt.atomic_save(self.state_payload(ranks), path)
+        return path
 
     def _restore(self, payload: dict) -> tuple[int | None, str | None]:
         # the saved config in today's schema (new defaults, retired keys dropped)
@@ -269,7 +333,6 @@ class Trainer:
         ckpt.check_resume_config(saved_cfg, self.cfg.to_dict(), payload["position"])
         self._restore_lopt(payload["lopt"])
         self.meta_opt.load_state_dict(payload["meta_optimizer"])
-        self.estimator.load_state_dict(payload.get("estimator", {}))
         m = self.cfg.meta_optimizer  # settings that may change on resume (e.g. a lower lr)
         for group in self.meta_opt.param_groups:
             group.update(lr=m.lr, betas=m.betas, eps=m.eps, weight_decay=m.weight_decay)
@@ -278,16 +341,57 @@ class Trainer:
         self.consecutive_nonfinite = int(payload["consecutive_nonfinite"])
         self.best_val_loss = float(payload["best"]["val_loss"])
         self.best_position = payload["best"]["position"]
-        if payload["inner"] is not None:
-            self.inner = InnerState.from_state_dict(payload["inner"], self.task, self.device)
+        own = self._own_rank_state(payload)
+        self.estimator.load_state_dict(own["estimator"])
+        if own["inner"] is not None:
+            self.inner = InnerState.from_state_dict(own["inner"], self.task, self.device)
             if self.rotation is not None:
                 self.rotation.load_state_dict(payload["rotation"])
                 self.samplers = self.rotation.samplers(self.data, self.task.batch_size)
             else:
                 self.samplers = self._make_samplers(self.position.epoch, self.position.run)
-            for sampler, state in zip(self.samplers, payload["samplers"], strict=True):
+            for sampler, state in zip(self.samplers, own["samplers"], strict=True):
                 sampler.load_state_dict(state)
         return int(payload["metrics_bytes"]), payload.get("wandb_id")
+
+    def _own_rank_state(self, payload: dict) -> dict[str, Any]:
+        """This rank's slice of the checkpoint. With another number of processes than the one
+        that wrote it, the slices cannot carry over: a run in progress restarts at its first
+        meta-step (the same optimizee seeds, re-sliced over the ranks), a statement says so, and
+        a stateful estimator refuses (its state belongs to the old slices)."""
+        saved_world = int(payload.get("world_size", 1))
+        states = [
+            {k: payload.get(k) for k in ("inner", "samplers", "estimator")},
+            *payload.get("ranks", []),
+        ]
+        if saved_world == self.world_size:
+            own = states[dist.rank()]
+            return {**own, "estimator": own["estimator"] or {}}
+        if any(s["estimator"] for s in states):
+            raise ckpt.CheckpointError(
+                f"the checkpoint was written by {saved_world} process(es), this run has "
+                f"{self.world_size}; estimator {self.cfg.unroll.estimator!r} keeps per-rank state "
+                f"that belongs to the old slices: resume with {saved_world} process(es)"
+            )
+        p = self.position
+        lo, hi = dist.slice_bounds(self.cfg.schedule.meta_batch, self.world_size, dist.rank())
+        text = (
+            f"resume: the checkpoint was written by {saved_world} process(es), this run has "
+            f"{self.world_size}. The meta-batch of {self.cfg.schedule.meta_batch} optimizees is "
+            f"re-sliced: {self.cfg.schedule.meta_batch // self.world_size} per rank (this rank "
+            f"{dist.rank()}: seeds {lo}..{hi - 1} of each run), and each rank's estimator seed "
+            "changes with it; results are no longer bit-identical to an uninterrupted run"
+        )
+        if states[0]["inner"] is not None:
+            text += (
+                f". The run in progress (epoch {p.epoch + 1}, run {p.run + 1}) restarts at its "
+                f"first meta-step with fresh optimizees of the same seeds; its {p.meta_step} "
+                "meta-step(s) done stay counted in the global step"
+            )
+            p.meta_step = 0
+        if dist.is_main():
+            print(text, file=sys.stderr)
+        return {"inner": None, "samplers": None, "estimator": {}}
 
     def _restore_lopt(self, saved: dict) -> None:
         """The checkpoint's learned-optimizer weights into ``self.lopt`` (which the meta-optimizer
@@ -310,7 +414,7 @@ class Trainer:
     def _make_samplers(self, epoch: int, run: int) -> list:
         return [
             self.data.sampler(self.task.batch_size, data_seed(seed))
-            for seed in run_seeds(self.cfg, epoch, run)
+            for seed in rank_seeds(self.cfg, epoch, run)
         ]
 
     def _start_run(self) -> None:
@@ -318,7 +422,7 @@ class Trainer:
             self._rotate()
             return
         p = self.position
-        seeds = run_seeds(self.cfg, p.epoch, p.run)
+        seeds = rank_seeds(self.cfg, p.epoch, p.run)
         self.samplers = self._make_samplers(p.epoch, p.run)
         self.inner = init_inner_state(self.task, self.lopt, seeds, self.device)
 
@@ -340,6 +444,8 @@ class Trainer:
     def _estimate(self, lopt, task, inner, samplers, cfg, regularizer):
         """The default ``step_fn``: the run's estimator, with this meta-step's seed."""
         seed = derive_seed(self.cfg.seed, "estimator", self.position.global_step)
+        if self.world_size > 1:  # each rank's slice its own estimator randomness (e.g. ES noise)
+            seed = derive_seed(seed, "rank", dist.rank())
         return meta_step_gradient(
             lopt, task, inner, samplers, cfg, regularizer, estimator=self.estimator, seed=seed
         )
@@ -362,6 +468,9 @@ class Trainer:
             self.lopt, self.task, self.inner, self.samplers, self.unroll_cfg, self.regularizer
         )
         reason = self._nonfinite_reason(result, new_inner)
+        result_scalars = None
+        if dist.is_distributed():
+            reason, result_scalars = self._reduce_across_ranks(reason, result)
         grad_norm = math.nan
         if reason is None:
             params = [p for p in self.lopt.parameters() if p.grad is not None]
@@ -381,19 +490,10 @@ class Trainer:
             if self.rotation is not None:
                 self.rotation.advance()
             self.consecutive_nonfinite = 0
-            losses = torch.as_tensor(result.inner_losses).detach().float()
-            record.update(
-                {
-                    "train/meta_loss": float(result.meta_loss),
-                    "train/inner_loss": float(losses.mean()),
-                    "train/inner_loss_last": float(losses[..., -1].mean()),
-                    "train/meta_grad_norm": grad_norm,
-                    "train/reg_loss": float(result.reg_loss)
-                    if result.reg_loss is not None
-                    else 0.0,
-                }
-            )
-            record.update({f"train/{k}": v for k, v in getattr(result, "metrics", {}).items()})
+            record.update(result_scalars or self._result_scalars(result))
+            record["train/meta_grad_norm"] = grad_norm
+            if dist.is_distributed():
+                record["train/allreduce_s"] = self._sync_time
         else:
             self.meta_opt.zero_grad(set_to_none=True)
             self.inner = InnerState.from_state_dict(backup, self.task, self.device)
@@ -404,6 +504,37 @@ class Trainer:
             record["train/skipped"] = reason
         record["train/nonfinite_total"] = self.counters.get("nonfinite", 0)
         return record
+
+    @staticmethod
+    def _result_scalars(result: Any) -> dict[str, float]:
+        """The logged numbers of one (finite) meta-step's result, this rank's slice."""
+        losses = torch.as_tensor(result.inner_losses).detach().float()
+        scalars = {
+            "train/meta_loss": float(result.meta_loss),
+            "train/inner_loss": float(losses.mean()),
+            "train/inner_loss_last": float(losses[..., -1].mean()),
+            "train/reg_loss": float(result.reg_loss) if result.reg_loss is not None else 0.0,
+        }
+        scalars.update({f"train/{k}": v for k, v in getattr(result, "metrics", {}).items()})
+        return scalars
+
+    def _reduce_across_ranks(
+        self, reason: str | None, result: Any
+    ) -> tuple[str | None, dict[str, float] | None]:
+        """Under torchrun: one all-reduce averages the meta-gradient (before clipping) and the
+        logged numbers over the ranks and tells every rank whether any rank's step was
+        non-finite, so all skip together, with the first reason in :data:`SKIP_REASONS` order."""
+        votes = [1.0 if reason == r else 0.0 for r in SKIP_REASONS]
+        # Every rank sends the same keys (the estimator's metrics have fixed names); a skipping
+        # rank's numbers may be NaN: the step is then skipped everywhere and nothing is logged.
+        scalars = self._result_scalars(result)
+        names = sorted(scalars)
+        params = [p for p in self.lopt.parameters() if p.requires_grad]
+        tic = time.perf_counter()
+        votes, values = dist.reduce_meta_step(params, votes, [scalars[k] for k in names])
+        self._sync_time = time.perf_counter() - tic
+        agreed = next((r for r, v in zip(SKIP_REASONS, votes, strict=True) if v > 0.5), None)
+        return agreed, dict(zip(names, values, strict=True))
 
     def _validation_due(self) -> bool:
         v, s, p = self.cfg.validation, self.cfg.schedule, self.position
@@ -416,14 +547,17 @@ class Trainer:
         return p.run + 1 == s.runs_per_epoch
 
     def validate(self) -> float:
-        """Mean training loss of fresh held-out optimizees trained by the frozen optimizer."""
+        """Mean training loss of fresh held-out optimizees trained by the frozen optimizer.
+
+        Under torchrun the seeds are split over the ranks (seed i on rank i mod world) and the
+        scores summed with one all-reduce: every rank gets the same value."""
         v = self.cfg.validation
         net = copy.deepcopy(self.lopt).eval()
         for param in net.parameters():
             param.requires_grad_(False)
         scores = []
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            for i in range(v.seeds):
+            for i in range(dist.rank(), v.seeds, self.world_size):
                 result = train_optimizee(
                     self.task,
                     lambda params, net=net: lo.LearnedOptimizer(params, net),
@@ -434,10 +568,13 @@ class Trainer:
                     evaluate_test=False,
                 )
                 scores.append(math.inf if result.diverged else result.mean_train_loss)
-        return sum(scores) / len(scores)
+        total, count = dist.sum_across([sum(scores), len(scores)])
+        return total / count
 
     def save_best(self, val_loss: float) -> Path:
         path = self.run_dir / ckpt.BEST
+        if not self.is_main:
+            return path
         meta = {
             "val_loss": val_loss,
             "position": asdict(self.position),
@@ -453,7 +590,7 @@ class Trainer:
         bar = tqdm(
             total=total,
             initial=self.position.global_step,
-            disable=not cfg.logging.progress,
+            disable=not (cfg.logging.progress and self.is_main),
             desc="meta-train",
             dynamic_ncols=True,
         )
@@ -477,6 +614,8 @@ class Trainer:
                     self.tracker.log(record, step)
                 if self.on_meta_step is not None:
                     self.on_meta_step(self, record)
+                if self.position.meta_step == steps_per_run or step % SYNC_CHECK_EVERY == 0:
+                    dist.check_in_sync(list(self.lopt.parameters()), f"after meta-step {step}")
                 if self.position.meta_step == steps_per_run:
                     self._finish_run(step)
                     self.save_last()
