@@ -46,7 +46,6 @@ class Tracker:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / METRICS_FILE
         self.active = active
-        self.counters: dict[str, int] = {}
         self._wandb = None
         self.wandb_id = wandb_id
         self._console = console or _console
@@ -103,10 +102,6 @@ class Tracker:
             )
         if console:
             self.print(_format(record))
-
-    def count(self, name: str, by: int = 1) -> int:
-        self.counters[name] = self.counters.get(name, 0) + by
-        return self.counters[name]
 
     def print(self, text: str) -> None:
         if self.active:
