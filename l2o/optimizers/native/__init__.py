@@ -13,8 +13,9 @@ infinity must reach the update as it does in PyTorch); ``-fno-math-errno`` and
 ``-fno-signed-zeros``) lets the sums of the GEMM and gate loops vectorize: it reorders additions,
 so results differ from a strict build in the last bits, but it keeps NaN and infinity handling
 (that is ``-ffinite-math-only``'s part of ``-ffast-math``, which stays off). Measured with
-``benchmarks/meta_train_speed.py --no-reference``, it recovers about half of the ~9 % by which the first-order LSTM meta-step
-slowed between 018c128 and the strict build (interleaved, quiet machine).
+``benchmarks/meta_train_speed.py --no-reference`` (interleaved, quiet machine), it recovers
+about half of the ~9 % by which the first-order LSTM meta-step slowed between commit 018c128
+(``-ffast-math``) and the strict build.
 
 Building needs a C++ compiler and ``ninja`` (``pip install 'l2o[native]'``). Without them, or
 with ``L2O_NATIVE=0``, ``native_kernels()`` is None and the optimizers compute the same thing
