@@ -55,6 +55,7 @@ from typing import Any
 
 import yaml
 
+from l2o.io import atomic_write
 from meta_train.config import (
     ConfigError,
     MetaTrainConfig,
@@ -587,10 +588,13 @@ def write_ranking(rows: list[dict[str, Any]], path: Path) -> str:
     """Write the CSV (full precision); return the table as text (6 digits, without run folders
     and errors)."""
     columns = list(rows[0]) if rows else []
-    with open(path, "w", newline="") as f:
+
+    def write(f) -> None:
         writer = csv.writer(f)
         writer.writerow(columns)
         writer.writerows([[_cell(row[c], short=False) for c in columns] for row in rows])
+
+    atomic_write(path, write, text=True)
     shown = [c for c in columns if c not in ("run_dir", "error")]
     table = [shown] + [[_cell(row[c]) for c in shown] for row in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(shown))]
@@ -621,7 +625,7 @@ def plot_metric(rows: list[dict[str, Any]], metric: str, parameters: list[Parame
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
 
 
