@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import higher  # dev dependency: the independent second-order oracle below
 import pytest
 import torch
 
@@ -282,7 +283,6 @@ def test_gradients_accumulate_and_average_over_the_meta_batch():
 def higher_meta_grad(lopt, task, seeds, batches, steps, kind):
     """An oracle independent of ``torch.func`` and ``ParamSpec``: ``higher``'s functional model,
     parameters as plain lists, the second-order unroll written out, one backward."""
-    higher = pytest.importorskip("higher")
     lopt.zero_grad(set_to_none=True)
     fmodel = higher.monkeypatch(task.make_model(0), copy_initial_weights=True)
     inner = init_inner_state(task, lopt, seeds, "cpu")
