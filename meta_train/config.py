@@ -40,6 +40,7 @@ from meta_train.config_engine import (
 )
 from meta_train.config_engine import all_keys as _all_keys
 from meta_train.estimators import available_estimators
+from meta_train.families import AugmentationSpec, FamilySpec
 from meta_train.unroll import UnrollConfig
 
 # Keys renamed since older configs and checkpoints were written: old dotted key → new one.
@@ -58,12 +59,102 @@ RETIRED_KEYS = {
 
 
 @dataclass
+class AugmentConfig:
+    """``task.family.augment``: per-run augmentations (``meta_train.families.AugmentationSpec``,
+    which checks the ranges); each unset one is off."""
+
+    param_scale: tuple[float, float] | None = None  # (lo, hi): per-tensor θ = s ⊙ θ′
+    loss_scale: tuple[float, float] | None = None  # (lo, hi): the loss times c
+    batch_sizes: list[int] = field(default_factory=list)  # drawn per run (each <= batch size)
+    data_fraction: float | None = None  # a random subset of the training examples per run
+    permute_labels: bool = False  # a random class permutation per run
+
+    def __post_init__(self) -> None:
+        self.spec()
+
+    def spec(self) -> AugmentationSpec:
+        try:
+            return AugmentationSpec(
+                param_scale=self.param_scale,
+                loss_scale=self.loss_scale,
+                batch_sizes=tuple(self.batch_sizes),
+                data_fraction=self.data_fraction,
+                permute_labels=self.permute_labels,
+            )
+        except ValueError as exc:  # its messages start with the field's name
+            raise ConfigError(f"task.family.augment.{exc}") from None
+
+
+MEMBER_KEYS = {"name": str, "weight": float, "dataset": str | None}
+
+
+@dataclass
+class FamilyConfig:
+    """``task.family``: meta-train on a distribution of tasks (``meta_train.families``).
+
+    ``members``: ``{name, weight (1), dataset (task.dataset)}`` per registry task; no members
+    (the default) means no family: the run trains ``task.name`` alone."""
+
+    members: list[dict[str, Any]] = field(default_factory=list)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        self.members = [_member(i, m) for i, m in enumerate(self.members)]
+        seen: dict[str, int] = {}
+        for i, member in enumerate(self.members):
+            if member["name"] in seen:
+                raise ConfigError(
+                    f"task.family.members[{i}].name: {member['name']!r} is already "
+                    f"members[{seen[member['name']]}] (give one member a larger weight instead)"
+                )
+            seen[member["name"]] = i
+        if not self.members and self.augment.spec() != AugmentationSpec():
+            raise ConfigError("task.family.augment needs task.family.members")
+        self.spec()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.members)
+
+    def spec(self) -> FamilySpec | None:
+        """The family as a ``FamilySpec`` (None without members)."""
+        if not self.members:
+            return None
+        try:
+            return FamilySpec(
+                tuple((m["name"], m["weight"]) for m in self.members), self.augment.spec()
+            )
+        except ValueError as exc:  # its messages start with ``members[i]...``
+            raise ConfigError(f"task.family.{exc}") from None
+
+
+def _member(index: int, member: Any) -> dict[str, Any]:
+    """One ``task.family.members`` entry, type-checked, with its defaults filled in."""
+    key = f"task.family.members[{index}]"
+    if not isinstance(member, dict):
+        raise ConfigError(f"{key} must be a mapping {{name, weight, dataset}}, got {member!r}")
+    for name in member:
+        if name not in MEMBER_KEYS:
+            near = difflib.get_close_matches(str(name), list(MEMBER_KEYS), n=1)
+            hint = f" Did you mean {key}.{near[0]}?" if near else ""
+            raise ConfigError(f"unknown config key '{key}.{name}'.{hint}")
+    if "name" not in member:
+        raise ConfigError(f"{key}.name is missing (a registry task name)")
+    out = {"name": member["name"], "weight": member.get("weight", 1.0)}
+    out["dataset"] = member.get("dataset")
+    return {k: coerce(f"{key}.{k}", v, MEMBER_KEYS[k]) for k, v in out.items()}
+
+
+@dataclass
 class TaskConfig:
-    """The optimizee: a registered task, optionally on another same-shaped dataset."""
+    """The optimizee: a registered task, optionally on another same-shaped dataset. With a
+    ``family``, meta-training draws its optimizees from the family and ``name`` is the target
+    task of validation and the meta-test."""
 
     name: str = "mnist_mlp_sigmoid"
     dataset: str | None = "mnist5k"  # None: the task's own dataset
     batch_size: int | None = None  # None: the task's own (128)
+    family: FamilyConfig = field(default_factory=FamilyConfig)
 
     def __post_init__(self) -> None:
         require_positive("task.batch_size", self.batch_size)
@@ -428,6 +519,8 @@ def _check_across_sections(cfg: MetaTrainConfig) -> None:
                     f"validation seeds [{v.first_seed}, {v.first_seed + v.seeds}) overlap the "
                     f"final evaluation's {what}: held-out means held out"
                 )
+    if cfg.task.family.enabled:
+        _check_family(cfg)
     require_positive("threads", cfg.threads)
     require(
         0 <= cfg.seed < 2**63, "seed", "must be in [0, 2**63) (torch seeds are 64-bit)", cfg.seed
@@ -442,6 +535,22 @@ def _check_across_sections(cfg: MetaTrainConfig) -> None:
         "must be cpu, cuda, cuda:N, mps or auto",
         device,
     )
+
+
+def _check_family(cfg: MetaTrainConfig) -> None:
+    """What a task family does not support (yet), naming the keys."""
+    slots, members = cfg.schedule.meta_batch, len(cfg.task.family.members)
+    if slots < members:
+        raise ConfigError(
+            f"task.family has {members} members but schedule.meta_batch is {slots}: "
+            "every member needs at least one slot of the meta-batch"
+        )
+    objective = cfg.unroll.estimator_kwargs.get("objective")
+    if objective == "final_val" and cfg.task.family.augment.permute_labels:
+        raise ConfigError(
+            "task.family.augment.permute_labels cannot be combined with "
+            "unroll.estimator_kwargs.objective: final_val (its held-out batches are not permuted)"
+        )
 
 
 def validate_names(cfg: MetaTrainConfig) -> None:
@@ -467,6 +576,7 @@ def validate_names(cfg: MetaTrainConfig) -> None:
         get_task(cfg.task.name, dataset=cfg.task.dataset, batch_size=cfg.task.batch_size)
     except ValueError as exc:
         raise ConfigError(f"task: {exc}") from None
+    _validate_family(cfg)
     validate_optimizer(cfg.optimizer)
     if cfg.meta_test.enabled:
         from meta_train.evaluation.contenders import check_baselines
@@ -481,6 +591,44 @@ def validate_names(cfg: MetaTrainConfig) -> None:
                 raise ConfigError(
                     f"meta_test.suites: unknown suite {name!r}; available: {available_suites()}"
                 )
+
+
+def member_task(cfg: MetaTrainConfig, member: dict[str, Any]):
+    """The registry task of one ``task.family.members`` entry (its dataset, else
+    ``task.dataset``; ``task.batch_size`` applies to every member)."""
+    from l2o.tasks import get_task
+
+    dataset = member["dataset"] if member["dataset"] is not None else cfg.task.dataset
+    return get_task(member["name"], dataset=dataset, batch_size=cfg.task.batch_size)
+
+
+def _validate_family(cfg: MetaTrainConfig) -> None:
+    """Every member is a registry task on a fitting dataset, and fits the augmentations."""
+    from l2o.tasks import available_tasks
+
+    family = cfg.task.family
+    if not family.enabled:
+        return
+    for i, member in enumerate(family.members):
+        key = f"task.family.members[{i}]"
+        if member["name"] not in available_tasks():
+            near = difflib.get_close_matches(member["name"], available_tasks(), n=3, cutoff=0.5)
+            hint = f" Did you mean {', '.join(near)}?" if near else ""
+            raise ConfigError(
+                f"{key}.name: unknown task {member['name']!r}.{hint} Available: {available_tasks()}"
+            )
+        try:
+            task = member_task(cfg, member)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{key}: {exc} (set {key}.dataset to a dataset of its shape)"
+            ) from None
+        sizes = family.augment.batch_sizes
+        if sizes and max(sizes) > task.batch_size:
+            raise ConfigError(
+                f"task.family.augment.batch_sizes: {max(sizes)} exceeds the batch size "
+                f"{task.batch_size} of {key} ({member['name']}; task.batch_size)"
+            )
 
 
 def validate_optimizer(opt: OptimizerConfig) -> None:

@@ -61,6 +61,12 @@ class AugmentationSpec:
         if self.data_fraction is not None and not 0 < self.data_fraction <= 1:
             raise ValueError(f"data_fraction must be in (0, 1], got {self.data_fraction}")
 
+    @property
+    def changes_loss(self) -> bool:
+        """Whether the optimizee's loss changes (else the plain functional optimizee serves;
+        the data subset and label permutation live in the samplers)."""
+        return self.param_scale is not None or self.loss_scale is not None or bool(self.batch_sizes)
+
 
 @dataclass(frozen=True)
 class FamilySpec:
@@ -72,9 +78,9 @@ class FamilySpec:
     def __post_init__(self) -> None:
         if not self.members:
             raise ValueError("a task family needs at least one member")
-        for name, weight in self.members:
+        for i, (name, weight) in enumerate(self.members):
             if not (weight > 0 and math.isfinite(weight)):
-                raise ValueError(f"family member {name!r}: weight must be positive, got {weight}")
+                raise ValueError(f"members[{i}].weight ({name!r}) must be positive, got {weight}")
 
 
 def assign_members(spec: FamilySpec, slots: int, seed: int) -> list[str]:
@@ -162,21 +168,28 @@ def draw_run(
 
 
 class AugmentedSampler:
-    """A run's minibatches: from its data subset, with its labels permuted."""
+    """A run's minibatches: from its data subset, with its labels permuted. The subset is kept
+    as row numbers (never a copy of the examples: one sampler per slot and run)."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, draw: RunDraw, batch_size: int, seed: int):
-        if draw.subset is not None:
-            index = draw.subset.to(x.device)
-            x, y = x.index_select(0, index), y.index_select(0, index)
+        self.x, self.y = x, y
         self.labels = draw.labels.to(y.device)
-        self.inner = BatchSampler(x, y, batch_size, seed)
+        self.subset = None if draw.subset is None else draw.subset.to(x.device)
+        if self.subset is None:
+            self.inner = BatchSampler(x, y, batch_size, seed)
+        else:  # over the subset's row numbers: the same batches as over a copy of the subset
+            self.inner = BatchSampler(self.subset, self.subset, batch_size, seed)
 
     @property
     def batch_size(self) -> int:
         return self.inner.batch_size
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.inner.next()
+        if self.subset is None:
+            x, y = self.inner.next()
+        else:
+            rows, _ = self.inner.next()
+            x, y = self.x.index_select(0, rows), self.y.index_select(0, rows)
         return x, self.labels[y]
 
     def state_dict(self) -> dict:

@@ -21,6 +21,7 @@ import os
 import random
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,8 +39,16 @@ from l2o.tasks import Task, get_task
 from l2o.training import data_seed, train_optimizee
 from meta_train import checkpointing as ckpt
 from meta_train import distributed as dist
-from meta_train.config import ConfigError, MetaTrainConfig, config_from_dict, validate_names
+from meta_train.config import (
+    ConfigError,
+    MetaTrainConfig,
+    config_from_dict,
+    member_task,
+    validate_names,
+)
 from meta_train.estimators import make_estimator, meta_step_gradient
+from meta_train.families import assign_members
+from meta_train.family_runner import FamilyRunner
 from meta_train.memory import check_fits
 from meta_train.tracking import Tracker
 from meta_train.truncation import make_rotation
@@ -109,28 +118,69 @@ def preflight(cfg: MetaTrainConfig) -> None:
         device = resolve_device(cfg.device)
     except ValueError as exc:
         raise ConfigError(f"device: {exc}") from None
-    task = make_task(cfg)
-    try:
-        data = task.load_data(device, root=cfg.data.root, download=cfg.data.download)
-    except DatasetNotFoundError as exc:
-        raise ConfigError(f"task.dataset: {exc}") from None
-    examples = data.split("train")[0].shape[0]
-    if task.batch_size > examples:
-        raise ConfigError(
-            f"task.batch_size ({task.batch_size}) exceeds the {examples} training examples of "
-            f"{data.name}"
-        )
     lopt = lo.create(cfg.optimizer.name, **cfg.optimizer.kwargs).to(device)
-    x, y = data.split("train")
-    refusal = check_fits(
-        cfg.unroll, cfg.schedule.meta_batch, task, lopt, x[: task.batch_size], y[: task.batch_size]
-    )
-    if refusal is not None:
-        raise ConfigError(refusal)
+    # (task, the key naming its dataset, the slots of the meta-batch it trains in)
+    checks = [(make_task(cfg), "task.dataset", cfg.schedule.meta_batch)]
+    family = cfg.task.family.spec()
+    if family is not None:  # the members train; the target task only validates
+        slots = Counter(assign_members(family, cfg.schedule.meta_batch, cfg.seed))
+        checks = [(checks[0][0], "task.dataset", 1)] + [
+            (member_task(cfg, m), f"task.family.members[{i}].dataset", slots[m["name"]])
+            for i, m in enumerate(cfg.task.family.members)
+        ]
+    for task, key, slots in checks:
+        try:
+            data = task.load_data(device, root=cfg.data.root, download=cfg.data.download)
+        except DatasetNotFoundError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+        x, y = data.split("train")
+        if task.batch_size > x.shape[0]:
+            raise ConfigError(
+                f"task.batch_size ({task.batch_size}) exceeds the {x.shape[0]} training examples "
+                f"of {data.name}"
+            )
+        refusal = check_fits(
+            cfg.unroll, slots, task, lopt, x[: task.batch_size], y[: task.batch_size]
+        )
+        if refusal is not None:
+            raise ConfigError(refusal)
 
 
 def make_task(cfg: MetaTrainConfig) -> Task:
     return get_task(cfg.task.name, dataset=cfg.task.dataset, batch_size=cfg.task.batch_size)
+
+
+def make_family(
+    cfg: MetaTrainConfig, device: torch.device, target: Task, target_data
+) -> FamilyRunner | None:
+    """The ``task.family`` runner (None without a family): the member tasks, their data (each
+    dataset loaded once; the target's reused), one estimator and regularizer per member."""
+    family = cfg.task.family
+    if not family.enabled:
+        return None
+    if dist.world_size() > 1:
+        raise ConfigError(
+            "task.family is not supported under torchrun yet (the members' slots are not "
+            "sliced over ranks); run one process"
+        )
+    tasks, datasets, loaded = {}, {}, {target.dataset_name: target_data}
+    for member in family.members:
+        task = member_task(cfg, member)
+        if task.dataset_name not in loaded:
+            loaded[task.dataset_name] = task.load_data(
+                device, root=cfg.data.root, download=cfg.data.download
+            )
+        tasks[member["name"]], datasets[member["name"]] = task, loaded[task.dataset_name]
+    return FamilyRunner(
+        family.spec(),
+        tasks,
+        datasets,
+        cfg.schedule.meta_batch,
+        cfg.seed,
+        cfg.unroll,
+        device,
+        lambda task: make_regularizer(cfg, task, device),
+    )
 
 
 def make_regularizer(cfg: MetaTrainConfig, task: Task, device: torch.device) -> Any:
@@ -243,6 +293,9 @@ class Trainer:
                 "per-task runs (a schedule.horizon range or schedule.desync) are not supported "
                 "under torchrun yet: their task clocks are not sliced over ranks; run one process"
             )
+        self.family = make_family(cfg, self.device, self.task, self.data)
+        if self.family is not None and step_fn is not None:
+            raise ValueError("a task family runs its members' estimators: step_fn must be None")
         self.step_fn = step_fn or self._estimate
         self.on_meta_step = on_meta_step
         self.position = Position()
@@ -281,6 +334,11 @@ class Trainer:
         self._sync_time = 0.0  # seconds in the meta-step's all-reduce (distributed runs)
         dist.check_in_sync(list(self.lopt.parameters()), "at the start")
 
+    @property
+    def run_active(self) -> bool:
+        """Whether the optimizees of a run exist (else the next meta-step starts a run)."""
+        return self.family.active if self.family is not None else self.inner is not None
+
     # -- checkpoint state -----------------------------------------------------------------------
     def _rank_state(self) -> dict[str, Any]:
         """What only this rank knows: its slice's optimizees, samplers and estimator state."""
@@ -294,7 +352,9 @@ class Trainer:
         """The checkpoint; ``ranks``: every rank's :meth:`_rank_state` (rank 0's goes in the
         top-level keys as in a single-process run, the others' in ``ranks``)."""
         own = ranks[0] if ranks is not None else self._rank_state()
+        family = {} if self.family is None else {"family": self.family.state_dict()}
         return {
+            **family,
             "format": ckpt.FORMAT,
             "version": ckpt.VERSION,
             "config": self.cfg.to_dict(),
@@ -343,6 +403,10 @@ class Trainer:
         self.best_position = payload["best"]["position"]
         own = self._own_rank_state(payload)
         self.estimator.load_state_dict(own["estimator"])
+        if self.family is not None:
+            self.family.load_state_dict(payload["family"])
+            if self.rotation is not None and self.family.active:
+                self.rotation.load_state_dict(payload["rotation"])
         if own["inner"] is not None:
             self.inner = InnerState.from_state_dict(own["inner"], self.task, self.device)
             if self.rotation is not None:
@@ -422,6 +486,12 @@ class Trainer:
             self._rotate()
             return
         p = self.position
+        if self.family is not None:  # run r of every slot draws its augmentation of run r
+            slots = self.cfg.schedule.meta_batch
+            index = p.epoch * self.cfg.schedule.runs_per_epoch + p.run
+            seeds = run_seeds(self.cfg, p.epoch, p.run)
+            self.family.restart(self.lopt, [True] * slots, seeds, [index] * slots)
+            return
         seeds = rank_seeds(self.cfg, p.epoch, p.run)
         self.samplers = self._make_samplers(p.epoch, p.run)
         self.inner = init_inner_state(self.task, self.lopt, seeds, self.device)
@@ -441,17 +511,33 @@ class Trainer:
             return "meta_loss"
         return None
 
-    def _estimate(self, lopt, task, inner, samplers, cfg, regularizer):
-        """The default ``step_fn``: the run's estimator, with this meta-step's seed."""
+    def _estimator_seed(self) -> int:
+        """This meta-step's estimator seed (see ``meta_train.estimators.Estimator``)."""
         seed = derive_seed(self.cfg.seed, "estimator", self.position.global_step)
         if self.world_size > 1:  # each rank's slice its own estimator randomness (e.g. ES noise)
             seed = derive_seed(seed, "rank", dist.rank())
+        return seed
+
+    def _estimate(self, lopt, task, inner, samplers, cfg, regularizer):
+        """The default ``step_fn``: the run's estimator, with this meta-step's seed."""
         return meta_step_gradient(
-            lopt, task, inner, samplers, cfg, regularizer, estimator=self.estimator, seed=seed
+            lopt,
+            task,
+            inner,
+            samplers,
+            cfg,
+            regularizer,
+            estimator=self.estimator,
+            seed=self._estimator_seed(),
         )
 
     def _rotate(self) -> None:
         """Per-task runs: restart the tasks whose run ended (``meta_train.truncation``)."""
+        if self.family is not None:  # a restarted slot draws the augmentation of its new run
+            clocks = self.rotation.clocks
+            due = clocks.begin()
+            self.family.restart(self.lopt, due, self.rotation.seeds(), list(clocks.runs))
+            return
         self.inner, self.samplers, _ = self.rotation.begin(
             self.task, self.lopt, self.inner, self.samplers, self.data, self.task.batch_size
         )
@@ -460,14 +546,19 @@ class Trainer:
         """One meta-step; returns its metric record. Skips (and counts) non-finite ones."""
         if self.rotation is not None:
             self._rotate()
-        assert self.inner is not None and self.samplers is not None
         self.lopt.train()
         self.meta_opt.zero_grad(set_to_none=True)
-        backup = self.inner.state_dict()  # a copy, in case the step mutates the state in place
-        result, new_inner = self.step_fn(
-            self.lopt, self.task, self.inner, self.samplers, self.unroll_cfg, self.regularizer
-        )
-        reason = self._nonfinite_reason(result, new_inner)
+        if self.family is not None:  # every member's estimate, weighted (meta_train.family_runner)
+            result, reason = self.family.estimate(
+                self.lopt, self._estimator_seed(), self._nonfinite_reason
+            )
+        else:
+            assert self.inner is not None and self.samplers is not None
+            backup = self.inner.state_dict()  # a copy, in case the step mutates the state in place
+            result, new_inner = self.step_fn(
+                self.lopt, self.task, self.inner, self.samplers, self.unroll_cfg, self.regularizer
+            )
+            reason = self._nonfinite_reason(result, new_inner)
         result_scalars = None
         if dist.is_distributed():
             reason, result_scalars = self._reduce_across_ranks(reason, result)
@@ -486,7 +577,10 @@ class Trainer:
         }
         if reason is None:
             self.meta_opt.step()
-            self.inner = new_inner
+            if self.family is not None:
+                self.family.commit()
+            else:
+                self.inner = new_inner
             if self.rotation is not None:
                 self.rotation.advance()
             self.consecutive_nonfinite = 0
@@ -496,7 +590,10 @@ class Trainer:
                 record["train/allreduce_s"] = self._sync_time
         else:
             self.meta_opt.zero_grad(set_to_none=True)
-            self.inner = InnerState.from_state_dict(backup, self.task, self.device)
+            if self.family is not None:
+                self.family.rollback()
+            else:
+                self.inner = InnerState.from_state_dict(backup, self.task, self.device)
             self.consecutive_nonfinite += 1
             self.counters["nonfinite"] = self.counters.get("nonfinite", 0) + 1
             key = f"nonfinite_{reason}"
@@ -596,7 +693,7 @@ class Trainer:
         )
         try:
             while self.position.epoch < s.epochs:
-                if self.inner is None:
+                if not self.run_active:
                     self._start_run()
                 tic = time.perf_counter()
                 record = self.meta_step()
@@ -659,6 +756,8 @@ class Trainer:
         p = self.position
         if self.rotation is None:  # per-task runs carry their optimizees over
             self.inner, self.samplers = None, None
+            if self.family is not None:
+                self.family.end_run()
         p.meta_step = 0
         p.run += 1
         if p.run == self.cfg.schedule.runs_per_epoch:

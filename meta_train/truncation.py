@@ -142,8 +142,7 @@ class TaskRotation:
         """Start the runs that are due (all of them the first time, ``inner`` None); returns
         ``(inner, samplers, restart [T] bool)``."""
         from l2o.training import data_seed
-        from meta_train.estimators.particles import particle_dims
-        from meta_train.unroll import InnerState, init_inner_state
+        from meta_train.unroll import init_inner_state
 
         restart = self.clocks.begin()
         seeds = self.seeds()
@@ -154,22 +153,7 @@ class TaskRotation:
             return inner, samplers, torch.tensor(restart)
         rows = [b for b, due in enumerate(restart) if due]
         fresh = init_inner_state(task, lopt, [seeds[b] for b in rows], inner.params.device)
-        index = torch.tensor(rows, device=inner.params.device)
-        pdims = particle_dims(lopt, inner.params.shape[1], inner.spec, inner.params.device)
-        opt_state = {}
-        for key, value in inner.opt_state.items():
-            dim = pdims[key]
-            opt_state[key] = (
-                value if dim is None else value.index_copy(dim, index, fresh.opt_state[key])
-            )
-        new_inner = InnerState(
-            inner.params.index_copy(0, index, fresh.params),
-            {k: v.index_copy(0, index, fresh.buffers[k]) for k, v in inner.buffers.items()},
-            opt_state,
-            inner.step,
-            tuple(seeds),
-            inner.spec,
-        )
+        new_inner = replace_rows(lopt, inner, rows, fresh, seeds)
         samplers = list(samplers)
         for b in rows:
             samplers[b] = data.sampler(batch_size, data_seed(seeds[b]))
@@ -183,6 +167,30 @@ class TaskRotation:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.clocks.load_state_dict(state)
+
+
+def replace_rows(lopt, inner, rows: list[int], fresh, seeds):
+    """``inner`` with the optimizees (and optimizer state) of ``rows`` replaced by the rows of
+    ``fresh`` (an ``InnerState`` of ``len(rows)`` optimizees); ``seeds``: every row's seed."""
+    from meta_train.estimators.particles import particle_dims
+    from meta_train.unroll import InnerState
+
+    index = torch.tensor(rows, device=inner.params.device)
+    pdims = particle_dims(lopt, inner.params.shape[1], inner.spec, inner.params.device)
+    opt_state = {}
+    for key, value in inner.opt_state.items():
+        dim = pdims[key]
+        opt_state[key] = (
+            value if dim is None else value.index_copy(dim, index, fresh.opt_state[key])
+        )
+    return InnerState(
+        inner.params.index_copy(0, index, fresh.params),
+        {k: v.index_copy(0, index, fresh.buffers[k]) for k, v in inner.buffers.items()},
+        opt_state,
+        inner.step,
+        tuple(seeds),
+        inner.spec,
+    )
 
 
 def inner_device(lopt) -> torch.device:
