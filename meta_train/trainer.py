@@ -7,6 +7,10 @@ a few objects that the checkpoint captures (learned-optimizer weights, meta-Adam
 data samplers, RNGs, position, counters): a run killed at any moment and resumed from ``last.pt``
 computes bit for bit what an uninterrupted run computes.
 
+With ``task.family`` the meta-batch's slots train the family's member tasks instead of
+``task.name`` (which validation and the meta-test keep using): ``meta_train.family_runner`` holds
+the members' optimizees, samplers and estimators and combines their estimates.
+
 Non-finite values never reach the learned optimizer: a meta-step whose inner losses, updates
 (new optimizee state) or meta-gradient are not finite is skipped, the optimizees go back to the
 state before it, and the event is counted; ``reliability.max_consecutive_nonfinite`` in a row

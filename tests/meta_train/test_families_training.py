@@ -11,7 +11,7 @@ import torch
 import l2o.optimizers as lo
 from l2o.seeding import derive_seed
 from meta_train import checkpointing as ckpt
-from meta_train.config import ConfigError, load_config, validate_names
+from meta_train.config import ConfigError, config_from_dict, load_config, validate_names
 from meta_train.estimators import make_estimator
 from meta_train.families import AugmentedOptimizee, draw_run
 from meta_train.tracking import read_metrics
@@ -67,6 +67,13 @@ def test_family_config_converts_to_the_spec():
 def test_family_config_errors_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         _cfg(override)
+
+
+def test_the_shipped_family_config_loads_and_round_trips():
+    cfg = load_config("family")
+    validate_names(cfg)
+    assert len(cfg.task.family.members) == 3 and cfg.task.family.augment.permute_labels
+    assert config_from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
 
 
 def test_augment_without_members_is_an_error():
