@@ -409,116 +409,201 @@ std::vector<at::Tensor> lstm_sequence_backward(const at::Tensor& xs, const at::T
   return out;
 }
 
-// Deployment step of the MLP optimizer for one tensor, in place on param: per coordinate the raw
-// features (g, p, m_1..m_D, v, m_i / sqrt(v + 1e-8), 1 / sqrt(v + 1e-8)), the MLP (ReLU between
-// layers; the first layer's weights already carry the feature normalization and its bias the time
-// features), and p += step_mult * d * exp(exp_mult * mag). Vectorized over 16 coordinates.
+// The layers of an MLP optimizer as raw pointers: weights [out, in] row-major, biases [out].
+struct MlpLayers {
+  std::vector<const float*> w, b;
+  std::vector<int64_t> outs, ins;
+  int64_t widest = 0;
+};
+
+// Checks the host tensors of the layers and collects their shapes (the pointers are set by the
+// caller: per tensor, or per particle and segment).
+MlpLayers mlp_layer_shapes(const std::vector<at::Tensor>& weights,
+                           const std::vector<at::Tensor>& biases, int64_t f0, int64_t lead) {
+  TORCH_CHECK(weights.size() == biases.size() && !weights.empty(), "bad layers");
+  MlpLayers layers;
+  layers.widest = f0;
+  for (size_t k = 0; k < weights.size(); ++k) {
+    TORCH_CHECK(weights[k].is_contiguous() && biases[k].is_contiguous(),
+                "layer tensors must be contiguous");
+    TORCH_CHECK(weights[k].dim() == 2 + lead && biases[k].dim() == 1 + lead, "bad layer rank");
+    layers.outs.push_back(weights[k].size(lead));
+    layers.ins.push_back(weights[k].size(lead + 1));
+    TORCH_CHECK(biases[k].size(lead) == layers.outs.back(), "bias and weight disagree");
+    TORCH_CHECK(k == 0 || layers.ins[k] == layers.outs[k - 1], "layer widths do not chain");
+    layers.widest = std::max(layers.widest, layers.outs.back());
+  }
+  TORCH_CHECK(layers.ins[0] == f0, "first layer expects ", f0, " features");
+  TORCH_CHECK(layers.outs.back() == 2, "last layer must have 2 outputs");
+  layers.w.resize(weights.size());
+  layers.b.resize(weights.size());
+  return layers;
+}
+
+constexpr int64_t MLP_BLOCK = 16;  // coordinates per vectorized block
+
+// Outputs j..j+R-1 of a dense layer (weights W [out, in], bias B) over one block of MLP_BLOCK
+// coordinates, inputs feature-major (x[i * MLP_BLOCK + l]); R outputs at once keep their sums in
+// registers while each input row is loaded once. ReLU(NaN) stays NaN.
+template <int R>
+inline void dense_outputs(const float* W, const float* B, int64_t j, int64_t n_in,
+                          const float* x, float* out, bool relu) {
+  constexpr int64_t L = MLP_BLOCK;
+  float o[R][L];
+  for (int r = 0; r < R; ++r) {
+#pragma omp simd
+    for (int64_t l = 0; l < L; ++l) o[r][l] = B[j + r];
+  }
+  for (int64_t i = 0; i < n_in; ++i) {
+    const float* xi = x + i * L;
+    for (int r = 0; r < R; ++r) {
+      const float w = W[(j + r) * n_in + i];
+#pragma omp simd
+      for (int64_t l = 0; l < L; ++l) o[r][l] += w * xi[l];
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    float* dst = out + (j + r) * L;
+    if (relu) {
+#pragma omp simd
+      for (int64_t l = 0; l < L; ++l) dst[l] = o[r][l] < 0.0f ? 0.0f : o[r][l];
+    } else {
+#pragma omp simd
+      for (int64_t l = 0; l < L; ++l) dst[l] = o[r][l];
+    }
+  }
+}
+
+// One block of up to MLP_BLOCK coordinates c0..c0+cnt of a flat tensor (P, G, V [n], M [n, d]):
+// the raw features (g, p, m_1..m_D, v, m_i / sqrt(v + 1e-8), 1 / sqrt(v + 1e-8)), the MLP (ReLU
+// between layers; the first layer's weights already carry the feature normalization and its
+// bias the time features), and p += step_mult * d * exp(exp_mult * mag). a, b: scratch of
+// widest * MLP_BLOCK floats.
+inline void mlp_block(float* P, const float* G, const float* M, const float* V, int64_t c0,
+                      int64_t cnt, int64_t d, const MlpLayers& layers, float sm, float em,
+                      float* a, float* b) {
+  constexpr int64_t L = MLP_BLOCK;
+  float* x = a;
+  if (cnt == L) {
+#pragma omp simd
+    for (int64_t l = 0; l < L; ++l) {
+      const float vv = V[c0 + l];
+      x[0 * L + l] = G[c0 + l];
+      x[1 * L + l] = P[c0 + l];
+      x[(2 + d) * L + l] = vv;
+      x[(3 + 2 * d) * L + l] = 1.0f / std::sqrt(vv + 1e-8f);
+    }
+    for (int64_t i = 0; i < d; ++i) {
+#pragma omp simd
+      for (int64_t l = 0; l < L; ++l) {
+        const float mi = M[(c0 + l) * d + i];
+        x[(2 + i) * L + l] = mi;
+        x[(3 + d + i) * L + l] = mi * x[(3 + 2 * d) * L + l];
+      }
+    }
+  } else {
+    for (int64_t l = 0; l < L; ++l) {
+      const int64_t c = c0 + std::min(l, cnt - 1);  // the tail repeats the last coordinate
+      const float vv = V[c], rs = 1.0f / std::sqrt(vv + 1e-8f);
+      x[0 * L + l] = G[c];
+      x[1 * L + l] = P[c];
+      for (int64_t i = 0; i < d; ++i) {
+        x[(2 + i) * L + l] = M[c * d + i];
+        x[(3 + d + i) * L + l] = M[c * d + i] * rs;
+      }
+      x[(2 + d) * L + l] = vv;
+      x[(3 + 2 * d) * L + l] = rs;
+    }
+  }
+  float* in = a;
+  float* out = b;
+  const size_t num_layers = layers.w.size();
+  for (size_t k = 0; k < num_layers; ++k) {
+    const int64_t n_out = layers.outs[k], n_in = layers.ins[k];
+    const bool relu = k + 1 < num_layers;
+    int64_t j = 0;
+    for (; j + 4 <= n_out; j += 4) dense_outputs<4>(layers.w[k], layers.b[k], j, n_in, in, out, relu);
+    for (; j < n_out; ++j) dense_outputs<1>(layers.w[k], layers.b[k], j, n_in, in, out, relu);
+    std::swap(in, out);
+  }
+  float upd[L];
+#pragma omp simd
+  for (int64_t l = 0; l < L; ++l) {
+    const float mag = clamp_keep_nan(em * in[L + l], -80.0f, 80.0f);
+    upd[l] = sm * in[l] * fast_exp(mag);
+  }
+  for (int64_t l = 0; l < cnt; ++l) P[c0 + l] += upd[l];
+}
+
+// Deployment step of the MLP optimizer for one tensor, in place on param (see mlp_block).
 void mlp_update_(at::Tensor& param, const at::Tensor& grad, const at::Tensor& m,
                  const at::Tensor& v, const std::vector<at::Tensor>& weights,
                  const std::vector<at::Tensor>& biases, double step_mult, double exp_mult) {
-  constexpr int64_t L = 16;
+  constexpr int64_t L = MLP_BLOCK;
   const int64_t n = param.numel(), d = m.size(1), f0 = 2 * d + 4;
   check(m, "m", n, d);
   TORCH_CHECK(param.is_contiguous() && grad.is_contiguous() && v.is_contiguous(),
               "param, grad, v must be contiguous");
-  TORCH_CHECK(weights.size() == biases.size() && !weights.empty(), "bad layers");
-  TORCH_CHECK(weights[0].size(1) == f0, "first layer expects ", f0, " features");
-  TORCH_CHECK(weights.back().size(0) == 2, "last layer must have 2 outputs");
-  int64_t widest = f0;
   std::vector<at::Tensor> ws, bs;
-  std::vector<const float*> wp, bp;
-  std::vector<int64_t> outs, ins;
   for (size_t k = 0; k < weights.size(); ++k) {
     ws.push_back(weights[k].contiguous());
     bs.push_back(biases[k].contiguous());
-    wp.push_back(ws.back().data_ptr<float>());
-    bp.push_back(bs.back().data_ptr<float>());
-    outs.push_back(ws.back().size(0));
-    ins.push_back(ws.back().size(1));
-    widest = std::max(widest, outs.back());
   }
-  const size_t num_layers = ws.size();
+  MlpLayers layers = mlp_layer_shapes(ws, bs, f0, 0);
+  for (size_t k = 0; k < ws.size(); ++k) {
+    layers.w[k] = ws[k].data_ptr<float>();
+    layers.b[k] = bs[k].data_ptr<float>();
+  }
   float* P = param.data_ptr<float>();
   const float* G = grad.data_ptr<float>();
   const float* M = m.data_ptr<float>();
   const float* V = v.data_ptr<float>();
   const float sm = static_cast<float>(step_mult), em = static_cast<float>(exp_mult);
   at::parallel_for(0, (n + L - 1) / L, 64, [&](int64_t begin, int64_t end) {
-    std::vector<float> a(widest * L), b(widest * L);
+    std::vector<float> a(layers.widest * L), b(layers.widest * L);
     for (int64_t blk = begin; blk < end; ++blk) {
-      const int64_t c0 = blk * L, cnt = std::min(L, n - c0);
-      float* x = a.data();
-      if (cnt == L) {
-#pragma omp simd
-        for (int64_t l = 0; l < L; ++l) {
-          const float vv = V[c0 + l];
-          x[0 * L + l] = G[c0 + l];
-          x[1 * L + l] = P[c0 + l];
-          x[(2 + d) * L + l] = vv;
-          x[(3 + 2 * d) * L + l] = 1.0f / std::sqrt(vv + 1e-8f);
-        }
-        for (int64_t i = 0; i < d; ++i) {
-#pragma omp simd
-          for (int64_t l = 0; l < L; ++l) {
-            const float mi = M[(c0 + l) * d + i];
-            x[(2 + i) * L + l] = mi;
-            x[(3 + d + i) * L + l] = mi * x[(3 + 2 * d) * L + l];
-          }
-        }
-      } else {
-        for (int64_t l = 0; l < L; ++l) {
-          const int64_t c = c0 + std::min(l, cnt - 1);  // the tail repeats the last coordinate
-          const float vv = V[c], rs = 1.0f / std::sqrt(vv + 1e-8f);
-          x[0 * L + l] = G[c];
-          x[1 * L + l] = P[c];
-          for (int64_t i = 0; i < d; ++i) {
-            x[(2 + i) * L + l] = M[c * d + i];
-            x[(3 + d + i) * L + l] = M[c * d + i] * rs;
-          }
-          x[(2 + d) * L + l] = vv;
-          x[(3 + 2 * d) * L + l] = rs;
-        }
-      }
-      float* in = a.data();
-      float* out = b.data();
-      for (size_t k = 0; k < num_layers; ++k) {
-        const int64_t n_out = outs[k], n_in = ins[k];
-        const float* W = wp[k];
-        const float* B = bp[k];
-        const float floor = k + 1 < num_layers ? 0.0f : -INFINITY;  // ReLU between layers
-        for (int64_t j = 0; j < n_out; ++j) {
-          float* o = out + j * L;
-          const float bj = B[j];
-#pragma omp simd
-          for (int64_t l = 0; l < L; ++l) o[l] = bj;
-          const float* wj = W + j * n_in;
-          for (int64_t i = 0; i < n_in; ++i) {
-            const float w = wj[i];
-            const float* xi = in + i * L;
-#pragma omp simd
-            for (int64_t l = 0; l < L; ++l) o[l] += w * xi[l];
-          }
-          if (k + 1 < num_layers) {
-#pragma omp simd
-            for (int64_t l = 0; l < L; ++l) o[l] = o[l] < floor ? floor : o[l];  // ReLU(NaN) = NaN
-          }
-        }
-        std::swap(in, out);
-      }
-      float upd[L];
-#pragma omp simd
-      for (int64_t l = 0; l < L; ++l) {
-        const float mag = clamp_keep_nan(em * in[L + l], -80.0f, 80.0f);
-        upd[l] = sm * in[l] * fast_exp(mag);
-      }
-      for (int64_t l = 0; l < cnt; ++l) P[c0 + l] += upd[l];
+      const int64_t c0 = blk * L;
+      mlp_block(P, G, M, V, c0, std::min(L, n - c0), d, layers, sm, em, a.data(), b.data());
     }
   });
 }
 
+// Advances the accumulators of rows lo..hi in place (m_i <- b_i m_i + (1 - b_i) g,
+// v <- b v + (1 - b) g^2) and adds each raw feature squared, summed over the rows, to acc [2D + 4].
+inline void accumulate_rows(const float* P, const float* G, float* M, float* V, int64_t lo,
+                            int64_t hi, int64_t d, const std::vector<float>& bd, float rb,
+                            double* acc) {
+  float sg = 0, sp = 0, sv = 0, srs = 0;
+  std::vector<float> sm(d, 0.0f), smr(d, 0.0f);
+  for (int64_t c = lo; c < hi; ++c) {
+    const float g = G[c], p = P[c];
+    const float vv = rb * V[c] + (1.0f - rb) * g * g;
+    V[c] = vv;
+    const float inv = 1.0f / (vv + 1e-8f);
+    sg += g * g;
+    sp += p * p;
+    sv += vv * vv;
+    srs += inv;
+    for (int64_t i = 0; i < d; ++i) {
+      const float mi = bd[i] * M[c * d + i] + (1.0f - bd[i]) * g;
+      M[c * d + i] = mi;
+      sm[i] += mi * mi;
+      smr[i] += mi * mi * inv;
+    }
+  }
+  acc[0] += sg;
+  acc[1] += sp;
+  for (int64_t i = 0; i < d; ++i) {
+    acc[2 + i] += sm[i];
+    acc[3 + d + i] += smr[i];
+  }
+  acc[2 + d] += sv;
+  acc[3 + 2 * d] += srs;
+}
+
 // First pass of the MLP optimizer's deployment step for one tensor: advances the accumulators
-// in place (m_i <- b_i m_i + (1 - b_i) g, v <- b v + (1 - b) g^2) and returns the sum over the
-// tensor of each raw feature squared ([2D + 4], accumulated in double).
+// in place and returns the sum over the tensor of each raw feature squared ([2D + 4], accumulated
+// in double).
 at::Tensor mlp_accumulate_(const at::Tensor& param, const at::Tensor& grad, at::Tensor& m,
                            at::Tensor& v, const std::vector<double>& decays, double rms_decay) {
   const int64_t n = param.numel(), d = m.size(1), f0 = 2 * d + 4;
@@ -537,33 +622,7 @@ at::Tensor mlp_accumulate_(const at::Tensor& param, const at::Tensor& grad, at::
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t ch = begin; ch < end; ++ch) {
       const int64_t lo = n * ch / chunks, hi = n * (ch + 1) / chunks;
-      double* acc = partial.data() + ch * f0;
-      float sg = 0, sp = 0, sv = 0, srs = 0;
-      std::vector<float> sm(d, 0.0f), smr(d, 0.0f);
-      for (int64_t c = lo; c < hi; ++c) {
-        const float g = G[c], p = P[c];
-        const float vv = rb * V[c] + (1.0f - rb) * g * g;
-        V[c] = vv;
-        const float inv = 1.0f / (vv + 1e-8f);
-        sg += g * g;
-        sp += p * p;
-        sv += vv * vv;
-        srs += inv;
-        for (int64_t i = 0; i < d; ++i) {
-          const float mi = bd[i] * M[c * d + i] + (1.0f - bd[i]) * g;
-          M[c * d + i] = mi;
-          sm[i] += mi * mi;
-          smr[i] += mi * mi * inv;
-        }
-      }
-      acc[0] += sg;
-      acc[1] += sp;
-      for (int64_t i = 0; i < d; ++i) {
-        acc[2 + i] += sm[i];
-        acc[3 + d + i] += smr[i];
-      }
-      acc[2 + d] += sv;
-      acc[3 + 2 * d] += srs;
+      accumulate_rows(P, G, M, V, lo, hi, d, bd, rb, partial.data() + ch * f0);
     }
   });
   auto out = at::zeros({f0}, at::kDouble);
@@ -573,9 +632,130 @@ at::Tensor mlp_accumulate_(const at::Tensor& param, const at::Tensor& grad, at::
   return out.to(at::kFloat);
 }
 
+// A span of rows of one particle inside one segment (a tensor of the optimizee).
+struct ParticleSpan {
+  int64_t particle, segment, lo, hi;
+};
+
+// Spans of at most `rows` rows covering every segment (offsets [S + 1]) of every particle.
+std::vector<ParticleSpan> particle_spans(int64_t particles, const std::vector<int64_t>& offsets,
+                                         int64_t rows) {
+  std::vector<ParticleSpan> spans;
+  for (int64_t p = 0; p < particles; ++p)
+    for (size_t s = 0; s + 1 < offsets.size(); ++s)
+      for (int64_t lo = offsets[s]; lo < offsets[s + 1]; lo += rows)
+        spans.push_back({p, static_cast<int64_t>(s), lo, std::min(lo + rows, offsets[s + 1])});
+  return spans;
+}
+
+void check_particles(const at::Tensor& params, const at::Tensor& grads, const at::Tensor& m,
+                     const at::Tensor& v, const std::vector<int64_t>& offsets) {
+  TORCH_CHECK(params.dim() == 2 && grads.sizes() == params.sizes() && v.sizes() == params.sizes(),
+              "params, grads, v must be [P, N]");
+  TORCH_CHECK(m.dim() == 3 && m.size(0) == params.size(0) && m.size(1) == params.size(1),
+              "m must be [P, N, D]");
+  TORCH_CHECK(params.is_contiguous() && grads.is_contiguous() && v.is_contiguous() &&
+                  m.is_contiguous(),
+              "params, grads, m, v must be contiguous");
+  TORCH_CHECK(params.scalar_type() == at::kFloat && m.scalar_type() == at::kFloat &&
+                  v.scalar_type() == at::kFloat && grads.scalar_type() == at::kFloat,
+              "float32 only");
+  TORCH_CHECK(offsets.size() >= 2 && offsets.front() == 0 && offsets.back() == params.size(1),
+              "offsets must run from 0 to N");
+  for (size_t s = 0; s + 1 < offsets.size(); ++s)
+    TORCH_CHECK(offsets[s] < offsets[s + 1], "segments must be non-empty and ordered");
+}
+
+// mlp_accumulate_ for P particles at once (params [P, N], m [P, N, D]), per segment: returns
+// [P, S, 2D + 4] sums of the raw features squared (double).
+at::Tensor mlp_particles_accumulate_(const at::Tensor& params, const at::Tensor& grads,
+                                     at::Tensor& m, at::Tensor& v,
+                                     const std::vector<double>& decays, double rms_decay,
+                                     const std::vector<int64_t>& offsets) {
+  check_particles(params, grads, m, v, offsets);
+  const int64_t P = params.size(0), n = params.size(1), d = m.size(2), f0 = 2 * d + 4;
+  const int64_t S = static_cast<int64_t>(offsets.size()) - 1;
+  TORCH_CHECK(static_cast<int64_t>(decays.size()) == d, "one decay per momentum");
+  std::vector<float> bd(decays.begin(), decays.end());
+  const float rb = static_cast<float>(rms_decay);
+  const auto spans = particle_spans(P, offsets, 4096);
+  std::vector<double> partial(spans.size() * f0, 0.0);
+  const float* PP = params.data_ptr<float>();
+  const float* GG = grads.data_ptr<float>();
+  float* MM = m.data_ptr<float>();
+  float* VV = v.data_ptr<float>();
+  at::parallel_for(0, static_cast<int64_t>(spans.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) {
+      const auto& sp = spans[u];
+      const int64_t row = sp.particle * n;
+      accumulate_rows(PP + row, GG + row, MM + row * d, VV + row, sp.lo, sp.hi, d, bd, rb,
+                      partial.data() + u * f0);
+    }
+  });
+  auto out = at::zeros({P, S, f0}, at::kDouble);
+  double* O = out.data_ptr<double>();
+  for (size_t u = 0; u < spans.size(); ++u) {
+    double* o = O + (spans[u].particle * S + spans[u].segment) * f0;
+    for (int64_t k = 0; k < f0; ++k) o[k] += partial[u * f0 + k];
+  }
+  return out;
+}
+
+// mlp_update_ for P particles at once, each with its own weights: first layer w1 [P, S, H, F0]
+// (the normalization of particle p's segment s folded in) and b1 [P, H] (its time features
+// folded in), then the other layers [P, out, in] and [P, out].
+void mlp_particles_update_(at::Tensor& params, const at::Tensor& grads, const at::Tensor& m,
+                           const at::Tensor& v, const at::Tensor& w1, const at::Tensor& b1,
+                           const std::vector<at::Tensor>& weights,
+                           const std::vector<at::Tensor>& biases,
+                           const std::vector<int64_t>& offsets, double step_mult,
+                           double exp_mult) {
+  constexpr int64_t L = MLP_BLOCK;
+  check_particles(params, grads, m, v, offsets);
+  const int64_t P = params.size(0), n = params.size(1), d = m.size(2), f0 = 2 * d + 4;
+  const int64_t S = static_cast<int64_t>(offsets.size()) - 1;
+  TORCH_CHECK(w1.dim() == 4 && w1.size(0) == P && w1.size(1) == S && w1.is_contiguous(),
+              "w1 must be a contiguous [P, S, H, F0]");
+  std::vector<at::Tensor> ws{w1.select(1, 0).contiguous()}, bs{b1};
+  ws.insert(ws.end(), weights.begin(), weights.end());
+  bs.insert(bs.end(), biases.begin(), biases.end());
+  const MlpLayers shapes = mlp_layer_shapes(ws, bs, f0, 1);
+  for (size_t k = 1; k < ws.size(); ++k)
+    TORCH_CHECK(ws[k].size(0) == P && bs[k].size(0) == P, "one set of weights per particle");
+  TORCH_CHECK(b1.size(0) == P, "one set of weights per particle");
+  const auto spans = particle_spans(P, offsets, 64 * L);
+  const float sm = static_cast<float>(step_mult), em = static_cast<float>(exp_mult);
+  float* PP = params.data_ptr<float>();
+  const float* GG = grads.data_ptr<float>();
+  const float* MM = m.data_ptr<float>();
+  const float* VV = v.data_ptr<float>();
+  const float* W1 = w1.data_ptr<float>();
+  const int64_t w1_size = shapes.outs[0] * f0;
+  at::parallel_for(0, static_cast<int64_t>(spans.size()), 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> a(shapes.widest * L), b(shapes.widest * L);
+    MlpLayers layers = shapes;
+    for (int64_t u = begin; u < end; ++u) {
+      const auto& sp = spans[u];
+      const int64_t p = sp.particle, row = p * n;
+      layers.w[0] = W1 + (p * S + sp.segment) * w1_size;
+      for (size_t k = 0; k < ws.size(); ++k) {
+        if (k > 0) layers.w[k] = ws[k].data_ptr<float>() + p * shapes.outs[k] * shapes.ins[k];
+        layers.b[k] = bs[k].data_ptr<float>() + p * shapes.outs[k];
+      }
+      for (int64_t c0 = sp.lo; c0 < sp.hi; c0 += L)
+        mlp_block(PP + row, GG + row, MM + row * d, VV + row, c0, std::min(L, sp.hi - c0), d,
+                  layers, sm, em, a.data(), b.data());
+    }
+  });
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mlp_accumulate_", &mlp_accumulate_, "MLP optimizer accumulators and feature moments");
   m.def("mlp_update_", &mlp_update_, "MLP optimizer deployment step (in place)");
+  m.def("mlp_particles_accumulate_", &mlp_particles_accumulate_,
+        "MLP optimizer accumulators and per-segment feature moments of P particles");
+  m.def("mlp_particles_update_", &mlp_particles_update_,
+        "MLP optimizer step of P particles, each with its own weights (in place)");
   m.def("cell_forward", &cell_forward, "LSTM cell elementwise forward");
   m.def("cell_forward_into", &cell_forward_into, "LSTM cell elementwise forward, into outputs");
   m.def("cell_backward", &cell_backward, "LSTM cell elementwise backward");

@@ -16,6 +16,7 @@ restarted in place (``restart``) and the whole state saved and restored bit for 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,8 +25,10 @@ from torch.func import functional_call, vmap
 
 from l2o.optimizers.base import LearnedOptimizerNet, ParamSpec, State
 from l2o.optimizers.lstm import LSTMOptimizer
+from l2o.optimizers.features import time_features
 from l2o.optimizers.lstm_kernels import _cell_forward
-from l2o.optimizers.mlp import MLPOptimizer
+from l2o.optimizers.mlp import NORM_EPS, MLPOptimizer
+from l2o.optimizers.native import NATIVE_MIN_ROWS, native_kernels
 
 
 def meta_spec(lopt: LearnedOptimizerNet) -> ParamSpec:
@@ -141,11 +144,94 @@ def particle_core(
     ``features [P, N, F]`` and state; the same as P calls of ``lopt.core`` (tested)."""
     if isinstance(lopt, LSTMOptimizer):
         return _lstm_core(lopt, weights, features, state)
-    if isinstance(lopt, MLPOptimizer) and all(
-        isinstance(m, torch.nn.Linear | torch.nn.ReLU) for m in lopt.net
-    ):
+    if _is_plain_mlp(lopt):
         return _mlp_core(lopt, weights, features, state)
     return _vmapped_core(lopt, weights, features, state, pdims)
+
+
+def _is_plain_mlp(lopt: LearnedOptimizerNet) -> bool:
+    """``MLPOptimizer`` itself (subclasses such as ``general`` change ``core``), Linear/ReLU."""
+    return type(lopt) is MLPOptimizer and all(
+        isinstance(m, torch.nn.Linear | torch.nn.ReLU) for m in lopt.net
+    )
+
+
+class NativeMLPStep:
+    """``observe`` + ``particle_core`` of the plain MLP optimizer for all particles in two fused
+    C++ passes (``kernels.cpp``: ``mlp_particles_accumulate_``, ``mlp_particles_update_``), the
+    way its deployment step runs: the first pass advances the momenta and sums each raw
+    feature's square per particle and tensor; the per-tensor normalization is then folded into
+    each particle's first-layer weights and its time features into its bias, and the second
+    pass builds the features and runs the network block by block in cache. No ``[P, N, F]``
+    feature tensor is ever built.
+
+    It works in place on copies of the parameters and accumulators taken at construction (the
+    estimators keep the truncation's starting state to go back to). One difference from
+    ``observe``: its statistics skip non-finite entries, so a bad coordinate stays on its own;
+    here a non-finite (or float32-overflowing) statistic makes every coordinate of that tensor
+    NaN. Both leave the particle non-finite, and the estimators discard a truncation with any
+    non-finite particle, so the estimate is the same."""
+
+    def __init__(self, ext, lopt: MLPOptimizer, weights: dict[str, torch.Tensor], pop) -> None:
+        self.ext, self.lopt = ext, lopt
+        counts = pop.opt_state["segment_counts"]
+        self.offsets = [0, *torch.cumsum(counts, 0).tolist()]  # segments are contiguous
+        self.counts = counts.to(torch.float64).unsqueeze(-1)  # [S, 1]
+        self.decays = list(lopt.momentum_decays)
+        f0 = lopt.num_normalized_features
+        names = [f"net.{i}" for i, m in enumerate(lopt.net) if isinstance(m, torch.nn.Linear)]
+        w1 = weights[f"{names[0]}.weight"]  # [P, H, F]
+        self.w1_raw, self.w1_time = w1[..., :f0].unsqueeze(1), w1[..., f0:]
+        self.b1 = weights[f"{names[0]}.bias"]
+        self.weights = [weights[f"{n}.weight"].contiguous() for n in names[1:]]
+        self.biases = [weights[f"{n}.bias"].contiguous() for n in names[1:]]
+
+    @classmethod
+    def for_population(cls, lopt, weights, pop) -> NativeMLPStep | None:
+        """The fused step where it applies: the plain MLP optimizer, float32 on the CPU, the
+        kernels built, enough rows to pay off; else None (the PyTorch path)."""
+        params = pop.params
+        if not _is_plain_mlp(lopt) or params.device.type != "cpu":
+            return None
+        if params.dtype != torch.float32 or params.numel() < NATIVE_MIN_ROWS:
+            return None
+        ext = native_kernels()
+        return None if ext is None else cls(ext, lopt, weights, pop)
+
+    def start(self, params: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """Private copies of what the steps change in place."""
+        m, v = state["m"].clone(), state["v"].clone()
+        return params.clone(), {**state, "m": m, "v": v}
+
+    def __call__(
+        self, params: torch.Tensor, grad: torch.Tensor, state: State
+    ) -> tuple[torch.Tensor, State]:
+        """One step of every particle, in place on ``params`` and the accumulators."""
+        grad = grad.contiguous()
+        m, v, t = state["m"], state["v"], state["t"] + 1
+        lopt = self.lopt
+        sums = self.ext.mlp_particles_accumulate_(
+            params, grad, m, v, self.decays, lopt.rms_decay, self.offsets
+        )  # [P, S, F0], float64
+        scale = torch.rsqrt(sums / self.counts + NORM_EPS)
+        scale = torch.where(torch.isfinite(sums), scale, math.nan).to(params.dtype)
+        w1 = (self.w1_raw * scale.unsqueeze(2)).contiguous()  # [P, S, H, F0]
+        tf = time_features(t, dtype=params.dtype)  # [P, T]
+        b1 = torch.baddbmm(self.b1.unsqueeze(-1), self.w1_time, tf.unsqueeze(-1)).squeeze(-1)
+        self.ext.mlp_particles_update_(
+            params,
+            grad,
+            m,
+            v,
+            w1,
+            b1,
+            self.weights,
+            self.biases,
+            self.offsets,
+            lopt.step_mult,
+            lopt.exp_mult,
+        )
+        return params, {**state, "m": m, "v": v, "t": t}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -268,11 +354,17 @@ def unroll_particles(
     optimizee = for_particles(optimizee, pop.task_index)
     losses = pop.params.new_empty(pop.params.shape[0], steps)
     params, state = pop.params, pop.opt_state
+    fused = NativeMLPStep.for_population(lopt, weights, pop)
+    if fused is not None:
+        params, state = fused.start(params, state)
     for k in range(steps):
         x, y = next_batch()
         x, y = x.index_select(0, pop.task_index), y.index_select(0, pop.task_index)
         loss, grad = optimizee.loss_and_grad(params, pop.buffers, x, y)
         losses[:, k] = loss
+        if fused is not None:
+            params, state = fused(params, grad, state)
+            continue
         features, state = lopt.observe(grad, params, state)
         upd, state = particle_core(lopt, weights, features, state, pop.pdims)
         params = params + upd

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import l2o.optimizers as lo
+from l2o.optimizers.base import ParamSpec
 from meta_train.estimators import particles as pt
 
 
@@ -119,3 +120,108 @@ def test_generic_vmap_path_equals_the_batched_mlp():
         generic, _ = pt._vmapped_core(lopt, weights, features, state, pdims)
         batched, _ = pt._mlp_core(lopt, weights, features, state)
     torch.testing.assert_close(generic, batched, rtol=1e-5, atol=1e-7)
+
+
+
+def _fused_vs_torch(lopt, params_scale: float = 1.0, bad: float | None = None):
+    """Four perturbed particles of ``lopt`` on a 4-tensor model (an MLP 30-8-5 with biases),
+    three steps through ``unroll_particles`` with the fused C++ step and on the PyTorch path."""
+    import meta_train.estimators.particles as mod
+
+    spec = ParamSpec.from_named(
+        [("w1", torch.zeros(8, 30)), ("b1", torch.zeros(8)), ("w2", torch.zeros(5, 8)),
+         ("b2", torch.zeros(5))]
+    )
+    n = spec.numel
+    gen = torch.Generator().manual_seed(3)
+    params = torch.randn(2, n, generator=gen) * params_scale
+    target = torch.randn(n, generator=gen)
+
+    class Quadratic:  # loss ½|θ − target|²·w per task, gradient (θ − target)·w
+        def loss_and_grad(self, flat, buffers, x, y):
+            grad = (flat - target) * x[:, :1]
+            if bad is not None:
+                grad[0, 7] = bad
+            return 0.5 * ((flat - target) ** 2 * x[:, :1]).sum(1), grad
+
+    mspec, flat = _perturbed(lopt, 4)
+    weights = pt.particle_weights(mspec, flat)
+    state = lopt.init_state(params, spec)
+    batches = iter([(torch.full((2, 1), float(k + 1)), torch.zeros(2)) for k in range(3)] * 2)
+    out = {}
+    for fused in (True, False):
+        pop = pt.Population.replicate(lopt, params, {}, state, pt.particle_tasks(2, 1, "cpu"))
+        before = pop.params.clone()
+        if fused:
+            step = pt.NativeMLPStep.for_population(lopt, weights, pop)
+            assert step is not None, "the C++ kernels must build here (a compiler and ninja)"
+        else:
+            original = mod.NativeMLPStep.for_population
+            mod.NativeMLPStep.for_population = classmethod(lambda cls, *a: None)
+        try:
+            losses, finite = pt.unroll_particles(
+                lopt, Quadratic(), weights, pop, lambda: next(batches), 3
+            )
+        finally:
+            if not fused:
+                mod.NativeMLPStep.for_population = original
+        assert torch.equal(before, pt.Population.replicate(
+            lopt, params, {}, state, pt.particle_tasks(2, 1, "cpu")).params)
+        out[fused] = (pop, losses, finite)
+    return out
+
+
+@pytest.fixture
+def big_rows(monkeypatch):
+    """Let the fused path run on a small model (it normally waits for 2048 rows)."""
+    import meta_train.estimators.particles as mod
+
+    monkeypatch.setattr(mod, "NATIVE_MIN_ROWS", 1)
+
+
+def test_fused_native_mlp_step_equals_the_pytorch_path(big_rows):
+    lopt = lo.create("mlp")
+    out = _fused_vs_torch(lopt)
+    (pop_f, loss_f, fin_f), (pop_t, loss_t, fin_t) = out[True], out[False]
+    torch.testing.assert_close(loss_f, loss_t)
+    torch.testing.assert_close(pop_f.params, pop_t.params, rtol=1e-5, atol=1e-6)
+    for key in ("m", "v", "t"):
+        torch.testing.assert_close(pop_f.opt_state[key], pop_t.opt_state[key])
+    assert fin_f.all() and fin_t.all()
+
+
+def test_fused_native_mlp_step_keeps_the_starting_state(big_rows):
+    """The estimators go back to a truncation's starting state: the fused step works on
+    copies (checked inside ``_fused_vs_torch``), and a NaN gradient leaves the particle
+    non-finite on both paths."""
+    out = _fused_vs_torch(lo.create("mlp"), bad=float("nan"))
+    for fused in (True, False):
+        pop, _, finite = out[fused]
+        assert not finite.all(), fused
+        assert torch.isnan(pop.params[0]).any()
+
+
+def test_general_optimizer_particles_use_its_own_core():
+    """``general`` subclasses the MLP optimizer but has its own ``core``: the particles must
+    not take the plain MLP's batched path."""
+    torch.manual_seed(2)
+    lopt = lo.create("general")
+    particles, n, steps = 3, 29, 3
+    spec, flat = _perturbed(lopt, particles)
+    params = torch.randn(particles, n)
+    target = torch.randn(n)
+
+    def grads_fn(theta, k):
+        return (theta - target) * (k + 1)
+
+    expected = _loop_reference(lopt, spec, flat, grads_fn, params, steps)
+    weights = pt.particle_weights(spec, flat)
+    state = lopt.init_state(params)
+    pdims = pt.particle_dims(lopt, n, None, params.device)
+    theta = params
+    with torch.no_grad():
+        for k in range(steps):
+            features, state = lopt.observe(grads_fn(theta, k), theta, state)
+            upd, state = pt.particle_core(lopt, weights, features, state, pdims)
+            theta = theta + upd
+    torch.testing.assert_close(theta, expected, rtol=1e-5, atol=1e-6)
