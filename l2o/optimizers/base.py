@@ -92,7 +92,8 @@ class ParamSpec:
         lead = flat.shape[:-1]
         chunks = torch.split(flat, list(self.numels), dim=-1)
         return {
-            n: c.reshape((*lead, *s)) for n, s, c in zip(self.names, self.shapes, chunks, strict=True)
+            n: c.reshape((*lead, *s))
+            for n, s, c in zip(self.names, self.shapes, chunks, strict=True)
         }
 
     def segment_ids(self, device: torch.device | str | None = None) -> torch.Tensor:

@@ -20,7 +20,7 @@ from l2o.optimizers.features import TIME_SCALES, log_sign_preprocess, time_featu
 from l2o.optimizers.lstm_kernels import (
     LSTMTape,
     TapedUpdates,
-    _cell_forward,
+    cell_forward,
     fused_lstm_sequence,
     gemm_layers,
     lstm_forward,
@@ -284,7 +284,7 @@ class LSTMOptimizer(LearnedOptimizerNet):
                     z[:, :n_in].copy_(inp)
                     z[:, n_in:].copy_(h)
                     pre = torch.addmm(bias, z, w_t, out=pre_buf[: hi - lo])
-                    h_new, c_new = _cell_forward(pre, c)
+                    h_new, c_new = cell_forward(pre, c)
                     h.copy_(h_new)
                     c.copy_(c_new)
                     inp = h

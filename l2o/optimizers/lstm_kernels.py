@@ -19,7 +19,7 @@ import torch
 from l2o.optimizers.native import NATIVE_MIN_ROWS, native_kernels
 
 
-def _cell_forward(pre: torch.Tensor, c_prev: torch.Tensor):
+def cell_forward(pre: torch.Tensor, c_prev: torch.Tensor):
     """Elementwise part of a cell: ``(h, c)`` from gate pre-activations ``[M, 4H]`` (i, f, g, o)."""
     i, f, g, o = pre.chunk(4, dim=-1)
     c = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
@@ -53,7 +53,7 @@ def _kernels(x: torch.Tensor):
         ext = native_kernels()
         if ext is not None:
             return _contiguous(ext.cell_forward), _contiguous(ext.cell_backward)
-    return _cell_forward, _cell_backward
+    return cell_forward, _cell_backward
 
 
 def _contiguous(fn):

@@ -24,9 +24,9 @@ import torch
 from torch.func import functional_call, vmap
 
 from l2o.optimizers.base import LearnedOptimizerNet, ParamSpec, State
-from l2o.optimizers.lstm import LSTMOptimizer
 from l2o.optimizers.features import time_features
-from l2o.optimizers.lstm_kernels import _cell_forward
+from l2o.optimizers.lstm import LSTMOptimizer
+from l2o.optimizers.lstm_kernels import cell_forward
 from l2o.optimizers.mlp import NORM_EPS, MLPOptimizer
 from l2o.optimizers.native import NATIVE_MIN_ROWS, native_kernels
 
@@ -65,7 +65,7 @@ def _lstm_core(
         # bmm then a broadcast add_: baddbmm's broadcast copy of the bias is slower on the CPU
         pre = torch.bmm(x, w_ih.transpose(1, 2)).add_(bias.unsqueeze(1))
         pre = pre.baddbmm_(state["h"][layer], w_hh.transpose(1, 2))
-        h, c = _cell_forward(pre, state["c"][layer])
+        h, c = cell_forward(pre, state["c"][layer])
         hs.append(h)
         cs.append(c)
         x = h

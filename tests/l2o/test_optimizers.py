@@ -24,7 +24,7 @@ from l2o.optimizers.features import log_sign_preprocess
 from l2o.optimizers.lstm_kernels import (
     NATIVE_MIN_ROWS,
     _cell_backward,
-    _cell_forward,
+    cell_forward,
     fused_lstm,
     lstm_forward,
     lstm_weights,
@@ -267,13 +267,13 @@ def test_native_kernels_match_the_pytorch_reference():
     pre = torch.randn(rows, 80) * 4
     pre[0, 0], pre[1, 20], pre[2, 40] = 200.0, -200.0, 90.0  # saturated gates stay finite
     c, dh, dc = torch.randn(rows, 20), torch.randn(rows, 20), torch.randn(rows, 20)
-    for got, want in zip(ext.cell_forward(pre, c), _cell_forward(pre, c)):
+    for got, want in zip(ext.cell_forward(pre, c), cell_forward(pre, c)):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-6)
     for got, want in zip(ext.cell_backward(pre, c, dh, dc), _cell_backward(pre, c, dh, dc)):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-5)
     h_out, c_in = torch.empty(rows, 20), c.clone()
     ext.cell_forward_into(pre, c_in, h_out, c_in)  # in place on the cell state
-    want_h, want_c = _cell_forward(pre, c)
+    want_h, want_c = cell_forward(pre, c)
     torch.testing.assert_close(h_out, want_h, rtol=1e-5, atol=2e-6)
     torch.testing.assert_close(c_in, want_c, rtol=1e-5, atol=2e-6)
     # the whole optimizer, deployed over native-sized chunks, equals its flat step

@@ -122,15 +122,18 @@ def test_generic_vmap_path_equals_the_batched_mlp():
     torch.testing.assert_close(generic, batched, rtol=1e-5, atol=1e-7)
 
 
-
 def _fused_vs_torch(lopt, params_scale: float = 1.0, bad: float | None = None):
     """Four perturbed particles of ``lopt`` on a 4-tensor model (an MLP 30-8-5 with biases),
     three steps through ``unroll_particles`` with the fused C++ step and on the PyTorch path."""
     import meta_train.estimators.particles as mod
 
     spec = ParamSpec.from_named(
-        [("w1", torch.zeros(8, 30)), ("b1", torch.zeros(8)), ("w2", torch.zeros(5, 8)),
-         ("b2", torch.zeros(5))]
+        [
+            ("w1", torch.zeros(8, 30)),
+            ("b1", torch.zeros(8)),
+            ("w2", torch.zeros(5, 8)),
+            ("b2", torch.zeros(5)),
+        ]
     )
     n = spec.numel
     gen = torch.Generator().manual_seed(3)
@@ -165,8 +168,10 @@ def _fused_vs_torch(lopt, params_scale: float = 1.0, bad: float | None = None):
         finally:
             if not fused:
                 mod.NativeMLPStep.for_population = original
-        assert torch.equal(before, pt.Population.replicate(
-            lopt, params, {}, state, pt.particle_tasks(2, 1, "cpu")).params)
+        assert torch.equal(
+            before,
+            pt.Population.replicate(lopt, params, {}, state, pt.particle_tasks(2, 1, "cpu")).params,
+        )
         out[fused] = (pop, losses, finite)
     return out
 
