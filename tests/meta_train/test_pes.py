@@ -7,6 +7,7 @@ import io
 import math
 
 import torch
+from crash_run import train_until_crash
 from test_es import exact_gradient, flat_grad, quadratic_problem
 
 from meta_train.estimators.es import AntitheticES
@@ -141,33 +142,19 @@ TRAINER_OVERRIDES = [
 ]
 
 
-class _Crash(Exception):
-    pass
-
-
 def _train(run_dir, crash_after=None, resume=None, seen=None):
     from meta_train.config import load_config
-    from meta_train.trainer import Trainer
 
-    cfg = load_config("tiny", TRAINER_OVERRIDES)
-
-    def hook(trainer, record):
+    def record_clocks(trainer, record):
         if seen is not None:
             clocks = trainer.rotation.clocks
             seen.append((list(clocks.steps), list(clocks.runs)))
             assert "train/pes/estimate_norm" in record
             # the optimizer's time features see each task's own step
             assert trainer.inner.opt_state["t"].tolist() == [float(s) for s in clocks.steps]
-        if trainer.position.global_step == crash_after:
-            raise _Crash
 
-    trainer = Trainer(cfg, run_dir, resume=resume, on_meta_step=hook)
-    try:
-        trainer.train()
-    except _Crash:
-        pass
-    finally:
-        trainer.close()
+    cfg = load_config("tiny", TRAINER_OVERRIDES)
+    train_until_crash(cfg, run_dir, crash_after, resume, record_clocks)
 
 
 def test_trainer_pes_desynchronized_resume_is_bitwise(tmp_path):

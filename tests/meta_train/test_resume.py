@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from crash_run import train_until_crash
 
 from meta_train import checkpointing as ckpt
 from meta_train.config import load_config
 from meta_train.tracking import METRICS_FILE, read_metrics
-from meta_train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
 # 2 epochs × 2 runs × 3 meta-steps; validation after every second run picks best.pt; threads=1
@@ -71,24 +71,8 @@ def _untimed(records: list[dict]) -> list[dict]:
 # In-process: a crash (exception) after meta-step k, before that step's checkpoint
 
 
-class _Crash(Exception):
-    pass
-
-
 def _train(run_dir: Path, crash_after: int | None = None, resume: dict | None = None) -> None:
-    cfg = load_config("tiny", OVERRIDES)
-
-    def crash(trainer, record):
-        if trainer.position.global_step == crash_after:
-            raise _Crash
-
-    trainer = Trainer(cfg, run_dir, resume=resume, on_meta_step=crash)
-    try:
-        trainer.train()
-    except _Crash:
-        pass
-    finally:
-        trainer.close()
+    train_until_crash(load_config("tiny", OVERRIDES), run_dir, crash_after, resume)
 
 
 TOTAL_STEPS, VALIDATIONS = 12, 2
