@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from crash_run import train_until_crash
 
 import l2o.optimizers as lo
 from l2o.seeding import derive_seed
@@ -259,24 +260,6 @@ def _same(a, b) -> None:
 # Resume
 
 
-class _Crash(Exception):
-    pass
-
-
-def _train(cfg, run_dir: Path, crash_after: int | None = None, resume: dict | None = None):
-    def crash(trainer, record):
-        if trainer.position.global_step == crash_after:
-            raise _Crash
-
-    trainer = Trainer(cfg, run_dir, resume=resume, on_meta_step=crash)
-    try:
-        trainer.train()
-    except _Crash:
-        pass
-    finally:
-        trainer.close()
-
-
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -287,11 +270,11 @@ def _train(cfg, run_dir: Path, crash_after: int | None = None, resume: dict | No
 )
 def test_a_crashed_family_run_resumes_bit_for_bit(tmp_path, overrides):
     cfg = _cfg(*overrides)
-    _train(cfg, tmp_path / "reference")
-    _train(cfg, tmp_path / "crashed", crash_after=3)
+    train_until_crash(cfg, tmp_path / "reference")
+    train_until_crash(cfg, tmp_path / "crashed", crash_after=3)
     saved = ckpt.load_run_checkpoint(tmp_path / "crashed" / "last.pt")
     assert saved["position"]["global_step"] == 2 and saved["family"]["members"]
-    _train(cfg, tmp_path / "crashed", resume=saved)
+    train_until_crash(cfg, tmp_path / "crashed", resume=saved)
     ref = ckpt.load_run_checkpoint(tmp_path / "reference" / "last.pt")
     got = ckpt.load_run_checkpoint(tmp_path / "crashed" / "last.pt")
     _same(ref["lopt"]["state_dict"], got["lopt"]["state_dict"])
@@ -306,7 +289,7 @@ def _untimed(run_dir: Path) -> list[dict]:
 
 
 def test_resume_with_another_family_is_refused(tmp_path):
-    _train(_cfg("schedule.runs_per_epoch=1", "validation.enabled=false"), tmp_path)
+    train_until_crash(_cfg("schedule.runs_per_epoch=1", "validation.enabled=false"), tmp_path)
     saved = ckpt.load_run_checkpoint(tmp_path / "last.pt")
     changed = _cfg(
         "schedule.runs_per_epoch=1",
