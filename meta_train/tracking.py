@@ -17,7 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from l2o.io import atomic_write
+
 METRICS_FILE = "metrics.jsonl"
+#: The run's final numbers (best validation loss, counters), also sent to W&B's run summary.
+SUMMARY_FILE = "summary.json"
 
 
 def _jsonable(value: Any) -> Any:
@@ -108,6 +112,14 @@ class Tracker:
             self._console(text)
 
     def summary(self, values: dict[str, Any]) -> None:
+        """Merge ``values`` into the run's summary: ``summary.json`` in the run folder (written
+        atomically, so it is on disk whatever the W&B mode) and W&B's run summary."""
+        if not self.active:
+            return
+        path = self.run_dir / SUMMARY_FILE
+        merged = json.loads(path.read_text()) if path.exists() else {}
+        merged.update({k: _jsonable(v) for k, v in values.items()})
+        atomic_write(path, json.dumps(merged, indent=2, sort_keys=True) + "\n")
         if self._wandb is not None:
             for key, value in values.items():
                 self._wandb.summary[key] = _jsonable(value)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 
 from meta_train.config import WandbConfig
-from meta_train.tracking import METRICS_FILE, Tracker, read_metrics
+from meta_train.tracking import METRICS_FILE, SUMMARY_FILE, Tracker, read_metrics
 
 
 def test_jsonl_records_values_and_non_finite_markers(tmp_path):
@@ -22,6 +23,22 @@ def test_jsonl_records_values_and_non_finite_markers(tmp_path):
     assert records[0]["loss"] == 0.5 and records[0]["bad"] == "nan" and records[0]["big"] == "inf"
     assert records[0]["tag"] == "x" and records[1]["loss"] == 0.25
     assert lines == ["step=2 loss=0.25"]
+
+
+def test_the_summary_is_on_disk_without_wandb(tmp_path):
+    """W&B-summary values (best validation loss, counters) also land in ``summary.json``,
+    merged across calls and across a resumed run's tracker; inactive ranks write nothing."""
+    tracker = Tracker(tmp_path, console=lambda _: None)
+    tracker.summary({"best_val_loss": torch.tensor(0.5), "nonfinite": 2})
+    tracker.close()
+    again = Tracker(tmp_path, console=lambda _: None, resume_bytes=0)
+    again.summary({"best_val_loss": math.inf})
+    again.close()
+    saved = json.loads((tmp_path / SUMMARY_FILE).read_text())
+    assert saved == {"best_val_loss": "inf", "nonfinite": 2}
+    other = tmp_path / "rank1"
+    Tracker(other, console=lambda _: None, active=False).summary({"x": 1})
+    assert not (other / SUMMARY_FILE).exists()
 
 
 def test_resume_truncates_to_the_checkpointed_size(tmp_path):
