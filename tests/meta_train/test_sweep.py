@@ -14,18 +14,15 @@ import pytest
 import yaml
 
 from meta_train import sweep as sweep_module
+from meta_train import sweep_spec
 from meta_train.config import ConfigError, load_config
-from meta_train.sweep import (
+from meta_train.sweep import LocalSweep, MetricMissing, main, read_metric, run_local
+from meta_train.sweep_spec import (
     PROGRAM,
-    LocalSweep,
-    MetricMissing,
     agent_arg,
     check_sweep,
     load_sweep,
-    main,
     parse_parameter,
-    read_metric,
-    run_local,
     trial_command,
 )
 from meta_train.tracking import read_metrics
@@ -257,7 +254,7 @@ def test_a_killed_sweep_continues_its_running_trial(tmp_path, monkeypatch):
     local = LocalSweep(load_sweep(path), "grid", folder)
     study = local.open_study()
     trial = study.ask()
-    values = sweep_module._suggest(trial, local.parameters)
+    values = sweep_spec.suggest(trial, local.parameters)
     trial.set_user_attr("values", values)
     trial.set_user_attr("run_dir", str(local.run_dir(trial.number)))
     calls = []

@@ -1,0 +1,302 @@
+"""What a sweep file means: its parameters, its search space and the commands its trials run
+(``meta_train/sweep.py`` runs them; ``meta_train/sweep_report.py`` ranks them).
+
+A sweep file is a W&B sweep definition whose ``program`` is ``meta_train/run.py``; every
+``parameters`` key is a dotted config key, passed as ``--key=value``. ``check_sweep`` builds the
+config for every listed value (and both ends of each range) through ``run.py``'s parser.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from meta_train.config import ConfigError, MetaTrainConfig, load_config, validate_names
+
+PROGRAM = "meta_train/run.py"
+METHODS = ("grid", "random", "bayes")
+RANGE_KEYS = ("min", "max")
+DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]  # W&B's default
+# The macros of the command that ``wandb agent`` fills with the trial's arguments.
+ARG_MACROS = ("args", "args_no_hyphens", "args_no_boolean_flags", "args_json", "args_no_equals")
+# W&B distributions that run here; normal-type ones (unbounded) need the W&B server.
+RANGE_DISTRIBUTIONS = ("uniform", "int_uniform", "log_uniform_values", "log_uniform", "q_uniform")
+
+
+def load_sweep(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep file {path} does not exist")
+    try:
+        sweep = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(sweep, dict):
+        raise ConfigError(f"{path}: a sweep definition is a mapping")
+    return sweep
+
+
+def agent_arg(key: str, value: Any) -> str:
+    """The argument ``wandb agent`` passes for one parameter (its ``${args}`` form)."""
+    return f"--{key}={value}"
+
+
+# --------------------------------------------------------------------------------------------
+# The sweep's parameters and command
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One ``parameters`` entry: a fixed ``value``, a list of ``values``, or a range."""
+
+    key: str
+    values: list[Any] = field(default_factory=list)  # fixed: one value; choice: the candidates
+    low: float | None = None  # range only
+    high: float | None = None
+    integer: bool = False
+    log: bool = False
+    step: float | None = None
+
+    @property
+    def fixed(self) -> bool:
+        return self.low is None and len(self.values) == 1
+
+    @property
+    def is_range(self) -> bool:
+        return self.low is not None
+
+    def ends(self) -> list[Any]:
+        """The values to validate: every candidate, or both ends of the range."""
+        return list(self.values) if not self.is_range else [self.low, self.high]
+
+
+def parse_parameter(key: str, spec: Any) -> Parameter:
+    """A sweep parameter as W&B reads it (the distribution defaults included)."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"sweep parameter {key!r} must be a mapping (values:, value:, min/max:)")
+    if "values" in spec:
+        if not isinstance(spec["values"], list) or not spec["values"]:
+            raise ConfigError(f"sweep parameter {key!r}: values must be a non-empty list")
+        return Parameter(key, list(spec["values"]))
+    if "value" in spec:
+        return Parameter(key, [spec["value"]])
+    if not all(k in spec for k in RANGE_KEYS):
+        raise ConfigError(f"sweep parameter {key!r} needs values:, value: or min: and max:")
+    low, high = spec["min"], spec["max"]
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high))
+    if not numbers:
+        raise ConfigError(f"sweep parameter {key!r}: min and max must be numbers")
+    if not low < high:
+        raise ConfigError(f"sweep parameter {key!r}: min ({low}) must be below max ({high})")
+    both_int = isinstance(low, int) and isinstance(high, int)
+    distribution = spec.get("distribution", "int_uniform" if both_int else "uniform")
+    if distribution not in RANGE_DISTRIBUTIONS:
+        raise ConfigError(
+            f"sweep parameter {key!r}: distribution {distribution!r} is not one of "
+            f"{', '.join(RANGE_DISTRIBUTIONS)} (others need the W&B server: --project)"
+        )
+    if distribution == "int_uniform" and not both_int:
+        raise ConfigError(f"sweep parameter {key!r}: int_uniform needs integer min and max")
+    if distribution == "log_uniform_values" and low <= 0:
+        raise ConfigError(f"sweep parameter {key!r}: log_uniform_values needs min > 0")
+    if distribution == "log_uniform":  # W&B: exp(U(min, max)), i.e. log-uniform in [e^min, e^max]
+        return Parameter(key, low=math.exp(low), high=math.exp(high), log=True)
+    step = None
+    if distribution == "q_uniform":
+        step = float(spec.get("q", 1.0))
+    return Parameter(
+        key,
+        low=low,
+        high=high,
+        integer=distribution == "int_uniform",
+        log=distribution == "log_uniform_values",
+        step=step,
+    )
+
+
+def command_template(
+    sweep: dict[str, Any], config: str | None = None, overrides: list[str] | tuple = ()
+) -> list[str]:
+    """The sweep's ``command`` (W&B's default when absent), its ``--config`` replaced by
+    ``config`` and ``overrides`` inserted before the swept arguments (a smaller budget)."""
+    command = [str(c) for c in (sweep.get("command") or DEFAULT_COMMAND)]
+    if config is not None:
+        kept, i = [], 0
+        while i < len(command):
+            if command[i] == "--config" and i + 1 < len(command):
+                i += 2
+                continue
+            if not command[i].startswith("--config="):
+                kept.append(command[i])
+            i += 1
+        at = kept.index("${program}") + 1 if "${program}" in kept else 0
+        command = [*kept[:at], "--config", config, *kept[at:]]
+    if overrides:
+        at = next((i for i, c in enumerate(command) if c[2:-1] in ARG_MACROS), len(command))
+        command = [*command[:at], *overrides, *command[at:]]
+    return command
+
+
+def command_settings(command: list[str]) -> tuple[str, list[str]]:
+    """The base config name and the fixed overrides written in a sweep command."""
+    base, fixed, i = "default", [], 0
+    while i < len(command):
+        chunk = command[i]
+        if chunk == "--config" and i + 1 < len(command):
+            base, i = command[i + 1], i + 2
+            continue
+        if chunk.startswith("--config="):
+            base = chunk.split("=", 1)[1]
+        elif "=" in chunk and not chunk.startswith("${"):
+            fixed.append(chunk)
+        i += 1
+    return base, fixed
+
+
+def check_sweep(
+    sweep: dict[str, Any], config: str | None = None, overrides: list[str] | tuple = ()
+) -> list[MetaTrainConfig]:
+    """Every config the sweep can produce at its listed values and range ends, validated.
+
+    Grid sweeps are checked on their full product (they are small by nature); other methods one
+    parameter at a time on top of the base config. ``config`` and ``overrides`` change the
+    command as a local run would (see ``--config`` of the CLI).
+    """
+    if sweep.get("program") != PROGRAM:
+        raise ConfigError(f"sweep program must be {PROGRAM!r}, got {sweep.get('program')!r}")
+    if sweep.get("method") not in METHODS:
+        raise ConfigError(f"sweep method must be one of {METHODS}, got {sweep.get('method')!r}")
+    metric = sweep.get("metric")
+    if sweep["method"] == "bayes" and not (isinstance(metric, dict) and metric.get("name")):
+        raise ConfigError("a bayes sweep needs metric: {name: ..., goal: minimize|maximize}")
+    if isinstance(metric, dict) and metric.get("goal", "minimize") not in ("minimize", "maximize"):
+        raise ConfigError(f"metric.goal must be minimize or maximize, got {metric.get('goal')!r}")
+    params = sweep.get("parameters")
+    if not isinstance(params, dict) or not params:
+        raise ConfigError("a sweep needs a non-empty parameters: mapping")
+    if "${args}" not in [str(c) for c in sweep.get("command", ["${args}"])]:
+        raise ConfigError("the sweep's command must end with ${args} (the swept --key=value)")
+    parsed = [parse_parameter(key, spec) for key, spec in params.items()]
+    if sweep["method"] == "grid":
+        for p in parsed:
+            if p.is_range and not p.integer:
+                raise ConfigError(
+                    f"sweep parameter {p.key!r}: a grid needs values: (or an int_uniform range)"
+                )
+    command = command_template(sweep, config, overrides)
+    base, fixed = command_settings(command)
+    for text in overrides:
+        if text.split("=", 1)[0].lstrip("-") in params:
+            raise ConfigError(f"override {text!r} sets a swept parameter")
+    candidates = {p.key: grid_values(p) if sweep["method"] == "grid" else p.ends() for p in parsed}
+    if sweep["method"] == "grid":
+        combos = [
+            dict(zip(candidates, values, strict=True))
+            for values in itertools.product(*candidates.values())
+        ]
+    else:
+        combos = [{key: value} for key, values in candidates.items() for value in values]
+    configs = []
+    for combo in combos:
+        args = [agent_arg(k, v) for k, v in combo.items()]
+        try:
+            cfg = load_config(base, fixed + args)
+            validate_names(cfg)
+        except ConfigError as exc:
+            raise ConfigError(f"sweep parameters {combo}: {exc}") from None
+        configs.append(cfg)
+    return configs
+
+
+def grid_values(parameter: Parameter) -> list[Any]:
+    if parameter.is_range:  # an int_uniform range: every integer (W&B enumerates it too)
+        return list(range(int(parameter.low), int(parameter.high) + 1))
+    return list(parameter.values)
+
+
+# --------------------------------------------------------------------------------------------
+# Running a sweep here: Optuna samples, run.py trains, the metric comes from the run folder
+
+_SCALARS = (type(None), bool, int, float, str)
+
+
+def _choices(parameter: Parameter) -> tuple[list[Any], bool]:
+    """Optuna's categorical choices for ``parameter`` and whether they are JSON-encoded
+    (Optuna takes None, bool, int, float and str; lists such as extra_inputs are encoded)."""
+    values = grid_values(parameter)
+    if all(isinstance(v, _SCALARS) for v in values):
+        return values, False
+    return [json.dumps(v) for v in values], True
+
+
+def optuna_module():
+    """Optuna, the engine of local sweeps (an optional dependency, named when missing)."""
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError(
+            "a sweep run here needs optuna: pip install 'l2o[sweeps]' (or pip install optuna), "
+            "or run it on W&B with --project"
+        ) from None
+    return optuna
+
+
+def make_sampler(method: str, parameters: list[Parameter], seed: int):
+    optuna = optuna_module()
+
+    if method == "grid":
+        space = {p.key: _choices(p)[0] for p in parameters if not p.fixed}
+        return optuna.samplers.GridSampler(space, seed=seed)
+    if method == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.GPSampler(seed=seed)
+
+
+def suggest(trial, parameters: list[Parameter]) -> dict[str, Any]:
+    """The trial's value of every parameter, in the sweep's order (fixed ones included)."""
+    values = {}
+    for p in parameters:
+        if p.fixed:
+            values[p.key] = p.values[0]
+        elif p.is_range and not p.integer:
+            values[p.key] = trial.suggest_float(p.key, p.low, p.high, log=p.log, step=p.step)
+        elif p.is_range:
+            values[p.key] = trial.suggest_int(p.key, int(p.low), int(p.high), log=p.log)
+        else:
+            choices, encoded = _choices(p)
+            value = trial.suggest_categorical(p.key, choices)
+            values[p.key] = json.loads(value) if encoded else value
+    return values
+
+
+def trial_command(
+    template: list[str], program: str, values: dict[str, Any], run_dir: Path
+) -> list[str]:
+    """The command ``wandb agent`` would run for ``values`` (its macros, its argument formats),
+    with this interpreter and ``--run-dir`` appended."""
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
+
+    formats = create_sweep_command_args({"args": {k: {"value": v} for k, v in values.items()}})
+    macros = {
+        **{name: formats[name] for name in ARG_MACROS},
+        "env": ["/usr/bin/env"],
+        "interpreter": [sys.executable],
+        "program": [program],
+    }
+    command: list[str] = []
+    for chunk in create_sweep_command(list(template)):  # fills ${envvar:NAME} as W&B does
+        chunk = str(chunk)
+        if chunk.startswith("${") and chunk.endswith("}"):
+            if chunk[2:-1] not in macros:
+                raise ConfigError(f"the sweep's command uses {chunk}, which runs only on W&B")
+            command += macros[chunk[2:-1]]
+        else:
+            command.append(chunk)
+    return [*command, "--run-dir", str(run_dir)]
