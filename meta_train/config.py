@@ -40,6 +40,7 @@ from meta_train.config_engine import (
 )
 from meta_train.config_engine import all_keys as _all_keys
 from meta_train.estimators import available_estimators
+from meta_train.evaluation.criteria import CRITERIA
 from meta_train.families import AugmentationSpec, FamilySpec
 from meta_train.unroll import UnrollConfig
 
@@ -234,8 +235,17 @@ class ValidationConfig:
     steps: int = 200
     seeds: int = 2
     first_seed: int = 500
+    #: what a validation run is scored by (``meta_train.evaluation.criteria``): ``mean`` loss
+    #: over the horizon, ``final`` (the last 10 % of steps: what the evaluation reports first)
+    criterion: str = "mean"
 
     def __post_init__(self) -> None:
+        require(
+            self.criterion in CRITERIA,
+            "validation.criterion",
+            f"must be one of {sorted(CRITERIA)}",
+            self.criterion,
+        )
         require_non_negative("validation.every_runs", self.every_runs)
         require_positive("validation.steps", self.steps)
         require_positive("validation.seeds", self.seeds)

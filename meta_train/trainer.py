@@ -51,6 +51,7 @@ from meta_train.config import (
     validate_names,
 )
 from meta_train.estimators import make_estimator, meta_step_gradient
+from meta_train.evaluation.criteria import score
 from meta_train.families import assign_members
 from meta_train.family_runner import FamilyRunner
 from meta_train.memory import check_fits
@@ -648,7 +649,8 @@ class Trainer:
         return p.run + 1 == s.runs_per_epoch
 
     def validate(self) -> float:
-        """Mean training loss of fresh held-out optimizees trained by the frozen optimizer.
+        """The ``validation.criterion`` (mean training loss, by default) of fresh held-out
+        optimizees trained by the frozen optimizer, averaged over them (+inf if one diverged).
 
         Under torchrun the seeds are split over the ranks (seed i on rank i mod world) and the
         scores summed with one all-reduce: every rank gets the same value."""
@@ -668,7 +670,7 @@ class Trainer:
                     data=self.data,
                     evaluate_test=False,
                 )
-                scores.append(math.inf if result.diverged else result.mean_train_loss)
+                scores.append(float(score(v.criterion, result.train_losses.unsqueeze(0))[0]))
         total, count = dist.sum_across([sum(scores), len(scores)])
         return total / count
 
