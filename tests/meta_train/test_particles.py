@@ -38,8 +38,10 @@ def _loop_reference(lopt, spec, flat, grads_fn, params, steps):
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("arch", ["mlp", "lstm"])
+@pytest.mark.parametrize("arch", ["mlp", "lstm", "general"])
 def test_vectorized_particles_equal_a_loop_over_particles(arch):
+    """Also ``general``: it subclasses the MLP optimizer but has its own ``core``, so it must
+    not take the plain MLP's batched path."""
     torch.manual_seed(0)
     lopt = lo.create(arch)
     particles, n, steps = 3, 37, 4
@@ -204,29 +206,3 @@ def test_fused_native_mlp_step_keeps_the_starting_state(big_rows):
         pop, _, finite = out[fused]
         assert not finite.all(), fused
         assert torch.isnan(pop.params[0]).any()
-
-
-def test_general_optimizer_particles_use_its_own_core():
-    """``general`` subclasses the MLP optimizer but has its own ``core``: the particles must
-    not take the plain MLP's batched path."""
-    torch.manual_seed(2)
-    lopt = lo.create("general")
-    particles, n, steps = 3, 29, 3
-    spec, flat = _perturbed(lopt, particles)
-    params = torch.randn(particles, n)
-    target = torch.randn(n)
-
-    def grads_fn(theta, k):
-        return (theta - target) * (k + 1)
-
-    expected = _loop_reference(lopt, spec, flat, grads_fn, params, steps)
-    weights = pt.particle_weights(spec, flat)
-    state = lopt.init_state(params)
-    pdims = pt.particle_dims(lopt, n, None, params.device)
-    theta = params
-    with torch.no_grad():
-        for k in range(steps):
-            features, state = lopt.observe(grads_fn(theta, k), theta, state)
-            upd, state = pt.particle_core(lopt, weights, features, state, pdims)
-            theta = theta + upd
-    torch.testing.assert_close(theta, expected, rtol=1e-5, atol=1e-6)
