@@ -15,17 +15,17 @@ range) through the same parser ``run.py`` uses, so a typo or an out-of-range val
 not hours later on an agent.
 
 Without ``--project`` the sweep runs here, with Optuna as the engine (W&B's own engine, the
-``sweeps`` package, requires numpy < 2): ``grid`` enumerates the values with Optuna's
-GridSampler, ``random`` samples with its RandomSampler and ``bayes`` with its Gaussian-process
-GPSampler (W&B's bayes is a GP too). Each trial runs the sweep's ``command`` with the macros
-filled in as ``wandb agent`` fills them (the same ``--key=value`` arguments, W&B's own
-formatter), plus ``--run-dir`` into the sweep folder; its score is the metric's last value in the
-run's ``metrics.jsonl`` (what W&B's summary holds for a logged key). A trial whose
-config asks for W&B ``online`` logs ``offline`` into its run folder instead (``wandb sync``
-later); ``$WANDB_MODE``, when set, wins. The study lives in ``study.db`` (SQLite) in the sweep
-folder: the same command continues an interrupted sweep (``--count`` is the sweep's total), an
-interrupted trial resuming from its last checkpoint. The sweep ends with ``ranking.csv`` (also
-printed) and ``metric_vs_params.png`` in the folder.
+``sweeps`` package, requires numpy < 2): ``grid`` enumerates the values with Optuna's GridSampler,
+``random`` samples with its RandomSampler and ``bayes`` with its Gaussian-process GPSampler (W&B's
+bayes is a GP too). Each trial runs the sweep's ``command`` with the macros filled in as ``wandb
+agent`` fills them (the same ``--key=value`` arguments, W&B's own formatter), plus ``--run-dir``
+into the sweep folder; its score is what W&B's summary holds: the run's ``summary.json`` value
+(``best_val_loss``), else the metric's last value in ``metrics.jsonl``. A trial whose config asks
+for W&B ``online`` logs ``offline`` into its run folder instead (``wandb sync`` later);
+``$WANDB_MODE``, when set, wins. The study lives in ``study.db`` (SQLite) in the sweep folder: the
+same command continues an interrupted sweep (``--count`` is the sweep's total), an interrupted
+trial resuming from its last checkpoint. The sweep ends with ``ranking.csv`` (also printed) and
+``metric_vs_params.png`` in the folder.
 """
 
 from __future__ import annotations
@@ -81,15 +81,18 @@ class MetricMissing(RuntimeError):
 
 
 def read_metric(run_dir: Path, name: str) -> float:
-    """What W&B's summary holds for ``name`` by default: its last logged value, read from the
-    run's ``metrics.jsonl``. (Values the run only sets in the W&B summary, such as
-    ``best_val_loss`` or ``meta_test/*``, are not on disk: sweep on a logged key.)"""
-    from meta_train.tracking import read_metrics
+    """What W&B's summary holds for ``name``: the value the run set in its summary
+    (``summary.json``, e.g. ``best_val_loss``), else its last logged value in ``metrics.jsonl``."""
+    from meta_train.tracking import SUMMARY_FILE, read_metrics
 
+    summary_path = run_dir / SUMMARY_FILE
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     records = read_metrics(run_dir)
-    value = next((r[name] for r in reversed(records) if name in r), None)
+    value = summary.get(name)
     if value is None:
-        keys = sorted({k for r in records for k in r} - {"step", "time"})
+        value = next((r[name] for r in reversed(records) if name in r), None)
+    if value is None:
+        keys = sorted(({k for r in records for k in r} | set(summary)) - {"step", "time"})
         raise MetricMissing(f"the run logged no {name!r} (its metrics: {', '.join(keys)})")
     number = float(value)  # non-finite values are logged as the strings 'nan', 'inf'
     if not math.isfinite(number):

@@ -313,6 +313,19 @@ def test_metric_is_the_runs_last_value(tmp_path):
         read_metric(tmp_path, "val/best_loss")
 
 
+def test_metric_set_only_in_the_summary_is_read_from_summary_json(tmp_path):
+    """``best_val_loss`` goes to W&B's run summary, never to ``metrics.jsonl``: the run's
+    ``summary.json`` (``Tracker.summary``) holds it, and a summary value wins as on W&B."""
+    from meta_train.tracking import Tracker
+
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "x": 4.0}) + "\n")
+    tracker = Tracker(tmp_path, console=lambda _: None)  # appends to the existing file
+    tracker.summary({"best_val_loss": 0.75, "x": 3.0})
+    tracker.close()
+    assert read_metric(tmp_path, "best_val_loss") == 0.75
+    assert read_metric(tmp_path, "x") == 3.0
+
+
 def test_online_configs_log_offline_here(monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     online = load_config("tiny", ["wandb.mode=online"])
