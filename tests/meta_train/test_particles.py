@@ -186,8 +186,9 @@ def big_rows(monkeypatch):
     monkeypatch.setattr(mod, "NATIVE_MIN_ROWS", 1)
 
 
-def test_fused_native_mlp_step_equals_the_pytorch_path(big_rows):
-    lopt = lo.create("mlp")
+@pytest.mark.parametrize("per_tensor_norm", [True, False])
+def test_fused_native_mlp_step_equals_the_pytorch_path(big_rows, per_tensor_norm):
+    lopt = lo.create("mlp", per_tensor_norm=per_tensor_norm)
     out = _fused_vs_torch(lopt)
     (pop_f, loss_f, fin_f), (pop_t, loss_t, fin_t) = out[True], out[False]
     torch.testing.assert_close(loss_f, loss_t)
