@@ -2,9 +2,25 @@
 horizon, from design elements of the field (each an option):
 
 * **nominal term** (Harrison et al. 2022, "A closer look at learned optimization", STAR): the
-  update is Adam's bias-corrected direction times a step size, plus a learned residual whose
-  gain starts at zero, so the untrained optimizer IS Adam (``nominal_lr``, β₁ = ``adam_beta1``,
-  β₂ = ``rms_decay``) and meta-training only has to learn a correction;
+  update is a handcrafted direction times a step size, plus a learned residual whose gain starts
+  at zero, so the untrained optimizer IS that handcrafted optimizer and meta-training only has to
+  learn a correction. ``nominal``:
+
+  - ``adam``: Adam's bias-corrected direction (``nominal_lr``, β₁ = ``adam_beta1``,
+    β₂ = ``rms_decay``);
+  - ``sgdm``: heavy-ball momentum. The momentum accumulator is an EMA
+    ``m_t = β m_{t-1} + (1-β) g_t`` (decay ``sgdm_beta``), and torch's SGD buffer (momentum β,
+    no dampening) is ``b_t = m_t / (1-β)`` exactly, so the step ``sgdm_lr · m_t / (1-β)`` IS
+    ``torch.optim.SGD(lr=sgdm_lr, momentum=β)``; ``sgdm_lr`` 0.3 is the tuned SGD + momentum
+    lr of the ``indist`` task (MNIST sigmoid MLP);
+  - ``mix``: ``σ(z) e^{a} adam + (1-σ(z)) e^{b} sgdm`` with one global learned logit ``z``
+    (``σ(z)`` starts at ``mix_init``) and a learned log step size per direction (``a``, ``b``
+    start at ``log nominal_lr``, ``log sgdm_lr``), so meta-training can pick the baseline;
+  - ``none``: no nominal term (the residual gain then starts at 1).
+
+  With ``sgdm`` and ``mix`` the residual is scaled by the nominal step's RMS over each tensor
+  (SGD's direction has the gradient's units, not Adam's O(1)), so a residual of gain 1 moves a
+  tensor as far as the nominal step does;
 * **training-progress inputs** (VeLO, Metz et al. 2022): the fraction of the horizon completed
   (``features.progress_features``), next to the ``tanh`` step-count features; the horizon is
   ``total_steps``, or ``init_state(..., total_steps=N)`` for a run of another length;
@@ -17,8 +33,11 @@ horizon, from design elements of the field (each an option):
   parameter, momenta at several decays, RMS, m·rsqrt(RMS), rsqrt(RMS)), normalized per tensor
   over finite entries only (a bad coordinate stays a bad coordinate).
 
-Update (added to the parameters), with ``r`` the (normalized) network output:
-``Δ = lr_t · (gain · r − adam)`` with the nominal term, ``lr_t · gain · r`` without it.
+Update (added to the parameters), with ``r`` the (normalized) network output and ``n`` the
+nominal direction: ``Δ = lr_t · (gain · r − n)`` with ``adam``, ``lr_t · (gain · ρ · r − n)``
+with ``sgdm`` / ``mix`` (``ρ`` = RMS of ``n`` over the tensor), ``lr_t · gain · r`` with
+``none``; ``lr_t = exp(base + schedule)``, base ``log nominal_lr`` (``adam``, ``none``),
+``log sgdm_lr`` (``sgdm``) or 0 (``mix``: the step sizes are inside ``n``).
 """
 
 from __future__ import annotations
@@ -33,6 +52,7 @@ from l2o.optimizers.base import ParamSpec, State, register
 from l2o.optimizers.features import (
     PROGRESS_CENTERS,
     TIME_SCALES,
+    finite_square_sums,
     normalize_per_segment,
     progress_features,
     time_features,
@@ -42,16 +62,47 @@ from l2o.optimizers.mlp import MLPOptimizer
 #: ``ε`` of the output normalization ``d · rsqrt(mean d² + ε)``.
 OUTPUT_EPS = 1e-12
 
+#: The nominal directions and the handcrafted directions each one needs (features, in order).
+NOMINALS: dict[str, tuple[str, ...]] = {
+    "adam": ("adam",),
+    "sgdm": ("sgdm",),
+    "mix": ("adam", "sgdm"),
+    "none": ("adam",),  # the layout of ``adam``: the direction is a feature, left unused
+}
+
+
+def nominal_kind(nominal: str | bool) -> str:
+    """The ``nominal`` option's name; ``True`` / ``False`` (configs written before ``sgdm`` and
+    ``mix`` existed) are ``adam`` / ``none``."""
+    if isinstance(nominal, bool):
+        return "adam" if nominal else "none"
+    if nominal not in NOMINALS:
+        raise ValueError(f"nominal must be one of {sorted(NOMINALS)}, got {nominal!r}")
+    return nominal
+
+
+def tensor_rms(x: torch.Tensor, segment_ids: torch.Tensor | None, n_seg: int) -> torch.Tensor:
+    """``x [..., N]``'s RMS over the finite entries of each coordinate's segment, ``[..., N]``
+    (``segment_ids`` None: one segment)."""
+    sums, counts = finite_square_sums(x.unsqueeze(-1), segment_ids, n_seg)
+    rms = (sums / counts.clamp_min(1.0)).sqrt().to(x.dtype)[..., 0]
+    return rms if segment_ids is None else rms.index_select(x.dim() - 1, segment_ids)
+
 
 @register
 class GeneralOptimizer(MLPOptimizer):
     """Args (the rest as ``MLPOptimizer``):
     total_steps: the horizon that the progress features count against, unless ``init_state``
         is given another.
-    nominal: add Adam's direction (the residual gain then starts at 0, else at 1).
-    nominal_lr: the step size at the start of meta-training (Adam's learning rate).
+    nominal: ``adam`` | ``sgdm`` | ``mix`` | ``none`` (see the module docstring; a bool is
+        read as ``adam`` / ``none``). The residual gain starts at 0, at 1 with ``none``.
+    nominal_lr: Adam's step size at the start of meta-training (``adam``, ``mix``; with
+        ``none`` the residual's).
     adam_beta1: the momentum decay used as Adam's β₁ (one of ``momentum_decays``).
     adam_eps: Adam's ε.
+    sgdm_lr: SGD + momentum's step size at the start of meta-training (``sgdm``, ``mix``).
+    sgdm_beta: its momentum (one of ``momentum_decays``).
+    mix_init: ``mix``'s initial weight of Adam's direction, in (0, 1).
     learned_schedule: learn ``log lr_t`` as a linear function of the time features.
     normalize_output: divide the network's direction by its RMS over the tensor (Celo2); else
         ``r = d · exp(exp_mult · m)``.
@@ -68,10 +119,13 @@ class GeneralOptimizer(MLPOptimizer):
         exp_mult: float = 0.1,
         init_scale: float = 0.1,
         total_steps: int = 200,
-        nominal: bool = True,
+        nominal: str | bool = "adam",
         nominal_lr: float = 1e-3,
         adam_beta1: float = 0.9,
         adam_eps: float = 1e-8,
+        sgdm_lr: float = 0.3,
+        sgdm_beta: float = 0.9,
+        mix_init: float = 0.5,
         learned_schedule: bool = True,
         normalize_output: bool = True,
         progress: bool = True,
@@ -89,24 +143,40 @@ class GeneralOptimizer(MLPOptimizer):
         )
         if self.total_steps <= 0:
             raise ValueError(f"total_steps must be positive, got {total_steps}")
-        if float(adam_beta1) not in self.momentum_decays:
-            raise ValueError(
-                f"adam_beta1={adam_beta1} must be one of momentum_decays {self.momentum_decays}"
-            )
-        if not (nominal_lr > 0 and math.isfinite(nominal_lr)):
-            raise ValueError(f"nominal_lr must be positive and finite, got {nominal_lr}")
-        if not (adam_eps > 0 and math.isfinite(adam_eps)):
-            raise ValueError(f"adam_eps must be positive and finite, got {adam_eps}")
-        self.nominal = bool(nominal)
+        for name, beta in (("adam_beta1", adam_beta1), ("sgdm_beta", sgdm_beta)):
+            if float(beta) not in self.momentum_decays:
+                raise ValueError(
+                    f"{name}={beta} must be one of momentum_decays {self.momentum_decays}"
+                )
+        for name, value in (
+            ("nominal_lr", nominal_lr),
+            ("sgdm_lr", sgdm_lr),
+            ("adam_eps", adam_eps),
+        ):
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be positive and finite, got {value}")
+        if not 0 < mix_init < 1:
+            raise ValueError(f"mix_init must be in (0, 1), got {mix_init}")
+        self.nominal = nominal_kind(nominal)
         self.nominal_lr = float(nominal_lr)
         self.adam_beta1 = float(adam_beta1)
         self.adam_index = self.momentum_decays.index(self.adam_beta1)
         self.adam_eps = float(adam_eps)
+        self.sgdm_lr = float(sgdm_lr)
+        self.sgdm_beta = float(sgdm_beta)
+        self.sgdm_index = self.momentum_decays.index(self.sgdm_beta)
+        self.mix_init = float(mix_init)
         self.learned_schedule = bool(learned_schedule)
         self.normalize_output = bool(normalize_output)
-        # the output normalization mixes the coordinates of a tensor: no replay by coordinate
-        self.coordinatewise = not self.normalize_output
-        self.residual_gain = nn.Parameter(torch.tensor(0.0 if self.nominal else 1.0))
+        # the output normalization and the residual's scale with ``sgdm`` / ``mix`` mix the
+        # coordinates of a tensor: no replay by coordinate
+        self.coordinatewise = not self.normalize_output and self.nominal in ("adam", "none")
+        self.residual_gain = nn.Parameter(torch.tensor(1.0 if self.nominal == "none" else 0.0))
+        if self.nominal == "mix":
+            self.mix_logit = nn.Parameter(torch.tensor(math.log(mix_init / (1 - mix_init))))
+            self.nominal_log_lrs = nn.Parameter(
+                torch.tensor([math.log(self.nominal_lr), math.log(self.sgdm_lr)])
+            )
         self.schedule = nn.Linear(self.num_global_features, 1) if self.learned_schedule else None
         if self.schedule is not None:
             with torch.no_grad():
@@ -125,6 +195,9 @@ class GeneralOptimizer(MLPOptimizer):
             "nominal_lr": self.nominal_lr,
             "adam_beta1": self.adam_beta1,
             "adam_eps": self.adam_eps,
+            "sgdm_lr": self.sgdm_lr,
+            "sgdm_beta": self.sgdm_beta,
+            "mix_init": self.mix_init,
             "learned_schedule": self.learned_schedule,
             "normalize_output": self.normalize_output,
             "progress": self.progress,
@@ -141,7 +214,7 @@ class GeneralOptimizer(MLPOptimizer):
 
     @property
     def num_features(self) -> int:
-        return self.num_net_inputs + 1  # and Adam's direction, last
+        return self.num_net_inputs + len(NOMINALS[self.nominal])  # the handcrafted directions
 
     def init_state(
         self,
@@ -172,18 +245,37 @@ class GeneralOptimizer(MLPOptimizer):
         v_hat = v / (1 - self.rms_decay**t)
         return m_hat / (v_hat.sqrt() + self.adam_eps)
 
+    def handcrafted_directions(self, m: torch.Tensor, v: torch.Tensor, t: torch.Tensor):
+        """``[..., N, D]``: the directions ``NOMINALS[nominal]`` from the accumulators ``m
+        [..., N, M]``, ``v [..., N]`` (SGD + momentum's: ``m / (1-β)``, torch's buffer)."""
+        dirs = {
+            "adam": lambda: self.adam_direction(m[..., self.adam_index], v, t),
+            "sgdm": lambda: m[..., self.sgdm_index] / (1 - self.sgdm_beta),
+        }
+        return torch.stack([dirs[k]() for k in NOMINALS[self.nominal]], dim=-1)
+
+    def nominal_direction(self, dirs: torch.Tensor) -> torch.Tensor:
+        """The nominal direction ``[..., N]`` (before ``lr_t``) from ``handcrafted_directions``."""
+        if self.nominal != "mix":
+            return dirs[..., 0]
+        w = torch.sigmoid(self.mix_logit)
+        lrs = torch.exp(self.nominal_log_lrs)
+        return w * lrs[0] * dirs[..., 0] + (1 - w) * lrs[1] * dirs[..., 1]
+
     def observe(
         self, grads: torch.Tensor, params: torch.Tensor, state: State
     ) -> tuple[torch.Tensor, State]:
         features, new = super().observe(grads, params, state)
         f0 = self.num_normalized_features
         glob = self.global_features(new).unsqueeze(-2).expand(*grads.shape, -1)
-        adam = self.adam_direction(new["m"][..., self.adam_index], new["v"], new["t"])
-        return torch.cat((features[..., :f0], glob, adam.unsqueeze(-1)), dim=-1), new
+        dirs = self.handcrafted_directions(new["m"], new["v"], new["t"])
+        return torch.cat((features[..., :f0], glob, dirs), dim=-1), new
 
     def log_lr(self, glob: torch.Tensor) -> torch.Tensor:
         """``log lr_t [...]`` from the global features ``[..., G]``."""
-        base = math.log(self.nominal_lr)
+        base = {"sgdm": math.log(self.sgdm_lr), "mix": 0.0}.get(
+            self.nominal, math.log(self.nominal_lr)
+        )
         if self.schedule is None:
             return torch.full_like(glob[..., 0], base)
         return base + self.schedule(glob).squeeze(-1)
@@ -197,11 +289,28 @@ class GeneralOptimizer(MLPOptimizer):
             return normalize_per_segment(out[..., :1], segment_ids, n_seg, OUTPUT_EPS)[..., 0]
         return out[..., 0] * torch.exp(self.exp_mult * out[..., 1])
 
-    def combine(self, residual: torch.Tensor, adam: torch.Tensor, log_lr: torch.Tensor):
-        """``Δ = lr_t · (gain · r − adam)`` (no ``− adam`` without the nominal term)."""
+    def residual_scale(
+        self, nominal: torch.Tensor, segment_ids: torch.Tensor | None, n_seg: int
+    ) -> torch.Tensor | None:
+        """``ρ [..., N]``: the RMS of the nominal direction over each tensor (``sgdm``, ``mix``);
+        None (1) for ``adam``, whose direction is already O(1), and ``none``."""
+        if self.nominal in ("adam", "none"):
+            return None
+        return tensor_rms(nominal, segment_ids, n_seg)
+
+    def combine(
+        self,
+        residual: torch.Tensor,
+        nominal: torch.Tensor,
+        log_lr: torch.Tensor,
+        scale: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """``Δ = lr_t · (gain · ρ · r − n)`` (no ``ρ`` when None, no ``− n`` with ``none``)."""
+        if scale is not None:
+            residual = scale * residual
         step = self.residual_gain * residual
-        if self.nominal:
-            step = step - adam
+        if self.nominal != "none":
+            step = step - nominal
         return torch.exp(log_lr).unsqueeze(-1) * step
 
     def core(self, features: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
@@ -209,12 +318,14 @@ class GeneralOptimizer(MLPOptimizer):
             raise ValueError(
                 f"GeneralOptimizer expects {self.num_features} features, got {features.shape[-1]}"
             )
-        x, adam = features[..., :-1], features[..., -1]
+        x = features[..., : self.num_net_inputs]
+        nominal = self.nominal_direction(features[..., self.num_net_inputs :])
         out = self.net(x)
-        seg = state["segment_ids"]
-        r = self.residual(out, seg, state["segment_counts"].shape[0])
+        seg, n_seg = state["segment_ids"], state["segment_counts"].shape[0]
+        r = self.residual(out, seg, n_seg)
         glob = x[..., 0, self.num_normalized_features :]  # the same for every coordinate
-        return self.combine(r, adam, self.log_lr(glob)), state
+        scale = self.residual_scale(nominal, seg, n_seg)
+        return self.combine(r, nominal, self.log_lr(glob), scale), state
 
     @torch.no_grad()
     def apply_updates_(
@@ -235,14 +346,16 @@ class GeneralOptimizer(MLPOptimizer):
             biases = [first.bias + first.weight[:, f0:] @ glob, *(lin.bias for lin in linears[1:])]
             log_lr = self.log_lr(glob)
             m, v = state["m"], state["v"]
-            adam = self.adam_direction(m[:, self.adam_index], v, state["t"])
+            nominal = self.nominal_direction(self.handcrafted_directions(m, v, state["t"]))
+            scale = self.residual_scale(nominal, None, 1)
             if native is not None and param.dtype == torch.float32 and param.device.type == "cpu":
                 grad = grad.contiguous()
-                if not self.normalize_output:  # Δ = lr·gain·d·exp(λ m) in the kernel, − lr·adam
-                    step = float(torch.exp(log_lr) * self.residual_gain)
+                if not self.normalize_output:  # Δ = lr·gain·ρ·d·exp(λ m) in the kernel, − lr·n
+                    gain = self.residual_gain if scale is None else self.residual_gain * scale[0]
+                    step = float(torch.exp(log_lr) * gain)
                     native.mlp_update_(param, grad, m, v, weights, biases, step, self.exp_mult)
-                    if self.nominal:
-                        param.sub_(torch.exp(log_lr) * adam)
+                    if self.nominal != "none":
+                        param.sub_(torch.exp(log_lr) * nominal)
                     continue
                 # the kernel ADDS d to its input: d = (param + d) - param, exact up to rounding
                 # of param + d (|d| is O(1), far above param's ulp)
@@ -251,7 +364,7 @@ class GeneralOptimizer(MLPOptimizer):
                 out = direction.sub_(param).unsqueeze(-1)
             else:
                 out = self._chunked_network(param, grad, m, v, weights, biases, chunk_size)
-            param.add_(self.combine(self.residual(out, None, 1), adam, log_lr))
+            param.add_(self.combine(self.residual(out, None, 1), nominal, log_lr, scale))
 
     def _chunked_network(self, param, grad, m, v, weights, biases, chunk_size) -> torch.Tensor:
         """The network's output ``[n, 2]`` (``[n, 1]`` with output normalization: only ``d``)

@@ -1,4 +1,5 @@
-"""The ``general`` learned optimizer: an untrained one is Adam; deployment equals the flat step;
+"""The ``general`` learned optimizer: an untrained one is Adam (or SGD + momentum with
+``nominal="sgdm"``); deployment equals the flat step;
 progress features follow the horizon; checkpoints round-trip; meta-gradients reach every part."""
 
 from __future__ import annotations
@@ -25,6 +26,20 @@ def model_and_batch(seed: int = 0):
     return nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1)), x, y
 
 
+def run_pair(opt, ref_opt_fn, steps=20, **close):
+    """Train the same model with ``opt`` (a LearnedOptimizer factory) and a torch optimizer."""
+    model, x, y = model_and_batch()
+    ref, _, _ = model_and_batch()
+    pairs = ((model, opt(model.parameters())), (ref, ref_opt_fn(ref.parameters())))
+    for _ in range(steps):
+        for m, o in pairs:
+            o.zero_grad()
+            nn.functional.mse_loss(m(x), y).backward()
+            o.step()
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, **close)
+
+
 def trained_like(**kwargs):
     """A ``general`` optimizer with every learned part away from its initial value."""
     torch.manual_seed(1)
@@ -36,23 +51,41 @@ def trained_like(**kwargs):
 
 
 def test_untrained_general_is_adam():
-    model, x, y = model_and_batch()
-    ref, _, _ = model_and_batch()
-    opt = LearnedOptimizer(model.parameters(), create("general", nominal_lr=0.01))
-    adam = torch.optim.Adam(ref.parameters(), lr=0.01)
-    for _ in range(20):
-        for m, o in ((model, opt), (ref, adam)):
-            o.zero_grad()
-            nn.functional.mse_loss(m(x), y).backward()
-            o.step()
-    for p, q in zip(model.parameters(), ref.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)  # float rounding only
+    run_pair(
+        lambda ps: LearnedOptimizer(ps, create("general", nominal_lr=0.01)),
+        lambda ps: torch.optim.Adam(ps, lr=0.01),
+        rtol=1e-4,
+        atol=1e-5,  # float rounding only
+    )
 
 
 @pytest.mark.parametrize("normalize_output", [True, False])
+def test_untrained_general_sgdm_is_sgd_with_momentum(normalize_output):
+    net = create("general", nominal="sgdm", sgdm_lr=0.05, normalize_output=normalize_output)
+    run_pair(
+        lambda ps: LearnedOptimizer(ps, net),
+        lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+def test_untrained_general_mix_is_the_weighted_sum():
+    """``mix`` at ``mix_init`` w: w·Adam(lr_a) + (1−w)·SGDm(lr_s) per step (one step, where
+    both are exact: Adam's first step is lr·sign(g), SGD's lr·g)."""
+    net = create("general", nominal="mix", nominal_lr=0.01, sgdm_lr=0.1, mix_init=0.25)
+    g = torch.tensor([[0.5, -2.0, 3.0]])
+    params = torch.zeros(1, 3)
+    upd, _ = net.step(g, params, net.init_state(params))
+    want = -(0.25 * 0.01 * g / (g.abs() + 1e-8) + 0.75 * 0.1 * g)
+    torch.testing.assert_close(upd, want)
+
+
+@pytest.mark.parametrize("nominal", ["adam", "sgdm", "mix", "none"])
+@pytest.mark.parametrize("normalize_output", [True, False])
 @pytest.mark.parametrize("chunk_size", [7, 10_000])
-def test_deployment_equals_the_flat_step(normalize_output, chunk_size):
-    net = trained_like(normalize_output=normalize_output, total_steps=5)
+def test_deployment_equals_the_flat_step(nominal, normalize_output, chunk_size):
+    net = trained_like(normalize_output=normalize_output, total_steps=5, nominal=nominal)
     model, x, y = model_and_batch()
     spec = ParamSpec.from_module(model)
     flat = spec.flatten(dict(model.named_parameters())).detach()
@@ -97,8 +130,30 @@ def test_progress_features_follow_the_horizon():
     assert create("general", progress=False).num_net_inputs == net.num_net_inputs - 4
 
 
-def test_checkpoint_round_trip(tmp_path):
-    net = trained_like(hidden_sizes=[4, 4], nominal_lr=3e-3, total_steps=50)
+def test_sgdm_residual_has_the_nominal_steps_size_per_tensor():
+    """With ``sgdm`` and gain 1 the residual moves each tensor as far as the nominal step."""
+    net = trained_like(nominal="sgdm", learned_schedule=False)
+    with torch.no_grad():
+        net.residual_gain.fill_(1.0)
+    spec = ParamSpec(("a", "b"), ((3, 4), (5,)))
+    params = torch.randn(2, spec.numel)
+    grads = torch.randn_like(params) * torch.cat((torch.full((12,), 0.01), torch.full((5,), 10.0)))
+    upd, _ = net.step(grads, params, net.init_state(params, spec))
+    nominal = -0.3 * grads  # the first step of SGD + momentum
+    for part, nom in zip(spec.unflatten(upd - nominal).values(), spec.unflatten(nominal).values()):
+        rms = lambda z: z.reshape(2, -1).square().mean(-1).sqrt()
+        torch.testing.assert_close(rms(part), rms(nom))
+
+
+def test_old_boolean_nominal_configs_load():
+    assert create("general", nominal=True).config()["nominal"] == "adam"
+    assert create("general", nominal=False).config()["nominal"] == "none"
+    assert create("general", nominal=False).residual_gain.item() == 1.0
+
+
+@pytest.mark.parametrize("nominal", ["adam", "mix"])
+def test_checkpoint_round_trip(tmp_path, nominal):
+    net = trained_like(hidden_sizes=[4, 4], nominal_lr=3e-3, total_steps=50, nominal=nominal)
     path = save_learned_optimizer(tmp_path / "g.pt", net)
     back, _ = load_learned_optimizer(path, expected_arch="general")
     assert back.config() == net.config()
@@ -109,8 +164,9 @@ def test_checkpoint_round_trip(tmp_path):
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_meta_gradient_reaches_gain_schedule_and_network():
-    net = create("general")
+@pytest.mark.parametrize("nominal", ["adam", "mix"])
+def test_meta_gradient_reaches_gain_schedule_and_network(nominal):
+    net = create("general", nominal=nominal)
     with torch.no_grad():
         net.residual_gain.fill_(0.5)
     params = torch.randn(1, 20)
@@ -132,6 +188,10 @@ def test_meta_gradient_reaches_gain_schedule_and_network():
         (dict(total_steps=0), "total_steps"),
         (dict(nominal_lr=float("nan")), "nominal_lr"),
         (dict(adam_eps=0.0), "adam_eps"),
+        (dict(nominal="lion"), "nominal"),
+        (dict(sgdm_beta=0.8), "sgdm_beta"),
+        (dict(sgdm_lr=-1.0), "sgdm_lr"),
+        (dict(mix_init=1.0), "mix_init"),
     ],
 )
 def test_bad_configs_are_refused(kwargs, match):
