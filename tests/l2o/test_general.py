@@ -197,3 +197,13 @@ def test_meta_gradient_reaches_gain_schedule_and_network(nominal):
 def test_bad_configs_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         create("general", **kwargs)
+
+
+def test_shipped_general_is_sgdm_based_and_steps():
+    model, x, y = model_and_batch()
+    opt = LearnedOptimizer.from_pretrained("general", model.parameters())
+    assert opt.net.config()["nominal"] == "sgdm"
+    before = [p.detach().clone() for p in model.parameters()]
+    nn.functional.mse_loss(model(x), y).backward()
+    opt.step()
+    assert all(not torch.equal(p, q) for p, q in zip(model.parameters(), before))
