@@ -1,6 +1,7 @@
 """Deployment speed: one full training step (zero_grad, forward, backward, optimizer step) of a
-1.86M-parameter MLP (784-1024-1024-10, ReLU, batch 128) with ``LearnedOptimizer`` (LSTM and MLP
-optimizers) against ``torch.optim.Adam(foreach=True)``, on the CPU with 2 threads.
+1.86M-parameter MLP (784-1024-1024-10, ReLU, batch 128) with ``LearnedOptimizer`` (the shipped
+``lstm-mnist``, ``mlp-mnist`` and ``general``) against ``torch.optim.Adam(foreach=True)``, on the
+CPU with 2 threads.
 
     python benchmarks/deploy_speed.py
     python benchmarks/deploy_speed.py --chunk-size 16384 --repeats 9
@@ -42,8 +43,9 @@ def make_model(seed: int = 0) -> nn.Module:
 
 def make_net(arch: str):
     """The shipped checkpoint if there is one (its config is what users deploy), else fresh."""
-    name = f"{arch}-mnist"
-    if name in available_pretrained():
+    shipped = available_pretrained()
+    name = next((n for n in (arch, f"{arch}-mnist") if n in shipped), None)
+    if name is not None:
         from l2o.optimizers import load_learned_optimizer
         from l2o.optimizers.wrapper import pretrained_path
 
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds (median)")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--archs", default="lstm,mlp")
+    parser.add_argument("--archs", default="lstm,mlp,general")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)

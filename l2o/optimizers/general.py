@@ -346,9 +346,14 @@ class GeneralOptimizer(MLPOptimizer):
             biases = [first.bias + first.weight[:, f0:] @ glob, *(lin.bias for lin in linears[1:])]
             log_lr = self.log_lr(glob)
             m, v = state["m"], state["v"]
+            fused = native is not None and param.dtype == torch.float32
+            fused = fused and param.device.type == "cpu"
+            if fused and self.nominal == "sgdm" and not self.normalize_output:
+                self._sgdm_update_(native, param, grad.contiguous(), m, v, weights, biases, log_lr)
+                continue
             nominal = self.nominal_direction(self.handcrafted_directions(m, v, state["t"]))
             scale = self.residual_scale(nominal, None, 1)
-            if native is not None and param.dtype == torch.float32 and param.device.type == "cpu":
+            if fused:
                 grad = grad.contiguous()
                 if not self.normalize_output:  # Δ = lr·gain·ρ·d·exp(λ m) in the kernel, − lr·n
                     gain = self.residual_gain if scale is None else self.residual_gain * scale[0]
@@ -365,6 +370,24 @@ class GeneralOptimizer(MLPOptimizer):
             else:
                 out = self._chunked_network(param, grad, m, v, weights, biases, chunk_size)
             param.add_(self.combine(self.residual(out, None, 1), nominal, log_lr, scale))
+
+    def _sgdm_update_(self, native, param, grad, m, v, weights, biases, log_lr) -> None:
+        """The shipped configuration's deployment step (``sgdm``, no output normalization) with
+        no temporary the size of the tensor: the nominal direction is a column of the momenta
+        (``m_β / (1-β)``, read in place), its RMS ρ one float32 dot (the finite-only float64
+        statistic where that overflows or meets a NaN), then the fused kernel adds
+        ``lr·gain·ρ·r`` and one ``add_`` subtracts ``lr·n``."""
+        col = m[:, self.sgdm_index]
+        inv = 1.0 / (1.0 - self.sgdm_beta)
+        square_sum = float(torch.dot(col, col))
+        if math.isfinite(square_sum):
+            rms = inv * math.sqrt(square_sum / max(col.numel(), 1))
+        else:
+            rms = float(tensor_rms(col * inv, None, 1)[0])
+        lr = float(torch.exp(log_lr))
+        gain = float(self.residual_gain) * rms
+        native.mlp_update_(param, grad, m, v, weights, biases, lr * gain, self.exp_mult)
+        param.add_(col, alpha=-lr * inv)
 
     def _chunked_network(self, param, grad, m, v, weights, biases, chunk_size) -> torch.Tensor:
         """The network's output ``[n, 2]`` (``[n, 1]`` with output normalization: only ``d``)
