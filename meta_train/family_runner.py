@@ -39,7 +39,7 @@ from meta_train.families import (
     draw_run,
     member_groups,
 )
-from meta_train.truncation import replace_rows
+from meta_train.truncation import replace_rows, with_horizons
 from meta_train.unroll import InnerState, UnrollConfig, functional_optimizee
 
 #: ``check(result, new_inner) -> reason or None``: the trainer's non-finite test of one estimate
@@ -117,9 +117,17 @@ class FamilyRunner:
         return self.members[0].inner is not None
 
     # -- runs -----------------------------------------------------------------------------------
-    def restart(self, lopt, due: list[bool], seeds: list[int], runs: list[int]) -> None:
+    def restart(
+        self,
+        lopt,
+        due: list[bool],
+        seeds: list[int],
+        runs: list[int],
+        horizons: list[int] | None = None,
+    ) -> None:
         """Fresh optimizees (seed ``seeds[slot]``, draw of run ``runs[slot]``) for the slots
-        with ``due[slot]``; every slot when a member has none yet."""
+        with ``due[slot]``; every slot when a member has none yet. ``horizons``: each slot's
+        run length, told to optimizers with progress inputs (per-task runs)."""
         for m in self.members:
             rows = [i for i, slot in enumerate(m.slots) if due[slot] or m.inner is None]
             if not rows:
@@ -138,6 +146,8 @@ class FamilyRunner:
             else:
                 all_seeds = [seeds[slot] for slot in m.slots]
                 m.inner = replace_rows(lopt, m.inner, rows, fresh, all_seeds)
+            if horizons is not None:
+                m.inner = with_horizons(m.inner, [horizons[slot] for slot in m.slots])
 
     def end_run(self) -> None:
         for m in self.members:

@@ -541,7 +541,9 @@ class Trainer:
         if self.family is not None:  # a restarted slot draws the augmentation of its new run
             clocks = self.rotation.clocks
             due = clocks.begin()
-            self.family.restart(self.lopt, due, self.rotation.seeds(), list(clocks.runs))
+            self.family.restart(
+                self.lopt, due, self.rotation.seeds(), list(clocks.runs), list(clocks.horizons)
+            )
             return
         self.inner, self.samplers, _ = self.rotation.begin(
             self.task, self.lopt, self.inner, self.samplers, self.data, self.task.batch_size

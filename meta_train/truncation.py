@@ -148,12 +148,15 @@ class TaskRotation:
         seeds = self.seeds()
         if inner is None:
             fresh = init_inner_state(task, lopt, seeds, inner_device(lopt))
+            fresh = with_horizons(fresh, self.clocks.horizons)
             return fresh, self.samplers(data, batch_size), torch.tensor(restart)
         if not any(restart):
             return inner, samplers, torch.tensor(restart)
         rows = [b for b, due in enumerate(restart) if due]
         fresh = init_inner_state(task, lopt, [seeds[b] for b in rows], inner.params.device)
-        new_inner = replace_rows(lopt, inner, rows, fresh, seeds)
+        new_inner = with_horizons(
+            replace_rows(lopt, inner, rows, fresh, seeds), self.clocks.horizons
+        )
         samplers = list(samplers)
         for b in rows:
             samplers[b] = data.sampler(batch_size, data_seed(seeds[b]))
@@ -191,6 +194,20 @@ def replace_rows(lopt, inner, rows: list[int], fresh, seeds):
         tuple(seeds),
         inner.spec,
     )
+
+
+def with_horizons(inner, horizons: list[int]):
+    """``inner`` with its optimizer told each task's run length: the ``horizon`` entry of the
+    optimizer state, for optimizers with training-progress inputs (``general``), which would
+    otherwise count every run against their configured ``total_steps``. Others: as is."""
+    from meta_train.unroll import InnerState
+
+    if "horizon" not in inner.opt_state:
+        return inner
+    old = inner.opt_state["horizon"]
+    told = torch.tensor(horizons, dtype=old.dtype, device=old.device).reshape(old.shape)
+    opt_state = {**inner.opt_state, "horizon": told}
+    return InnerState(inner.params, inner.buffers, opt_state, inner.step, inner.seeds, inner.spec)
 
 
 def inner_device(lopt) -> torch.device:

@@ -91,3 +91,37 @@ def test_config_horizon_range_and_desync():
         config_from_dict({}, ["schedule.horizon={min: 100}"])
     with pytest.raises(ConfigError, match=r"must not exceed schedule\.horizon"):
         config_from_dict({}, ["schedule.horizon={min: 10, max: 50}", "unroll.length=20"])
+
+
+@pytest.mark.parametrize("family", [False, True])
+def test_per_task_runs_tell_the_optimizer_each_tasks_horizon(tmp_path, family):
+    """With sampled horizons, ``general``'s progress features count against each task's own
+    run length (the ``horizon`` entry of its state), not its configured ``total_steps``."""
+    from crash_run import train_until_crash
+
+    from meta_train.config import load_config
+
+    overrides = [
+        "optimizer.name=general",
+        "optimizer.kwargs={hidden_sizes: [8], total_steps: 1000}",
+        "schedule.horizon={min: 6, max: 15}",
+        "schedule.desync=true",
+        "schedule.meta_batch=3",
+        "validation.enabled=false",
+        "meta_test.enabled=false",
+        "threads=1",
+    ]
+    if family:
+        overrides.append("task.family={members: [{name: mnist_mlp_sigmoid}]}")
+    seen = []
+
+    def record(trainer, _record):
+        clocks = trainer.rotation.clocks
+        members = trainer.family.members if family else [trainer]
+        told = [h for m in members for h in m.inner.opt_state["horizon"].tolist()]
+        seen.append((told, list(clocks.horizons)))
+
+    train_until_crash(load_config("tiny", overrides), tmp_path, on_meta_step=record)
+    assert seen and all(told == horizons for told, horizons in seen)
+    assert len({h for _, horizons in seen for h in horizons}) > 1  # they differ per task/run
+    assert all(h != 1000 for told, _ in seen for h in told)
