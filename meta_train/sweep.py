@@ -83,10 +83,9 @@ class MetricMissing(RuntimeError):
 def read_metric(run_dir: Path, name: str) -> float:
     """What W&B's summary holds for ``name``: the value the run set in its summary
     (``summary.json``, e.g. ``best_val_loss``), else its last logged value in ``metrics.jsonl``."""
-    from meta_train.tracking import SUMMARY_FILE, read_metrics
+    from meta_train.tracking import read_metrics, read_summary
 
-    summary_path = run_dir / SUMMARY_FILE
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary = read_summary(run_dir)
     records = read_metrics(run_dir)
     value = summary.get(name)
     if value is None:

@@ -116,10 +116,11 @@ class Tracker:
         atomically, so it is on disk whatever the W&B mode) and W&B's run summary."""
         if not self.active:
             return
-        path = self.run_dir / SUMMARY_FILE
-        merged = json.loads(path.read_text()) if path.exists() else {}
+        merged = read_summary(self.run_dir)
         merged.update({k: _jsonable(v) for k, v in values.items()})
-        atomic_write(path, json.dumps(merged, indent=2, sort_keys=True) + "\n")
+        atomic_write(
+            self.run_dir / SUMMARY_FILE, json.dumps(merged, indent=2, sort_keys=True) + "\n"
+        )
         if self._wandb is not None:
             for key, value in values.items():
                 self._wandb.summary[key] = _jsonable(value)
@@ -164,3 +165,9 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any]:
+    """The run's ``summary.json`` (``Tracker.summary``), or {} if it has none yet."""
+    path = Path(run_dir) / SUMMARY_FILE
+    return json.loads(path.read_text()) if path.exists() else {}

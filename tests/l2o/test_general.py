@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from flat_step_check import assert_deployment_equals_flat_step
 from torch import nn
 
 from l2o.optimizers import (
@@ -106,20 +107,7 @@ def test_deployment_through_the_fused_kernel_equals_the_flat_step(
 def _deployment_vs_flat_step(nominal, normalize_output, chunk_size, rtol, atol):
     net = trained_like(normalize_output=normalize_output, total_steps=5, nominal=nominal)
     model, x, y = model_and_batch()
-    spec = ParamSpec.from_module(model)
-    flat = spec.flatten(dict(model.named_parameters())).detach()
-    state = net.init_state(flat, spec)
-    opt = LearnedOptimizer(model.parameters(), net, chunk_size=chunk_size)
-    for _ in range(4):
-        opt.zero_grad()
-        nn.functional.mse_loss(model(x), y).backward()
-        grads = spec.flatten({n: p.grad for n, p in model.named_parameters()})
-        with torch.no_grad():
-            upd, state = net.step(grads, flat, state)
-        flat = flat + upd
-        opt.step()
-        got = spec.flatten(dict(model.named_parameters())).detach()
-        torch.testing.assert_close(got, flat, rtol=rtol, atol=atol)
+    assert_deployment_equals_flat_step(net, model, x, y, chunk_size, 4, rtol, atol)
 
 
 def test_output_normalization_gives_unit_rms_per_tensor():

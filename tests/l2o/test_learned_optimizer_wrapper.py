@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
+from flat_step_check import assert_deployment_equals_flat_step
 from torch import nn
 
 from l2o.optimizers import (
     LearnedOptimizer,
-    ParamSpec,
     available_pretrained,
     create,
     save_learned_optimizer,
@@ -63,20 +63,7 @@ def test_updates_equal_the_flat_step(arch, chunk_size):
     extra = {"extra_inputs": ["momentum", "adam", "param", "time"]} if arch == "lstm" else {}
     net = create(arch, **extra)
     model, x, y = regression_problem()
-    spec = ParamSpec.from_module(model)
-    flat = spec.flatten(dict(model.named_parameters())).detach()
-    state = net.init_state(flat, spec)
-    opt = LearnedOptimizer(model.parameters(), net, chunk_size=chunk_size)
-    for _ in range(3):
-        opt.zero_grad()
-        nn.functional.mse_loss(model(x), y).backward()
-        grads = spec.flatten({n: p.grad for n, p in model.named_parameters()})
-        with torch.no_grad():
-            upd, state = net.step(grads, flat, state)
-        flat = flat + upd
-        opt.step()
-        got = spec.flatten(dict(model.named_parameters())).detach()
-        torch.testing.assert_close(got, flat, rtol=1e-6, atol=1e-7)
+    assert_deployment_equals_flat_step(net, model, x, y, chunk_size, 3, rtol=1e-6, atol=1e-7)
 
 
 def test_state_dict_round_trip_continues_identically(tmp_path):
