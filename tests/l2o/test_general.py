@@ -4,6 +4,8 @@ progress features follow the horizon; checkpoints round-trip; meta-gradients rea
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from flat_step_check import assert_deployment_equals_flat_step
@@ -71,6 +73,74 @@ def test_untrained_general_sgdm_is_sgd_with_momentum(normalize_output):
     )
 
 
+class TrustRatioMomentum(torch.optim.Optimizer):
+    """The reference for ``nominal="lars"``, written per tensor: EMA momentum normalized to RMS
+    1, times max(RMS(θ), floor), with lr · (T/T₀)^(−power) · ½(1 + cos(π (t−1)/T))."""
+
+    def __init__(self, params, lr, horizon, trained_horizon, power, floor=1e-2, beta=0.9):
+        super().__init__(params, dict(lr=lr))
+        self.factor = (horizon / trained_horizon) ** (-power)
+        self.horizon, self.floor, self.beta, self.t = horizon, floor, beta, 0
+
+    @torch.no_grad()
+    def step(self):
+        self.t += 1
+        cosine = 0.5 * (1 + math.cos(math.pi * (self.t - 1) / self.horizon))
+        for p in self.param_groups[0]["params"]:
+            m = self.state[p].setdefault("m", torch.zeros_like(p))
+            m.mul_(self.beta).add_(p.grad, alpha=1 - self.beta)
+            rms = lambda z: float(z.square().mean().sqrt())
+            scale = max(rms(p), self.floor) / rms(m)
+            p.sub_(self.param_groups[0]["lr"] * self.factor * cosine * scale * m)
+
+
+@pytest.mark.parametrize("normalize_output", [True, False])
+def test_untrained_general_lars_is_trust_ratio_momentum_with_cosine(normalize_output):
+    """A run of 40 steps for an optimizer meta-trained at 10: cosine over 40, lr halved by
+    ``horizon_power`` 0.5 (√(40/10) = 2); 20 steps checked, through the deployment path."""
+    net = create(
+        "general",
+        nominal="lars",
+        lars_lr=0.05,
+        base_schedule="cosine",
+        horizon_power=0.5,
+        total_steps=10,
+        normalize_output=normalize_output,
+    )
+    run_pair(
+        lambda ps: LearnedOptimizer(ps, net, total_steps=40),
+        lambda ps: TrustRatioMomentum(ps, 0.05, horizon=40, trained_horizon=10, power=0.5),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+def test_lars_step_is_relative_to_each_tensors_size():
+    """One step from rest moves every tensor by ``lars_lr`` × its RMS (the floor for zeros),
+    whatever the gradient's scale."""
+    net = create("general", nominal="lars", lars_lr=0.05, learned_schedule=False)
+    spec = ParamSpec(("w", "b"), ((3, 4), (5,)))
+    params = torch.cat((3.0 * torch.randn(1, 12), torch.zeros(1, 5)), dim=1)
+    grads = torch.randn_like(params) * torch.cat((torch.full((12,), 1e-4), torch.full((5,), 1e3)))
+    upd, _ = net.step(grads, params, net.init_state(params, spec))
+    w, b = spec.unflatten(upd[0].detach()).values()
+    w_rms = float(params[0, :12].square().mean().sqrt())
+    torch.testing.assert_close(float(w.square().mean().sqrt()), 0.05 * w_rms)
+    torch.testing.assert_close(float(b.square().mean().sqrt()), 0.05 * 1e-2)
+
+
+def test_base_schedule_cosine_and_horizon_power():
+    net = create("general", base_schedule="cosine", horizon_power=0.5, total_steps=100)
+    t = torch.tensor([1.0, 201.0, 400.0, 401.0, 500.0])
+    factor = torch.exp(net.log_base_schedule(t, torch.full_like(t, 400.0)))
+    cosine = 0.5 * (1 + torch.cos(math.pi * (t - 1) / 400).clamp(min=-1.0))
+    want = 0.5 * cosine  # (400 / 100) ** -0.5
+    torch.testing.assert_close(factor[:4], want[:4])
+    assert factor[-1] < 1e-10  # past the horizon: no more steps
+    flat = create("general", total_steps=100)  # the defaults: constant, no horizon scaling
+    assert torch.equal(flat.log_base_schedule(t, torch.full_like(t, 400.0)), torch.zeros(5))
+
+
 def test_untrained_general_mix_is_the_weighted_sum():
     """``mix`` at ``mix_init`` w: w·Adam(lr_a) + (1−w)·SGDm(lr_s) per step (one step, where
     both are exact: Adam's first step is lr·sign(g), SGD's lr·g)."""
@@ -82,14 +152,14 @@ def test_untrained_general_mix_is_the_weighted_sum():
     torch.testing.assert_close(upd, want)
 
 
-@pytest.mark.parametrize("nominal", ["adam", "sgdm", "mix", "none"])
+@pytest.mark.parametrize("nominal", ["adam", "sgdm", "lars", "mix", "none"])
 @pytest.mark.parametrize("normalize_output", [True, False])
 @pytest.mark.parametrize("chunk_size", [7, 10_000])
 def test_deployment_equals_the_flat_step(nominal, normalize_output, chunk_size):
     _deployment_vs_flat_step(nominal, normalize_output, chunk_size, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("nominal", ["adam", "sgdm", "mix", "none"])
+@pytest.mark.parametrize("nominal", ["adam", "sgdm", "lars", "mix", "none"])
 @pytest.mark.parametrize("normalize_output", [True, False])
 def test_deployment_through_the_fused_kernel_equals_the_flat_step(
     monkeypatch, nominal, normalize_output
@@ -158,7 +228,7 @@ def test_old_boolean_nominal_configs_load():
     assert create("general", nominal=False).residual_gain.item() == 1.0
 
 
-@pytest.mark.parametrize("nominal", ["adam", "mix"])
+@pytest.mark.parametrize("nominal", ["adam", "mix", "lars"])
 def test_checkpoint_round_trip(tmp_path, nominal):
     net = trained_like(hidden_sizes=[4, 4], nominal_lr=3e-3, total_steps=50, nominal=nominal)
     path = save_learned_optimizer(tmp_path / "g.pt", net)
@@ -171,7 +241,7 @@ def test_checkpoint_round_trip(tmp_path, nominal):
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("nominal", ["adam", "mix"])
+@pytest.mark.parametrize("nominal", ["adam", "mix", "lars"])
 def test_meta_gradient_reaches_gain_schedule_and_network(nominal):
     net = create("general", nominal=nominal)
     with torch.no_grad():
@@ -199,6 +269,10 @@ def test_meta_gradient_reaches_gain_schedule_and_network(nominal):
         (dict(sgdm_beta=0.8), "sgdm_beta"),
         (dict(sgdm_lr=-1.0), "sgdm_lr"),
         (dict(mix_init=1.0), "mix_init"),
+        (dict(lars_lr=0.0), "lars_lr"),
+        (dict(lars_floor=-1e-2), "lars_floor"),
+        (dict(base_schedule="linear"), "base_schedule"),
+        (dict(horizon_power=float("inf")), "horizon_power"),
     ],
 )
 def test_bad_configs_are_refused(kwargs, match):
