@@ -6,6 +6,7 @@ lists the names. Depends on torch only (triton optionally, for AdamSyre's CUDA k
 from .gap import GAPSGDM, GAPAdam
 from .gyro import GYROSGD, GYROAdam
 from .hysterograd import HIOptimizer, HysteroGrad, HysteroTelemetry
+from .lars import LARSMomentum
 from .lion import Lion, LionSGD
 from .registry import RegisteredOptimizer, available, create, describe, register
 from .syre import AdamSyre
@@ -19,6 +20,7 @@ __all__ = [
     "HIOptimizer",
     "HysteroGrad",
     "HysteroTelemetry",
+    "LARSMomentum",
     "Lion",
     "LionSGD",
     "RegisteredOptimizer",

@@ -17,6 +17,7 @@ import torch
 from .gap import GAPSGDM, GAPAdam
 from .gyro import GYROSGD, GYROAdam
 from .hysterograd import HIOptimizer
+from .lars import LARSMomentum
 from .lion import Lion, LionSGD
 from .syre import AdamSyre
 
@@ -81,5 +82,6 @@ for _name, _factory, _summary in [
     ("hysterograd", HIOptimizer, "Fisher-preconditioned steps behind a hysteretic barrier"),
     ("lion", Lion, "Lion: sign of interpolated momentum (Chen et al. 2023)"),
     ("lion_sgd", LionSGD, "alpha * Lion + (1 - alpha) * SGD (Sobotka et al.)"),
+    ("lars", LARSMomentum, "EMA momentum scaled per tensor: lr is the relative step (LARS)"),
 ]:
     register(_name, _factory, _summary)

@@ -20,6 +20,7 @@ EXPECTED = {
     "hysterograd": baselines.HIOptimizer,
     "lion": baselines.Lion,
     "lion_sgd": baselines.LionSGD,
+    "lars": baselines.LARSMomentum,
 }
 
 
