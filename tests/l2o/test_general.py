@@ -1,6 +1,7 @@
-"""The ``general`` learned optimizer: an untrained one is Adam (or SGD + momentum with
-``nominal="sgdm"``); deployment equals the flat step;
-progress features follow the horizon; checkpoints round-trip; meta-gradients reach every part."""
+"""The ``general`` learned optimizer: an untrained one is Adam (SGD + momentum with
+``nominal="sgdm"``, LARS momentum with ``"lars"``); the base schedule; deployment equals the flat
+step; progress features follow the horizon; checkpoints round-trip; meta-gradients reach every
+part."""
 
 from __future__ import annotations
 
@@ -113,6 +114,24 @@ def test_untrained_general_lars_is_trust_ratio_momentum_with_cosine(normalize_ou
         rtol=1e-4,
         atol=1e-5,
     )
+
+
+def test_untrained_general_lars_is_the_lars_cosine_baseline():
+    """The shipped recipe's nominal term, untrained, is ``baselines``' LARS momentum with a
+    cosine decay over the horizon (the evaluation's ``lars_cosine``)."""
+    import baselines
+
+    net = create("general", nominal="lars", lars_lr=0.04, base_schedule="cosine", total_steps=20)
+
+    def lars_cosine(params):
+        opt = baselines.create("lars", params, lr=0.04)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / 20))
+        )
+        opt.register_step_post_hook(lambda *_: sched.step())
+        return opt
+
+    run_pair(lambda ps: LearnedOptimizer(ps, net), lars_cosine, rtol=1e-4, atol=1e-5)
 
 
 def test_lars_step_is_relative_to_each_tensors_size():
@@ -280,10 +299,11 @@ def test_bad_configs_are_refused(kwargs, match):
         create("general", **kwargs)
 
 
-def test_shipped_general_is_sgdm_based_and_steps():
+def test_shipped_general_is_lars_based_and_steps():
     model, x, y = model_and_batch()
     opt = LearnedOptimizer.from_pretrained("general", model.parameters())
-    assert opt.net.config()["nominal"] == "sgdm"
+    assert opt.net.config()["nominal"] == "lars"
+    assert opt.net.config()["base_schedule"] == "cosine"
     before = [p.detach().clone() for p in model.parameters()]
     nn.functional.mse_loss(model(x), y).backward()
     opt.step()

@@ -17,6 +17,7 @@ ARCHS = {
     "mlp": dict(hidden_sizes=[8], init_scale=1.0),
     "general": dict(hidden_sizes=[8]),
     "general_unnormalized": dict(hidden_sizes=[8], normalize_output=False),
+    "general_lars": dict(hidden_sizes=[8], nominal="lars", base_schedule="cosine"),
 }
 
 

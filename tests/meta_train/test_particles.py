@@ -38,12 +38,16 @@ def _loop_reference(lopt, spec, flat, grads_fn, params, steps):
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("arch", ["mlp", "lstm", "general"])
-def test_vectorized_particles_equal_a_loop_over_particles(arch):
+@pytest.mark.parametrize(
+    "arch, kwargs",
+    [("mlp", {}), ("lstm", {}), ("general", {}), ("general", {"nominal": "lars"})],
+)
+def test_vectorized_particles_equal_a_loop_over_particles(arch, kwargs):
     """Also ``general``: it subclasses the MLP optimizer but has its own ``core``, so it must
-    not take the plain MLP's batched path."""
+    not take the plain MLP's batched path (and ``lars`` reads per-tensor statistics of the
+    parameters in ``observe``)."""
     torch.manual_seed(0)
-    lopt = lo.create(arch)
+    lopt = lo.create(arch, **kwargs)
     particles, n, steps = 3, 37, 4
     spec, flat = _perturbed(lopt, particles)
     params = torch.randn(particles, n)
