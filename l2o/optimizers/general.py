@@ -255,6 +255,11 @@ class GeneralOptimizer(MLPOptimizer):
         }
 
     @property
+    def stops_at_horizon(self) -> bool:
+        """True if the step size reaches zero at the horizon (the cosine base schedule)."""
+        return self.base_schedule == "cosine"
+
+    @property
     def num_global_features(self) -> int:
         """Time features shared by all coordinates: step count (and training progress)."""
         return len(TIME_SCALES) + (1 + len(PROGRESS_CENTERS) if self.progress else 0)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import inspect
 import os
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -148,7 +149,27 @@ class LearnedOptimizer(torch.optim.Optimizer):
         batches = self._batches()  # everything is checked before any parameter changes
         for (device, lr, weight_decay), params in batches.items():
             self._update(params, device, lr, weight_decay)
+        self._warn_past_horizon()
         return loss
+
+    def _warn_past_horizon(self) -> None:
+        """Warn once when a network whose step size decays to zero at its horizon (``general``
+        with a cosine base schedule) is stepped past it: it has stopped training, most likely
+        because it was not told the run's length (``total_steps``). Counted in Python: no
+        device sync."""
+        self.__dict__["_steps_taken"] = self.__dict__.get("_steps_taken", 0) + 1
+        horizon = getattr(self, "total_steps", None) or getattr(self.net, "total_steps", None)
+        if not getattr(self.net, "stops_at_horizon", False) or horizon is None:
+            return
+        if self._steps_taken > horizon and not self.__dict__.get("_warned_horizon", False):
+            self._warned_horizon = True
+            warnings.warn(
+                f"step {self._steps_taken} is past this learned optimizer's horizon of {horizon} "
+                "steps, where its step size has decayed to zero: pass the run's length as "
+                "LearnedOptimizer(..., total_steps=N)",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def _batches(self) -> dict[tuple, list[torch.Tensor]]:
         """Parameters with gradients by (device, lr, weight decay), all validated."""

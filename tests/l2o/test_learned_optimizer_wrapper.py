@@ -287,3 +287,26 @@ def test_total_steps_is_refused_by_a_network_without_progress_inputs():
         LearnedOptimizer(nn.Linear(3, 2).parameters(), create("mlp"), total_steps=100)
     with pytest.raises(ValueError, match="positive integer"):
         LearnedOptimizer(nn.Linear(3, 2).parameters(), create("general"), total_steps=0)
+
+
+def test_stepping_past_a_cosine_horizon_warns_once():
+    """A ``general`` with a cosine base schedule stops moving at its horizon: the wrapper says
+    so once (an untold run length is the usual cause), and never for a constant schedule."""
+    import warnings
+
+    def run(net, steps, **kwargs):
+        model = nn.Linear(3, 2)
+        opt = LearnedOptimizer(model.parameters(), net, **kwargs)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(steps):
+                opt.zero_grad()
+                model(torch.ones(4, 3)).sum().backward()
+                opt.step()
+        return [w for w in caught if "past this learned optimizer's horizon" in str(w.message)]
+
+    cosine = create("general", nominal="lars", base_schedule="cosine", total_steps=5)
+    assert run(cosine, 5) == []
+    assert len(run(cosine, 9)) == 1
+    assert run(cosine, 9, total_steps=10) == []
+    assert run(create("general", total_steps=5), 9) == []
