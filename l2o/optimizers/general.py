@@ -270,7 +270,10 @@ class GeneralOptimizer(MLPOptimizer):
 
     @property
     def num_features(self) -> int:
-        return self.num_net_inputs + len(NOMINALS[self.nominal])  # the handcrafted directions
+        # the network's inputs, the handcrafted directions, and the log base schedule (one
+        # column, the same for every coordinate: ``core`` reads the time from its features
+        # only, so that it runs per step under vmap and over a sequence of steps)
+        return self.num_net_inputs + len(NOMINALS[self.nominal]) + 1
 
     def init_state(
         self,
@@ -352,20 +355,22 @@ class GeneralOptimizer(MLPOptimizer):
         dirs = self.handcrafted_directions(
             new["m"], new["v"], new["t"], params, new["segment_ids"], n_seg
         )
-        return torch.cat((features[..., :f0], glob, dirs), dim=-1), new
+        base = self.log_base_schedule(new["t"], new["horizon"]).to(dirs.dtype)
+        base = base[..., None, None].expand(*grads.shape, 1)
+        return torch.cat((features[..., :f0], glob, dirs, base), dim=-1), new
 
-    def log_lr(self, glob: torch.Tensor, state: State) -> torch.Tensor:
-        """``log lr_t [...]`` from the global features ``[..., G]`` and the state's step
-        counter and horizon (the base schedule)."""
+    def log_lr(self, glob: torch.Tensor, log_base: torch.Tensor) -> torch.Tensor:
+        """``log lr_t [...]`` from the global features ``[..., G]`` and the log base schedule
+        ``[...]`` (``log_base_schedule``)."""
         base = {
             "sgdm": math.log(self.sgdm_lr),
             "lars": math.log(self.lars_lr),
             "mix": 0.0,
         }.get(self.nominal, math.log(self.nominal_lr))
-        base = base + self.log_base_schedule(state["t"], state["horizon"]).to(glob.dtype)
+        log_lr = base + log_base.to(glob.dtype)
         if self.schedule is None:
-            return base.expand(glob.shape[:-1]).clone()
-        return base + self.schedule(glob).squeeze(-1)
+            return log_lr
+        return log_lr + self.schedule(glob).squeeze(-1)
 
     def log_base_schedule(self, t: torch.Tensor, horizon: torch.Tensor) -> torch.Tensor:
         """``log`` of the fixed factor on the step size at step ``t`` (1 for the first) of a
@@ -419,13 +424,14 @@ class GeneralOptimizer(MLPOptimizer):
                 f"GeneralOptimizer expects {self.num_features} features, got {features.shape[-1]}"
             )
         x = features[..., : self.num_net_inputs]
-        nominal = self.nominal_direction(features[..., self.num_net_inputs :])
+        nominal = self.nominal_direction(features[..., self.num_net_inputs : -1])
         out = self.net(x)
         seg, n_seg = state["segment_ids"], state["segment_counts"].shape[0]
         r = self.residual(out, seg, n_seg)
         glob = x[..., 0, self.num_normalized_features :]  # the same for every coordinate
         scale = self.residual_scale(nominal, seg, n_seg)
-        return self.combine(r, nominal, self.log_lr(glob, state), scale), state
+        log_lr = self.log_lr(glob, features[..., 0, -1])
+        return self.combine(r, nominal, log_lr, scale), state
 
     @torch.no_grad()
     def apply_updates_(
@@ -444,7 +450,7 @@ class GeneralOptimizer(MLPOptimizer):
             glob = self.global_features(state)
             weights = [first.weight[:, :f0] * scale, *(lin.weight for lin in linears[1:])]
             biases = [first.bias + first.weight[:, f0:] @ glob, *(lin.bias for lin in linears[1:])]
-            log_lr = self.log_lr(glob, state)
+            log_lr = self.log_lr(glob, self.log_base_schedule(state["t"], state["horizon"]))
             m, v = state["m"], state["v"]
             fused = native is not None and param.dtype == torch.float32
             fused = fused and param.device.type == "cpu"

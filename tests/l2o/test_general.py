@@ -160,6 +160,21 @@ def test_base_schedule_cosine_and_horizon_power():
     assert torch.equal(flat.log_base_schedule(t, torch.full_like(t, 400.0)), torch.zeros(5))
 
 
+def test_core_over_a_sequence_equals_step_by_step_with_a_base_schedule():
+    """``core`` on T steps of features at once (the first-order replay) equals T single steps:
+    the base schedule travels in the features, not in the state's step counter."""
+    net = trained_like(nominal="lars", base_schedule="cosine", horizon_power=0.5, total_steps=8)
+    params = torch.randn(2, 9)
+    state = net.init_state(params, total_steps=12)
+    feats, singles = [], []
+    for _ in range(5):
+        f, state = net.observe(torch.randn(2, 9), params, state)
+        feats.append(f)
+        singles.append(net.core(f.unsqueeze(0), state)[0][0])
+    together, _ = net.core(torch.stack(feats), state)
+    torch.testing.assert_close(together, torch.stack(singles))
+
+
 def test_untrained_general_mix_is_the_weighted_sum():
     """``mix`` at ``mix_init`` w: w·Adam(lr_a) + (1−w)·SGDm(lr_s) per step (one step, where
     both are exact: Adam's first step is lr·sign(g), SGD's lr·g)."""

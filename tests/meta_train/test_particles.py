@@ -20,8 +20,9 @@ def _perturbed(lopt, particles: int, scale: float = 0.05):
     return spec, flat
 
 
-def _loop_reference(lopt, spec, flat, grads_fn, params, steps):
-    """Each particle alone: a copy of the optimizer loaded with its weights, ``lopt.step``."""
+def _loop_reference(lopt, spec, flat, grads_fn, params, steps, horizons=None):
+    """Each particle alone: a copy of the optimizer loaded with its weights, ``lopt.step``
+    (``horizons``: each particle's run length, for optimizers that take one)."""
     out = []
     for p in range(flat.shape[0]):
         net = copy.deepcopy(lopt)
@@ -29,7 +30,8 @@ def _loop_reference(lopt, spec, flat, grads_fn, params, steps):
             for name, value in spec.unflatten(flat[p]).items():
                 dict(net.named_parameters())[name].copy_(value)
         theta = params[p : p + 1].clone()
-        state = net.init_state(theta)
+        extra = {} if horizons is None else {"total_steps": horizons[p]}
+        state = net.init_state(theta, **extra)
         with torch.no_grad():
             for k in range(steps):
                 upd, state = net.step(grads_fn(theta, k), theta, state)
@@ -68,6 +70,33 @@ def test_vectorized_particles_equal_a_loop_over_particles(arch, kwargs):
             theta = theta + upd
     torch.testing.assert_close(theta, expected, rtol=1e-5, atol=1e-6)
     assert not theta.requires_grad
+
+
+def test_particles_at_different_run_lengths_keep_their_own_schedule():
+    """``general``'s cosine base schedule and horizon scaling per particle (sampled horizons
+    give each task its own): ``core`` under vmap must not read another particle's step
+    counter or horizon."""
+    torch.manual_seed(0)
+    lopt = lo.create("general", nominal="lars", base_schedule="cosine", horizon_power=0.5)
+    particles, n, steps, horizons = 3, 11, 5, [4, 6, 9]
+    spec, flat = _perturbed(lopt, particles)
+    params = torch.randn(particles, n)
+
+    def grads_fn(theta, k):
+        return torch.sin(theta * (k + 1))
+
+    expected = _loop_reference(lopt, spec, flat, grads_fn, params, steps, horizons)
+    weights = pt.particle_weights(spec, flat)
+    state = lopt.init_state(params)
+    state["horizon"] = torch.tensor(horizons, dtype=state["horizon"].dtype)
+    pdims = pt.particle_dims(lopt, n, None, params.device)
+    theta = params
+    with torch.no_grad():
+        for k in range(steps):
+            features, state = lopt.observe(grads_fn(theta, k), theta, state)
+            upd, state = pt.particle_core(lopt, weights, features, state, pdims)
+            theta = theta + upd
+    torch.testing.assert_close(theta, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_particle_dims_find_each_keys_optimizee_dim():
