@@ -454,7 +454,7 @@ class GeneralOptimizer(MLPOptimizer):
             m, v = state["m"], state["v"]
             fused = native is not None and param.dtype == torch.float32
             fused = fused and param.device.type == "cpu"
-            if fused and self.nominal in ("sgdm", "lars") and not self.normalize_output:
+            if fused and self.nominal in ("sgdm", "lars"):
                 grad = grad.contiguous()
                 self._momentum_update_(native, param, grad, m, v, weights, biases, log_lr)
                 continue
@@ -480,12 +480,14 @@ class GeneralOptimizer(MLPOptimizer):
             param.add_(self.combine(self.residual(out, None, 1), nominal, log_lr, scale))
 
     def _momentum_update_(self, native, param, grad, m, v, weights, biases, log_lr) -> None:
-        """The deployment step of ``sgdm`` and ``lars`` without output normalization, with no
-        temporary the size of the tensor: the nominal direction is a column of the momenta
-        times a per-tensor coefficient ``c`` (``1/(1-β)``; ``lars``: ``max(RMS(p), floor) /
-        RMS(m_β)``), the RMSs one float32 dot each (the finite-only float64 statistic where
-        that overflows or meets a NaN), measured before the step; then the fused kernel adds
-        ``lr·gain·ρ·r`` (``ρ = c·RMS(m_β)``) and one ``add_`` subtracts ``lr·c·m_β``."""
+        """The deployment step of ``sgdm`` and ``lars``: the nominal direction is a column of
+        the momenta times a per-tensor coefficient ``c`` (``1/(1-β)``; ``lars``: ``max(RMS(p),
+        floor) / RMS(m_β)``), the RMSs one float32 dot each (the finite-only float64 statistic
+        where that overflows or meets a NaN), measured before the step; one ``add_`` subtracts
+        ``lr·c·m_β``. Without output normalization the fused kernel adds ``lr·gain·ρ·r``
+        (``ρ = c·RMS(m_β)``) in place, with no temporary the size of the tensor; with it, the
+        kernel writes the network's direction ``d`` into one copy of the parameters, and
+        ``lr·gain·ρ·d/RMS(d)`` is added once its RMS is known."""
         col = m[:, self.sgdm_index]
         col_rms = _rms(col)
         if self.nominal == "lars":
@@ -494,7 +496,16 @@ class GeneralOptimizer(MLPOptimizer):
             coef = 1.0 / (1.0 - self.sgdm_beta)
         lr = float(torch.exp(log_lr))
         gain = float(self.residual_gain) * coef * col_rms
-        native.mlp_update_(param, grad, m, v, weights, biases, lr * gain, self.exp_mult)
+        if self.normalize_output:
+            # the kernel ADDS d to its input: d = (param + d) - param, exact up to rounding
+            # of param + d (|d| is O(1), far above param's ulp)
+            direction = param.clone()
+            native.mlp_update_(direction, grad, m, v, weights, biases, 1.0, 0.0)
+            direction.sub_(param)
+            inv_rms = 1.0 / math.sqrt(_rms(direction) ** 2 + OUTPUT_EPS)
+            param.add_(direction, alpha=lr * gain * inv_rms)
+        else:
+            native.mlp_update_(param, grad, m, v, weights, biases, lr * gain, self.exp_mult)
         param.add_(col, alpha=-lr * coef)
 
     def _chunked_network(self, param, grad, m, v, weights, biases, chunk_size) -> torch.Tensor:
