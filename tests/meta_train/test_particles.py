@@ -20,7 +20,7 @@ def _perturbed(lopt, particles: int, scale: float = 0.05):
     return spec, flat
 
 
-def _loop_reference(lopt, spec, flat, grads_fn, params, steps):
+def _loop_reference(lopt, spec, flat, grads_fn, params, steps, param_spec=None):
     """Each particle alone: a copy of the optimizer loaded with its weights, ``lopt.step``."""
     out = []
     for p in range(flat.shape[0]):
@@ -29,7 +29,7 @@ def _loop_reference(lopt, spec, flat, grads_fn, params, steps):
             for name, value in spec.unflatten(flat[p]).items():
                 dict(net.named_parameters())[name].copy_(value)
         theta = params[p : p + 1].clone()
-        state = net.init_state(theta)
+        state = net.init_state(theta, param_spec)
         with torch.no_grad():
             for k in range(steps):
                 upd, state = net.step(grads_fn(theta, k), theta, state)
@@ -40,15 +40,22 @@ def _loop_reference(lopt, spec, flat, grads_fn, params, steps):
 
 @pytest.mark.parametrize(
     "arch, kwargs",
-    [("mlp", {}), ("lstm", {}), ("general", {}), ("general", {"nominal": "lars"})],
+    [
+        ("mlp", {}),
+        ("lstm", {}),
+        ("general", {}),
+        ("general", {"nominal": "lars"}),
+        ("general", {"nominal": "lars", "factored": True}),
+    ],
 )
 def test_vectorized_particles_equal_a_loop_over_particles(arch, kwargs):
     """Also ``general``: it subclasses the MLP optimizer but has its own ``core``, so it must
     not take the plain MLP's batched path (and ``lars`` reads per-tensor statistics of the
-    parameters in ``observe``)."""
+    parameters in ``observe``; ``factored`` keeps row and column accumulators per particle)."""
     torch.manual_seed(0)
     lopt = lo.create(arch, **kwargs)
     particles, n, steps = 3, 37, 4
+    param_spec = ParamSpec(("w", "b"), ((4, 8), (5,)))  # a matrix and a vector: 37 coordinates
     spec, flat = _perturbed(lopt, particles)
     params = torch.randn(particles, n)
     target = torch.randn(n)
@@ -56,10 +63,10 @@ def test_vectorized_particles_equal_a_loop_over_particles(arch, kwargs):
     def grads_fn(theta, k):  # a deterministic gradient field: ∇ of ½|θ − target|² · (k + 1)
         return (theta - target) * (k + 1)
 
-    expected = _loop_reference(lopt, spec, flat, grads_fn, params, steps)
+    expected = _loop_reference(lopt, spec, flat, grads_fn, params, steps, param_spec)
     weights = pt.particle_weights(spec, flat)
-    state = lopt.init_state(params)
-    pdims = pt.particle_dims(lopt, n, None, params.device)
+    state = lopt.init_state(params, param_spec)
+    pdims = pt.particle_dims(lopt, n, param_spec, params.device)
     theta = params
     with torch.no_grad():
         for k in range(steps):
