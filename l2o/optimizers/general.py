@@ -43,7 +43,13 @@ horizon, from design elements of the field (each an option):
   so the residual has the units of Adam's direction and cannot blow up the step;
 * the small_fc_lopt / adafac_mlp_lopt per-coordinate features of ``MLPOptimizer`` (gradient,
   parameter, momenta at several decays, RMS, m·rsqrt(RMS), rsqrt(RMS)), normalized per tensor
-  over finite entries only (a bad coordinate stays a bad coordinate).
+  over finite entries only (a bad coordinate stays a bad coordinate);
+* **factored second moments** (``factored``; Adafactor, Shazeer & Stern 2018, as features in
+  Metz et al.'s ``adafac_mlp_lopt``): per matrix (a tensor of ≥ 2 dims as ``[shape[0],
+  prod(rest)]``) row and column EMAs of the mean ``g²`` (decay ``factored_decay``) give
+  ``v̂_ij = r_i c_j / mean_i(r)``, and ``g·rsqrt(v̂)``, ``m_k·rsqrt(v̂)`` and ``rsqrt(v̂)`` are
+  appended to the normalized features (``l2o.optimizers.factored``; 1-D tensors use ``v``).
+  Its deployment step takes the Python chunked path, not the fused C++ kernels.
 
 Update (added to the parameters), with ``r`` the (normalized) network output and ``n`` the
 nominal direction: ``Δ = lr_t · (gain · r − n)`` with ``adam``, ``lr_t · (gain · ρ · r − n)``
@@ -61,15 +67,23 @@ import torch
 from torch import nn
 
 from l2o.optimizers.base import ParamSpec, State, register
+from l2o.optimizers.factored import (
+    advance_accumulators,
+    factored_estimate,
+    factored_features,
+    factored_layout,
+    init_accumulators,
+)
 from l2o.optimizers.features import (
     PROGRESS_CENTERS,
     TIME_SCALES,
     finite_square_sums,
+    inverse_rms,
     normalize_per_segment,
     progress_features,
     time_features,
 )
-from l2o.optimizers.mlp import MLPOptimizer
+from l2o.optimizers.mlp import NORM_EPS, MLPOptimizer
 
 #: ``ε`` of the output normalization ``d · rsqrt(mean d² + ε)``.
 OUTPUT_EPS = 1e-12
@@ -138,6 +152,8 @@ class GeneralOptimizer(MLPOptimizer):
     normalize_output: divide the network's direction by its RMS over the tensor (Celo2); else
         ``r = d · exp(exp_mult · m)``.
     progress: feed the training-progress features (else only step-count features).
+    factored: append the factored second-moment features (module docstring).
+    factored_decay: the decay of their row and column EMAs (None: ``rms_decay``).
     """
 
     arch: ClassVar[str] = "general"
@@ -164,9 +180,15 @@ class GeneralOptimizer(MLPOptimizer):
         learned_schedule: bool = True,
         normalize_output: bool = True,
         progress: bool = True,
+        factored: bool = False,
+        factored_decay: float | None = None,
     ) -> None:
         self.total_steps = int(total_steps)
         self.progress = bool(progress)
+        self.factored = bool(factored)
+        self.factored_decay = float(rms_decay if factored_decay is None else factored_decay)
+        if not 0.0 <= self.factored_decay < 1.0:
+            raise ValueError(f"factored_decay must lie in [0, 1), got {factored_decay}")
         super().__init__(
             hidden_sizes=hidden_sizes,
             momentum_decays=momentum_decays,
@@ -252,6 +274,8 @@ class GeneralOptimizer(MLPOptimizer):
             "learned_schedule": self.learned_schedule,
             "normalize_output": self.normalize_output,
             "progress": self.progress,
+            "factored": self.factored,
+            "factored_decay": self.factored_decay,
         }
 
     @property
@@ -263,6 +287,12 @@ class GeneralOptimizer(MLPOptimizer):
     def num_global_features(self) -> int:
         """Time features shared by all coordinates: step count (and training progress)."""
         return len(TIME_SCALES) + (1 + len(PROGRESS_CENTERS) if self.progress else 0)
+
+    @property
+    def num_normalized_features(self) -> int:
+        """``MLPOptimizer``'s, then (``factored``) ``g``, each ``m_k`` and 1 times ``rsqrt(v̂)``."""
+        extra = 2 + len(self.momentum_decays) if self.factored else 0
+        return super().num_normalized_features + extra
 
     @property
     def num_net_inputs(self) -> int:
@@ -282,13 +312,22 @@ class GeneralOptimizer(MLPOptimizer):
         total_steps: int | None = None,
     ) -> State:
         """As ``MLPOptimizer``'s, plus ``"horizon" [...]``: ``total_steps`` (default: the
-        constructor's) for the progress features."""
+        constructor's) for the progress features; with ``factored`` the layout of
+        ``factored.factored_layout`` (from ``spec``: the tensors' shapes) and the accumulators
+        ``"row" [..., R+1]``, ``"col" [..., C+1]``."""
         horizon = self.total_steps if total_steps is None else int(total_steps)
         if horizon <= 0:
             raise ValueError(f"total_steps must be positive, got {total_steps}")
         state = super().init_state(flat_params, spec)
         state["horizon"] = torch.full_like(state["t"], float(horizon))
+        if self.factored:
+            layout = factored_layout(spec, flat_params.shape[-1], flat_params.device)
+            state.update(layout, **init_accumulators(flat_params.shape[:-1], layout))
         return state
+
+    def factored_v(self, state: State) -> torch.Tensor:
+        """The factored estimate ``v̂ [..., N]`` of the state's accumulators (``factored``)."""
+        return factored_estimate(state["row"], state["col"], state["v"], state)
 
     def global_features(self, state: State) -> torch.Tensor:
         """``[..., G]`` time features of the (already advanced) step counter."""
@@ -349,15 +388,22 @@ class GeneralOptimizer(MLPOptimizer):
         self, grads: torch.Tensor, params: torch.Tensor, state: State
     ) -> tuple[torch.Tensor, State]:
         features, new = super().observe(grads, params, state)
-        f0 = self.num_normalized_features
+        normed = features[..., : super().num_normalized_features]
         glob = self.global_features(new).unsqueeze(-2).expand(*grads.shape, -1)
         n_seg = new["segment_counts"].shape[0]
+        if self.factored:
+            new["row"], new["col"] = advance_accumulators(
+                grads, state["row"], state["col"], new, self.factored_decay
+            )
+            raw = factored_features(grads, new["m"], self.factored_v(new))
+            extra = normalize_per_segment(raw, new["segment_ids"], n_seg, NORM_EPS)
+            normed = torch.cat((normed, extra), dim=-1)
         dirs = self.handcrafted_directions(
             new["m"], new["v"], new["t"], params, new["segment_ids"], n_seg
         )
         base = self.log_base_schedule(new["t"], new["horizon"]).to(dirs.dtype)
         base = base[..., None, None].expand(*grads.shape, 1)
-        return torch.cat((features[..., :f0], glob, dirs, base), dim=-1), new
+        return torch.cat((normed, glob, dirs, base), dim=-1), new
 
     def log_lr(self, glob: torch.Tensor, log_base: torch.Tensor) -> torch.Tensor:
         """``log lr_t [...]`` from the global features ``[..., G]`` and the log base schedule
@@ -441,12 +487,17 @@ class GeneralOptimizer(MLPOptimizer):
         folded into the first layer, time features into its bias), then the network over each
         tensor: through the fused C++ kernel of ``MLPOptimizer`` where it runs, else per chunk
         one feature build and one GEMM per layer. With output normalization the directions of
-        a tensor are kept until their RMS is known."""
+        a tensor are kept until their RMS is known. With ``factored`` always the chunked path
+        (the kernels build only ``MLPOptimizer``'s features), over each tensor's own ``v̂``."""
         f0 = self.num_normalized_features
         linears = [m for m in self.net if isinstance(m, nn.Linear)]
         scales, native = self.advance_and_scale_(tensors, chunk_size)
+        vhats = [None] * len(tensors)
+        if self.factored:
+            native = None
+            vhats, scales = self._advance_factored_(tensors, scales, chunk_size)
         first = linears[0]
-        for (param, grad, state), scale in zip(tensors, scales):
+        for (param, grad, state), scale, vhat in zip(tensors, scales, vhats):
             glob = self.global_features(state)
             weights = [first.weight[:, :f0] * scale, *(lin.weight for lin in linears[1:])]
             biases = [first.bias + first.weight[:, f0:] @ glob, *(lin.bias for lin in linears[1:])]
@@ -476,7 +527,7 @@ class GeneralOptimizer(MLPOptimizer):
                 native.mlp_update_(direction, grad, m, v, weights, biases, 1.0, 0.0)
                 out = direction.sub_(param).unsqueeze(-1)
             else:
-                out = self._chunked_network(param, grad, m, v, weights, biases, chunk_size)
+                out = self._chunked_network(param, grad, m, v, vhat, weights, biases, chunk_size)
             param.add_(self.combine(self.residual(out, None, 1), nominal, log_lr, scale))
 
     def _momentum_update_(self, native, param, grad, m, v, weights, biases, log_lr) -> None:
@@ -508,15 +559,42 @@ class GeneralOptimizer(MLPOptimizer):
             native.mlp_update_(param, grad, m, v, weights, biases, lr * gain, self.exp_mult)
         param.add_(col, alpha=-lr * coef)
 
-    def _chunked_network(self, param, grad, m, v, weights, biases, chunk_size) -> torch.Tensor:
+    def _advance_factored_(self, tensors, scales, chunk_size):
+        """Deployment with ``factored``: each tensor's row and column EMAs advanced in place,
+        its ``v̂ [n]``, and its feature scales with those of the factored features appended
+        (over the finite entries, per chunk)."""
+        vhats, out = [], []
+        for (param, grad, state), scale in zip(tensors, scales):
+            row, col = advance_accumulators(
+                grad, state["row"], state["col"], state, self.factored_decay
+            )
+            state["row"].copy_(row)
+            state["col"].copy_(col)
+            vhat = self.factored_v(state)
+            sums = counts = 0
+            for lo in range(0, param.shape[-1], chunk_size):
+                hi = min(lo + chunk_size, param.shape[-1])
+                raw = factored_features(grad[lo:hi], state["m"][lo:hi], vhat[lo:hi])
+                s, c = finite_square_sums(raw)
+                sums, counts = sums + s[0], counts + c[0]
+            vhats.append(vhat)
+            out.append(torch.cat((scale, inverse_rms(sums, counts, NORM_EPS, param.dtype))))
+        return vhats, out
+
+    def _chunked_network(
+        self, param, grad, m, v, vhat, weights, biases, chunk_size
+    ) -> torch.Tensor:
         """The network's output ``[n, 2]`` (``[n, 1]`` with output normalization: only ``d``)
-        per chunk of coordinates, with the folded first layer."""
+        per chunk of coordinates, with the folded first layer (``vhat`` not None: with the
+        factored features)."""
         n = param.shape[-1]
         out = param.new_empty(n, 1 if self.normalize_output else 2)
         layers = [(w.t(), b) for w, b in zip(weights, biases)]
         for lo in range(0, n, chunk_size):
             hi = min(lo + chunk_size, n)
             x = self.normalized_features(grad[lo:hi], param[lo:hi], m[lo:hi], v[lo:hi])
+            if vhat is not None:
+                x = torch.cat((x, factored_features(grad[lo:hi], m[lo:hi], vhat[lo:hi])), -1)
             for k, (w_t, b) in enumerate(layers):
                 x = torch.addmm(b, x, w_t)
                 if k < len(layers) - 1:

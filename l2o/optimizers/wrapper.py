@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from l2o.optimizers.base import LearnedOptimizerNet
+from l2o.optimizers.base import LearnedOptimizerNet, ParamSpec
 from l2o.optimizers.checkpoint_io import load_learned_optimizer
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
@@ -211,7 +211,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
             if not state:
                 steps = getattr(self, "total_steps", None)  # None in pickles from before it
                 horizon = {} if steps is None else {"total_steps": steps}
-                state.update(net.init_state(flat, **horizon))
+                shape = ParamSpec(("param",), (tuple(p.shape),))  # for per-shape state
+                state.update(net.init_state(flat, shape, **horizon))
             triples.append((flat, p.grad.reshape(-1).to(torch.float32), state))
             if not in_place:
                 write_back.append((p, flat, flat.clone()))

@@ -323,3 +323,122 @@ def test_shipped_general_is_lars_based_and_steps():
     nn.functional.mse_loss(model(x), y).backward()
     opt.step()
     assert all(not torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
+# ------------------------------------------------------------------------------------------------
+# factored second moments (issue 13: Adafactor's row / column accumulators as features)
+
+FACTORED_SPEC = ParamSpec(("w", "conv", "b"), ((3, 4), (2, 3, 2, 2), (5,)))
+
+
+def _factored_reference(grads_seq, decay):
+    """``v̂`` per tensor written directly: row / column EMAs of the mean ``g²`` of each matrix
+    ``[shape[0], rest]``, ``r_i c_j / mean(r)``; the plain EMA of ``g²`` for the 1-D tensor."""
+    lead = grads_seq[0].shape[:-1]
+    out = {}
+    for name, shape in zip(FACTORED_SPEC.names, FACTORED_SPEC.shapes):
+        gs = [FACTORED_SPEC.unflatten(g)[name].double() for g in grads_seq]
+        if len(shape) < 2:
+            v = torch.zeros_like(gs[0])
+            for g in gs:
+                v = decay * v + (1 - decay) * g * g
+            out[name] = v
+            continue
+        r = torch.zeros(*lead, shape[0], dtype=torch.float64)
+        c = torch.zeros(*lead, math.prod(shape[1:]), dtype=torch.float64)
+        for g in gs:
+            g2 = g.reshape(*lead, shape[0], -1).square()
+            r = decay * r + (1 - decay) * g2.mean(-1)
+            c = decay * c + (1 - decay) * g2.mean(-2)
+        vhat = r.unsqueeze(-1) * c.unsqueeze(-2) / r.mean(-1)[..., None, None]
+        out[name] = vhat.reshape(*lead, *shape)
+    return FACTORED_SPEC.flatten(out, batch_dims=len(lead))
+
+
+@pytest.mark.parametrize("factored_decay", [None, 0.5])
+def test_factored_estimate_equals_a_per_tensor_reference(factored_decay):
+    """Leading dims [2, 3] (tasks × particles), several steps of gradients of every scale."""
+    net = create("general", factored=True, rms_decay=0.9, factored_decay=factored_decay)
+    decay = 0.9 if factored_decay is None else factored_decay
+    assert net.config()["factored_decay"] == decay
+    params = torch.randn(2, 3, FACTORED_SPEC.numel)
+    state = net.init_state(params, FACTORED_SPEC)
+    grads_seq = []
+    for k in range(4):
+        g = torch.randn_like(params) * 10.0 ** (k - 2)
+        grads_seq.append(g)
+        feats, state = net.observe(g, params, state)
+        vhat = net.factored_v(state)
+        want = _factored_reference(grads_seq, decay)
+        if factored_decay is not None:  # the 1-D tensor keeps v, whose decay is rms_decay
+            want[..., 36:] = _factored_reference(grads_seq, 0.9)[..., 36:]
+        torch.testing.assert_close(vhat, want.float(), rtol=1e-5, atol=0)
+    # the first factored feature is g·rsqrt(v̂ + ε), normalized per tensor
+    f1 = net.num_normalized_features - len(net.momentum_decays) - 2
+    raw = g * torch.rsqrt(vhat + 1e-8)
+    for lo, hi in ((0, 12), (12, 36), (36, 41)):
+        part = raw[..., lo:hi]
+        normed = part * torch.rsqrt(part.double().square().mean(-1, keepdim=True) + 1e-5).float()
+        torch.testing.assert_close(feats[..., lo:hi, f1], normed, rtol=1e-5, atol=1e-6)
+
+
+def test_factored_adds_features_and_unfactored_is_unchanged():
+    plain, fact = create("general"), create("general", factored=True)
+    assert fact.num_normalized_features == plain.num_normalized_features + 6
+    assert fact.num_features == plain.num_features + 6
+    assert "row" not in plain.init_state(torch.zeros(1, 5))
+    state = fact.init_state(torch.zeros(1, 5))  # no spec: one unfactored tensor, v̂ = v
+    _, state = fact.observe(torch.randn(1, 5), torch.zeros(1, 5), state)
+    assert torch.equal(fact.factored_v(state), state["v"])
+
+
+@pytest.mark.parametrize("nominal", ["adam", "lars"])
+@pytest.mark.parametrize("chunk_size", [7, 10_000])
+def test_factored_deployment_equals_the_flat_step(nominal, chunk_size):
+    net = trained_like(total_steps=5, nominal=nominal, factored=True)
+    model, x, y = model_and_batch()
+    assert_deployment_equals_flat_step(net, model, x, y, chunk_size, 4, 1e-6, 1e-7)
+
+
+def test_factored_deployment_state_is_per_tensor_and_round_trips():
+    net = trained_like(factored=True, nominal="lars")
+    model, x, y = model_and_batch()
+    opt = LearnedOptimizer(model.parameters(), net)
+    nn.functional.mse_loss(model(x), y).backward()
+    opt.step()
+    w = model[0].weight
+    assert opt.state[w]["row"].shape == (9,) and opt.state[w]["col"].shape == (6,)  # 8, 5 + 1
+    assert opt.state[model[0].bias]["row"].shape == (1,)  # 1-D: only the unused row
+    again = LearnedOptimizer(model.parameters(), net)
+    again.load_state_dict(opt.state_dict())
+    assert torch.equal(again.state[w]["row"], opt.state[w]["row"])
+
+
+def test_factored_config_round_trip_and_old_configs(tmp_path):
+    net = trained_like(hidden_sizes=[4], factored=True, factored_decay=0.9)
+    back, _ = load_learned_optimizer(save_learned_optimizer(tmp_path / "f.pt", net))
+    assert back.config() == net.config() and back.factored and back.factored_decay == 0.9
+    old = create("general").config()
+    del old["factored"], old["factored_decay"]  # a checkpoint from before the option
+    assert create("general", **old).factored is False
+    with pytest.raises(ValueError, match="factored_decay"):
+        create("general", factored=True, factored_decay=1.0)
+
+
+def test_factored_meta_gradient_reaches_the_network():
+    net = create("general", nominal="lars", factored=True)
+    with torch.no_grad():
+        net.residual_gain.fill_(0.5)
+    params = torch.randn(2, FACTORED_SPEC.numel)
+    state = net.init_state(params, FACTORED_SPEC)
+    feats = []
+    for _ in range(3):
+        f, state = net.observe(torch.randn_like(params), params, state)
+        feats.append(f)
+    upd, _ = net.core(torch.stack(feats), state)
+    (upd * torch.randn_like(upd)).sum().backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    first = net.net[0].weight.grad  # the factored features' input weights learn too
+    f1 = net.num_normalized_features - len(net.momentum_decays) - 2
+    assert first[:, f1 : net.num_normalized_features].abs().sum() > 0

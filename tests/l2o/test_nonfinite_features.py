@@ -18,6 +18,7 @@ ARCHS = {
     "general": dict(hidden_sizes=[8]),
     "general_unnormalized": dict(hidden_sizes=[8], normalize_output=False),
     "general_lars": dict(hidden_sizes=[8], nominal="lars", base_schedule="cosine"),
+    "general_factored": dict(hidden_sizes=[8], nominal="lars", factored=True),
 }
 
 

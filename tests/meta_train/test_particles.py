@@ -20,7 +20,7 @@ def _perturbed(lopt, particles: int, scale: float = 0.05):
     return spec, flat
 
 
-def _loop_reference(lopt, spec, flat, grads_fn, params, steps, horizons=None):
+def _loop_reference(lopt, spec, flat, grads_fn, params, steps, param_spec=None, horizons=None):
     """Each particle alone: a copy of the optimizer loaded with its weights, ``lopt.step``
     (``horizons``: each particle's run length, for optimizers that take one)."""
     out = []
@@ -31,7 +31,7 @@ def _loop_reference(lopt, spec, flat, grads_fn, params, steps, horizons=None):
                 dict(net.named_parameters())[name].copy_(value)
         theta = params[p : p + 1].clone()
         extra = {} if horizons is None else {"total_steps": horizons[p]}
-        state = net.init_state(theta, **extra)
+        state = net.init_state(theta, param_spec, **extra)
         with torch.no_grad():
             for k in range(steps):
                 upd, state = net.step(grads_fn(theta, k), theta, state)
@@ -42,15 +42,22 @@ def _loop_reference(lopt, spec, flat, grads_fn, params, steps, horizons=None):
 
 @pytest.mark.parametrize(
     "arch, kwargs",
-    [("mlp", {}), ("lstm", {}), ("general", {}), ("general", {"nominal": "lars"})],
+    [
+        ("mlp", {}),
+        ("lstm", {}),
+        ("general", {}),
+        ("general", {"nominal": "lars"}),
+        ("general", {"nominal": "lars", "factored": True}),
+    ],
 )
 def test_vectorized_particles_equal_a_loop_over_particles(arch, kwargs):
     """Also ``general``: it subclasses the MLP optimizer but has its own ``core``, so it must
     not take the plain MLP's batched path (and ``lars`` reads per-tensor statistics of the
-    parameters in ``observe``)."""
+    parameters in ``observe``; ``factored`` keeps row and column accumulators per particle)."""
     torch.manual_seed(0)
     lopt = lo.create(arch, **kwargs)
     particles, n, steps = 3, 37, 4
+    param_spec = ParamSpec(("w", "b"), ((4, 8), (5,)))  # a matrix and a vector: 37 coordinates
     spec, flat = _perturbed(lopt, particles)
     params = torch.randn(particles, n)
     target = torch.randn(n)
@@ -58,10 +65,10 @@ def test_vectorized_particles_equal_a_loop_over_particles(arch, kwargs):
     def grads_fn(theta, k):  # a deterministic gradient field: ∇ of ½|θ − target|² · (k + 1)
         return (theta - target) * (k + 1)
 
-    expected = _loop_reference(lopt, spec, flat, grads_fn, params, steps)
+    expected = _loop_reference(lopt, spec, flat, grads_fn, params, steps, param_spec)
     weights = pt.particle_weights(spec, flat)
-    state = lopt.init_state(params)
-    pdims = pt.particle_dims(lopt, n, None, params.device)
+    state = lopt.init_state(params, param_spec)
+    pdims = pt.particle_dims(lopt, n, param_spec, params.device)
     theta = params
     with torch.no_grad():
         for k in range(steps):
@@ -85,7 +92,7 @@ def test_particles_at_different_run_lengths_keep_their_own_schedule():
     def grads_fn(theta, k):
         return torch.sin(theta * (k + 1))
 
-    expected = _loop_reference(lopt, spec, flat, grads_fn, params, steps, horizons)
+    expected = _loop_reference(lopt, spec, flat, grads_fn, params, steps, horizons=horizons)
     weights = pt.particle_weights(spec, flat)
     state = lopt.init_state(params)
     state["horizon"] = torch.tensor(horizons, dtype=state["horizon"].dtype)
