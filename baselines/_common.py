@@ -169,6 +169,15 @@ class BaselineOptimizer(torch.optim.Optimizer):
                 "Optimize torch.view_as_real(param) (a real tensor) instead"
             )
 
+    def _zero_state(self, params: Sequence[Tensor], key: str) -> list[Tensor]:
+        """Each parameter's ``state[key]``, created as zeros like the parameter on first use
+        (the momentum buffers of Lion, LARS, ...)."""
+        for param in params:
+            state = self.state[param]
+            if key not in state:
+                state[key] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        return [self.state[p][key] for p in params]
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         self._prepare_group(self.param_groups[-1])

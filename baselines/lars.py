@@ -104,11 +104,7 @@ class LARSMomentum(BaselineOptimizer):
         check_range("weight_decay", group["weight_decay"], 0.0)
 
     def _step_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
-        for param in params:
-            state = self.state[param]
-            if "exp_avg" not in state:
-                state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-        exp_avgs = as_real([self.state[p]["exp_avg"] for p in params])
+        exp_avgs = as_real(self._zero_state(params, "exp_avg"))
         params, grads = as_real(params), as_real(grads)
         for bucket in device_dtype_buckets(params):
             _lars_update(

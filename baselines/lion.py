@@ -113,15 +113,8 @@ class Lion(BaselineOptimizer):
         check_range("weight_decay", group["weight_decay"], 0.0)
         self._refuse_complex(group, "Lion's update is the sign of a real momentum")
 
-    def _exp_avgs(self, params: list[Tensor]) -> list[Tensor]:
-        for param in params:
-            state = self.state[param]
-            if "exp_avg" not in state:
-                state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-        return [self.state[p]["exp_avg"] for p in params]
-
     def _step_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
-        exp_avgs = self._exp_avgs(params)
+        exp_avgs = self._zero_state(params, "exp_avg")
         for bucket in device_dtype_buckets(params):
             _lion_update(
                 [params[i] for i in bucket],
@@ -173,7 +166,7 @@ class LionSGD(Lion):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 
     def _step_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
-        exp_avgs = self._exp_avgs(params)
+        exp_avgs = self._zero_state(params, "exp_avg")
         alpha = group["alpha"]
         sgd_lr = group["lr"] if group["sgd_lr"] is None else group["sgd_lr"]
         for bucket in device_dtype_buckets(params):

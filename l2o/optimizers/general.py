@@ -130,6 +130,15 @@ def _rms(x: torch.Tensor) -> float:
     return float(tensor_rms(x, None, 1)[0])
 
 
+def _network_direction(native, param, grad, m, v, weights, biases) -> torch.Tensor:
+    """The network's direction ``d [n]`` for one tensor through the fused kernel, in one copy
+    of the parameters: the kernel ADDS d to its input, so d = (param + d) - param, exact up to
+    rounding of param + d (|d| is O(1), far above param's ulp)."""
+    direction = param.clone()
+    native.mlp_update_(direction, grad, m, v, weights, biases, 1.0, 0.0)
+    return direction.sub_(param)
+
+
 @register
 class GeneralOptimizer(MLPOptimizer):
     """Args (the rest as ``MLPOptimizer``):
@@ -235,6 +244,12 @@ class GeneralOptimizer(MLPOptimizer):
         self.lars_floor = float(lars_floor)
         self.base_schedule = base_schedule
         self.horizon_power = float(horizon_power)
+        #: ``log`` of the nominal step size (``mix``: 0, its step sizes are inside the direction)
+        self.base_log_lr = {
+            "sgdm": math.log(self.sgdm_lr),
+            "lars": math.log(self.lars_lr),
+            "mix": 0.0,
+        }.get(self.nominal, math.log(self.nominal_lr))
         self.learned_schedule = bool(learned_schedule)
         self.normalize_output = bool(normalize_output)
         # the output normalization and the residual's scale with ``sgdm`` / ``mix`` mix the
@@ -408,12 +423,7 @@ class GeneralOptimizer(MLPOptimizer):
     def log_lr(self, glob: torch.Tensor, log_base: torch.Tensor) -> torch.Tensor:
         """``log lr_t [...]`` from the global features ``[..., G]`` and the log base schedule
         ``[...]`` (``log_base_schedule``)."""
-        base = {
-            "sgdm": math.log(self.sgdm_lr),
-            "lars": math.log(self.lars_lr),
-            "mix": 0.0,
-        }.get(self.nominal, math.log(self.nominal_lr))
-        log_lr = base + log_base.to(glob.dtype)
+        log_lr = self.base_log_lr + log_base.to(glob.dtype)
         if self.schedule is None:
             return log_lr
         return log_lr + self.schedule(glob).squeeze(-1)
@@ -521,11 +531,7 @@ class GeneralOptimizer(MLPOptimizer):
                     if self.nominal != "none":
                         param.sub_(torch.exp(log_lr) * nominal)
                     continue
-                # the kernel ADDS d to its input: d = (param + d) - param, exact up to rounding
-                # of param + d (|d| is O(1), far above param's ulp)
-                direction = param.clone()
-                native.mlp_update_(direction, grad, m, v, weights, biases, 1.0, 0.0)
-                out = direction.sub_(param).unsqueeze(-1)
+                out = _network_direction(native, param, grad, m, v, weights, biases).unsqueeze(-1)
             else:
                 out = self._chunked_network(param, grad, m, v, vhat, weights, biases, chunk_size)
             param.add_(self.combine(self.residual(out, None, 1), nominal, log_lr, scale))
@@ -548,11 +554,7 @@ class GeneralOptimizer(MLPOptimizer):
         lr = float(torch.exp(log_lr))
         gain = float(self.residual_gain) * coef * col_rms
         if self.normalize_output:
-            # the kernel ADDS d to its input: d = (param + d) - param, exact up to rounding
-            # of param + d (|d| is O(1), far above param's ulp)
-            direction = param.clone()
-            native.mlp_update_(direction, grad, m, v, weights, biases, 1.0, 0.0)
-            direction.sub_(param)
+            direction = _network_direction(native, param, grad, m, v, weights, biases)
             inv_rms = 1.0 / math.sqrt(_rms(direction) ** 2 + OUTPUT_EPS)
             param.add_(direction, alpha=lr * gain * inv_rms)
         else:

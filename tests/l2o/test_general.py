@@ -74,25 +74,18 @@ def test_untrained_general_sgdm_is_sgd_with_momentum(normalize_output):
     )
 
 
-class TrustRatioMomentum(torch.optim.Optimizer):
-    """The reference for ``nominal="lars"``, written per tensor: EMA momentum normalized to RMS
-    1, times max(RMS(θ), floor), with lr · (T/T₀)^(−power) · ½(1 + cos(π (t−1)/T))."""
+def lars_cosine(params, lr, horizon, factor=1.0):
+    """The reference for ``nominal="lars"``: ``baselines``' LARS momentum (checked against a
+    per-tensor loop in ``tests/baselines/test_lars.py``) with lr · factor · ½(1 + cos(π k/T))
+    after k steps (the evaluation's ``lars_cosine`` when ``factor`` is 1)."""
+    import baselines
 
-    def __init__(self, params, lr, horizon, trained_horizon, power, floor=1e-2, beta=0.9):
-        super().__init__(params, dict(lr=lr))
-        self.factor = (horizon / trained_horizon) ** (-power)
-        self.horizon, self.floor, self.beta, self.t = horizon, floor, beta, 0
-
-    @torch.no_grad()
-    def step(self):
-        self.t += 1
-        cosine = 0.5 * (1 + math.cos(math.pi * (self.t - 1) / self.horizon))
-        for p in self.param_groups[0]["params"]:
-            m = self.state[p].setdefault("m", torch.zeros_like(p))
-            m.mul_(self.beta).add_(p.grad, alpha=1 - self.beta)
-            rms = lambda z: float(z.square().mean().sqrt())
-            scale = max(rms(p), self.floor) / rms(m)
-            p.sub_(self.param_groups[0]["lr"] * self.factor * cosine * scale * m)
+    opt = baselines.create("lars", params, lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: factor * 0.5 * (1 + math.cos(math.pi * k / horizon))
+    )
+    opt.register_step_post_hook(lambda *_: sched.step())
+    return opt
 
 
 @pytest.mark.parametrize("normalize_output", [True, False])
@@ -110,7 +103,7 @@ def test_untrained_general_lars_is_trust_ratio_momentum_with_cosine(normalize_ou
     )
     run_pair(
         lambda ps: LearnedOptimizer(ps, net, total_steps=40),
-        lambda ps: TrustRatioMomentum(ps, 0.05, horizon=40, trained_horizon=10, power=0.5),
+        lambda ps: lars_cosine(ps, 0.05, horizon=40, factor=(40 / 10) ** -0.5),
         rtol=1e-4,
         atol=1e-5,
     )
@@ -119,19 +112,13 @@ def test_untrained_general_lars_is_trust_ratio_momentum_with_cosine(normalize_ou
 def test_untrained_general_lars_is_the_lars_cosine_baseline():
     """The shipped recipe's nominal term, untrained, is ``baselines``' LARS momentum with a
     cosine decay over the horizon (the evaluation's ``lars_cosine``)."""
-    import baselines
-
     net = create("general", nominal="lars", lars_lr=0.04, base_schedule="cosine", total_steps=20)
-
-    def lars_cosine(params):
-        opt = baselines.create("lars", params, lr=0.04)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / 20))
-        )
-        opt.register_step_post_hook(lambda *_: sched.step())
-        return opt
-
-    run_pair(lambda ps: LearnedOptimizer(ps, net), lars_cosine, rtol=1e-4, atol=1e-5)
+    run_pair(
+        lambda ps: LearnedOptimizer(ps, net),
+        lambda ps: lars_cosine(ps, 0.04, horizon=20),
+        rtol=1e-4,
+        atol=1e-5,
+    )
 
 
 def test_lars_step_is_relative_to_each_tensors_size():

@@ -40,6 +40,20 @@ def _loop_reference(lopt, spec, flat, grads_fn, params, steps, param_spec=None, 
     return torch.stack(out)
 
 
+def _batched_particles(lopt, spec, flat, grads_fn, params, steps, state, param_spec=None):
+    """All particles as one batch from ``state``: ``observe``, then ``particle_core`` with each
+    particle's weights (the path ES/PES take)."""
+    weights = pt.particle_weights(spec, flat)
+    pdims = pt.particle_dims(lopt, params.shape[-1], param_spec, params.device)
+    theta = params
+    with torch.no_grad():
+        for k in range(steps):
+            features, state = lopt.observe(grads_fn(theta, k), theta, state)
+            upd, state = pt.particle_core(lopt, weights, features, state, pdims)
+            theta = theta + upd
+    return theta
+
+
 @pytest.mark.parametrize(
     "arch, kwargs",
     [
@@ -66,15 +80,8 @@ def test_vectorized_particles_equal_a_loop_over_particles(arch, kwargs):
         return (theta - target) * (k + 1)
 
     expected = _loop_reference(lopt, spec, flat, grads_fn, params, steps, param_spec)
-    weights = pt.particle_weights(spec, flat)
     state = lopt.init_state(params, param_spec)
-    pdims = pt.particle_dims(lopt, n, param_spec, params.device)
-    theta = params
-    with torch.no_grad():
-        for k in range(steps):
-            features, state = lopt.observe(grads_fn(theta, k), theta, state)
-            upd, state = pt.particle_core(lopt, weights, features, state, pdims)
-            theta = theta + upd
+    theta = _batched_particles(lopt, spec, flat, grads_fn, params, steps, state, param_spec)
     torch.testing.assert_close(theta, expected, rtol=1e-5, atol=1e-6)
     assert not theta.requires_grad
 
@@ -93,16 +100,9 @@ def test_particles_at_different_run_lengths_keep_their_own_schedule():
         return torch.sin(theta * (k + 1))
 
     expected = _loop_reference(lopt, spec, flat, grads_fn, params, steps, horizons=horizons)
-    weights = pt.particle_weights(spec, flat)
     state = lopt.init_state(params)
     state["horizon"] = torch.tensor(horizons, dtype=state["horizon"].dtype)
-    pdims = pt.particle_dims(lopt, n, None, params.device)
-    theta = params
-    with torch.no_grad():
-        for k in range(steps):
-            features, state = lopt.observe(grads_fn(theta, k), theta, state)
-            upd, state = pt.particle_core(lopt, weights, features, state, pdims)
-            theta = theta + upd
+    theta = _batched_particles(lopt, spec, flat, grads_fn, params, steps, state)
     torch.testing.assert_close(theta, expected, rtol=1e-5, atol=1e-6)
 
 
