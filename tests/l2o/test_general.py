@@ -74,15 +74,22 @@ def test_untrained_general_sgdm_is_sgd_with_momentum(normalize_output):
     )
 
 
-def lars_cosine(params, lr, horizon, factor=1.0):
+def lars_cosine(params, lr, horizon, factor=1.0, momentum=0.9, boost=0.0, boost_steps=1.0):
     """The reference for ``nominal="lars"``: ``baselines``' LARS momentum (checked against a
-    per-tensor loop in ``tests/baselines/test_lars.py``) with lr · factor · ½(1 + cos(π k/T))
-    after k steps (the evaluation's ``lars_cosine`` when ``factor`` is 1)."""
+    per-tensor loop in ``tests/baselines/test_lars.py``) with lr · factor · ½(1 + cos(π k/T)) ·
+    (1 + boost · exp(−k / boost_steps)) after k steps (the evaluation's ``lars_cosine`` when
+    ``factor`` is 1 and ``boost`` 0)."""
     import baselines
 
-    opt = baselines.create("lars", params, lr=lr)
+    opt = baselines.create("lars", params, lr=lr, momentum=momentum)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda k: factor * 0.5 * (1 + math.cos(math.pi * k / horizon))
+        opt,
+        lambda k: (
+            factor
+            * 0.5
+            * (1 + math.cos(math.pi * k / horizon))
+            * (1 + boost * math.exp(-k / boost_steps))
+        ),
     )
     opt.register_step_post_hook(lambda *_: sched.step())
     return opt
@@ -119,6 +126,39 @@ def test_untrained_general_lars_is_the_lars_cosine_baseline():
         rtol=1e-4,
         atol=1e-5,
     )
+
+
+@pytest.mark.parametrize("normalize_output", [True, False])
+def test_untrained_general_lars_with_an_early_boost_is_boosted_lars_cosine(normalize_output):
+    """``early_boost`` multiplies the step size by 1 + a·exp(−(t−1)/τ), and ``sgdm_beta`` is the
+    momentum of ``lars`` (the shipped recipe's 0.5)."""
+    net = create(
+        "general",
+        nominal="lars",
+        lars_lr=0.04,
+        base_schedule="cosine",
+        sgdm_beta=0.5,
+        early_boost=5.0,
+        early_boost_steps=4.0,
+        total_steps=20,
+        normalize_output=normalize_output,
+    )
+    run_pair(
+        lambda ps: LearnedOptimizer(ps, net),
+        lambda ps: lars_cosine(ps, 0.04, horizon=20, momentum=0.5, boost=5.0, boost_steps=4.0),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+def test_early_boost_factor_and_bad_values():
+    net = create("general", early_boost=3.0, early_boost_steps=10.0, total_steps=100)
+    t = torch.tensor([1.0, 11.0, 101.0])
+    factor = torch.exp(net.log_base_schedule(t, torch.full_like(t, 100.0)))
+    torch.testing.assert_close(factor, 1 + 3.0 * torch.exp(-(t - 1) / 10.0))
+    for bad in ({"early_boost": -1.0}, {"early_boost": math.inf}, {"early_boost_steps": 0.0}):
+        with pytest.raises(ValueError, match="early_boost"):
+            create("general", **bad)
 
 
 def test_lars_step_is_relative_to_each_tensors_size():
