@@ -116,9 +116,19 @@ def resolve_learned(spec: str, name: str | None = None) -> Learned:
         source=str(path),
         task=meta.get("task") or cfg.get("task", {}).get("name"),
         dataset=cfg.get("task", {}).get("dataset"),
-        horizon=cfg.get("schedule", {}).get("horizon"),
+        horizon=trained_horizon(cfg),
         batch_size=cfg.get("task", {}).get("batch_size"),
     )
+
+
+def trained_horizon(cfg: dict[str, Any]) -> int | None:
+    """The horizon a suite's ``indist``/``long`` multiples refer to: ``schedule.horizon``, or,
+    for one sampled from a range (``{min, max}``), the meta-validation horizon
+    (``validation.steps``, 200 by default), the horizon on which ``best.pt`` was selected."""
+    horizon = cfg.get("schedule", {}).get("horizon")
+    if isinstance(horizon, dict):
+        return int(cfg.get("validation", {}).get("steps", 200))
+    return horizon
 
 
 def _label(path: Path) -> str:

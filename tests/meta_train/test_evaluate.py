@@ -306,6 +306,14 @@ def test_opt_resolves_names_checkpoints_and_run_folders(tmp_path):
     assert all(
         torch.equal(a, b) for a, b in zip(run.net.state_dict().values(), net.state_dict().values())
     )
+    sampled = tmp_path / "sampled.pt"  # meta-trained on a horizon range: evaluated at validation's
+    config["schedule"] = {"horizon": {"min": 100, "max": 1000}}
+    config["validation"] = {"steps": 300}
+    checkpoint_io.save_learned_optimizer(sampled, net, {"config": config})
+    assert resolve_learned(str(sampled)).horizon == 300
+    del config["validation"]
+    checkpoint_io.save_learned_optimizer(sampled, net, {"config": config})
+    assert resolve_learned(str(sampled)).horizon == 200  # validation.steps' default
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"neither best\.pt nor last\.pt"):
         resolve_learned(str(tmp_path / "empty"))
