@@ -20,6 +20,7 @@ from torch import nn
 
 import baselines
 import l2o.optimizers as lo
+from meta_train.truncation import HorizonSchedule
 
 DEFAULT_BASELINES = ("sgdm", "adam", "adamw_cosine")
 COSINE = "_cosine"
@@ -124,11 +125,16 @@ def resolve_learned(spec: str, name: str | None = None) -> Learned:
 def trained_horizon(cfg: dict[str, Any]) -> int | None:
     """The horizon a suite's ``indist``/``long`` multiples refer to: ``schedule.horizon``, or,
     for one sampled from a range (``{min, max}``), the meta-validation horizon
-    (``validation.steps``, 200 by default), the horizon on which ``best.pt`` was selected."""
+    (``validation.steps``), the horizon on which ``best.pt`` was selected."""
     horizon = cfg.get("schedule", {}).get("horizon")
-    if isinstance(horizon, dict):
-        return int(cfg.get("validation", {}).get("steps", 200))
-    return horizon
+    if horizon is None:
+        return None
+    schedule = HorizonSchedule.parse(horizon)
+    if schedule.min == schedule.max:
+        return schedule.min
+    from meta_train.config import ValidationConfig  # its default; the config sits above evaluation
+
+    return int(cfg.get("validation", {}).get("steps", ValidationConfig.steps))
 
 
 def _label(path: Path) -> str:
