@@ -3,13 +3,16 @@
 A write goes to a temporary file in the destination's folder (same file system), is flushed and
 fsynced, then renamed over the destination with ``os.replace`` (atomic on POSIX) and the folder is
 fsynced. A crash or a full disk at any moment leaves either the old file or the new one, never a
-torn one; the temporary is removed when the write fails.
+torn one; the temporary is removed when the write fails. The file gets the mode a plain
+``open(path, "w")`` would leave: an existing file's own, else ``0o666`` less the umask (the
+temporary is created ``0o600``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +35,29 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process's umask, read from ``/proc`` where Linux reports it (``os.umask`` reads it
+    only by setting it, which would race the other threads' file creation)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _file_mode(path: Path) -> int:
+    """The permission bits ``open(path, "w")`` leaves: those of the file it replaces, else
+    ``0o666`` less the umask."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs: Any) -> Iterator[IO]:
     """Open a temporary beside ``path``; on a clean exit it replaces ``path`` atomically."""
@@ -43,6 +69,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs: Any) -> Ite
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _file_mode(path))
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
             fh.flush()
@@ -80,3 +107,23 @@ def atomic_write(
 def stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Temporaries left in ``folder`` by a writer that was killed mid-write (never read)."""
     return sorted(Path(folder).glob(TEMPORARY_GLOB))
+
+
+#: How every file ``torch.save`` writes begins: a zip archive, or (the legacy format) a pickle.
+TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80")
+
+
+def not_a_torch_file(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be a ``torch.save`` file, or None if it may be one. Torch's unpickler
+    meets a text file (a ``config.yaml`` given as a checkpoint) with a bare ``IndexError`` or
+    ``KeyError``; its first bytes tell at once."""
+    with open(path, "rb") as fh:
+        head = fh.read(48)
+    if not head:
+        return "it is empty (0 bytes)"
+    if head.startswith(TORCH_FILE_STARTS):
+        return None
+    text = head.decode("utf-8", "ignore")
+    if text and all(c.isprintable() or c in "\t\r\n" for c in text):
+        return f"it is a text file (it begins {text[:24]!r}), not one written by torch.save"
+    return f"it begins with the bytes {head[:8]!r}, which no file written by torch.save does"

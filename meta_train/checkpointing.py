@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from l2o.io import atomic_write, stale_temporaries
+from l2o.io import atomic_write, not_a_torch_file, stale_temporaries
 
 FORMAT = "l2o-meta-train-checkpoint"
 VERSION = 1
@@ -142,6 +142,9 @@ def safe_load(path: str | Path, map_location: str | torch.device | None = "cpu")
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    foreign = not_a_torch_file(path)
+    if foreign:
+        raise CheckpointError(f"{path} is not an l2o checkpoint: {foreign}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -150,7 +153,7 @@ def safe_load(path: str | Path, map_location: str | torch.device | None = "cpu")
             f"containers, which could run code when unpickled, so nothing in it was executed. "
             f"Load only checkpoints written by l2o (weights_only). Detail: {_unpickler_detail(exc)}"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, LookupError) as exc:
         raise CheckpointError(
             f"{path} is not a readable torch checkpoint (truncated or corrupt?): {_first_line(exc)}"
         ) from None

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from l2o.io import atomic_write
+from l2o.io import atomic_write, not_a_torch_file
 from l2o.optimizers.base import LearnedOptimizerNet, available_architectures, create
 
 FORMAT = "l2o.learned_optimizer"
@@ -142,7 +142,7 @@ def load_learned_optimizer(
     """``(optimizer, metadata)`` from a file written by ``save_learned_optimizer``.
 
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the path and the
-    problem for a directory, an empty or truncated file, a foreign file, a different
+    problem for a directory, an empty, truncated or text file, a foreign file, a different
     architecture, weights that do not fit the stored config, or non-finite weights.
     """
     path = Path(path)
@@ -153,9 +153,19 @@ def load_learned_optimizer(
     size = path.stat().st_size
     if size == 0:
         raise ValueError(f"{path} is empty (0 bytes): a truncated checkpoint file")
+    foreign = not_a_torch_file(path)
+    if foreign:
+        raise ValueError(f"{path} is not an l2o learned-optimizer checkpoint: {foreign}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        ValueError,
+        OSError,
+        LookupError,
+    ) as exc:
         if _truncated(path, exc):
             raise ValueError(
                 f"{path} is truncated ({size} bytes; the end of the file is missing): it was "

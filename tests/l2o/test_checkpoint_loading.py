@@ -87,3 +87,19 @@ def test_from_pretrained_takes_a_name_or_an_existing_path(saved, tmp_path, monke
         LearnedOptimizer.from_pretrained("runs/best.pt", p)
     with pytest.raises(ValueError, match="not a checkpoint file"):
         LearnedOptimizer.from_pretrained(".", p)
+
+
+def test_a_text_file_given_as_a_checkpoint_is_one_clear_error(tmp_path):
+    """A run's config.yaml is not a checkpoint: one line saying so, not the unpickler's raw
+    IndexError/KeyError."""
+    config = tmp_path / "config.yaml"
+    config.write_text("task:\n  name: mnist_mlp_relu\nschedule:\n  horizon: 20\n")
+    with pytest.raises(ValueError, match=r"config\.yaml is not an l2o .*a text file") as info:
+        LearnedOptimizer.from_pretrained(str(config), [nn.Parameter(torch.zeros(3))])
+    assert "\n" not in str(info.value).replace("\\n", "")
+    (tmp_path / "notes.pt").write_text("hello world")
+    with pytest.raises(ValueError, match="text file"):
+        load_learned_optimizer(tmp_path / "notes.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"\x80\x02garbage that is no pickle")
+    with pytest.raises(ValueError, match="not a loadable"):
+        load_learned_optimizer(tmp_path / "garbage.pt")

@@ -36,3 +36,38 @@ def test_refuses_a_directory_target(tmp_path):
     (tmp_path / "best.pt").mkdir()
     with pytest.raises(IsADirectoryError, match=r"best\.pt"):
         atomic_write(tmp_path / "best.pt", b"x")
+
+
+def test_written_files_get_the_mode_a_plain_open_would_leave(tmp_path):
+    """mkstemp creates 0600; the written file follows the umask (new) or keeps its mode."""
+    import os
+    import stat
+
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)
+    old = os.umask(0o027)
+    try:
+        atomic_write(tmp_path / "new.txt", "x")
+        assert mode(tmp_path / "new.txt") == 0o640
+        os.umask(0o002)
+        atomic_write(tmp_path / "group.txt", "x")
+        assert mode(tmp_path / "group.txt") == 0o664
+        (tmp_path / "group.txt").chmod(0o600)
+        atomic_write(tmp_path / "group.txt", "y")  # an existing file keeps its own mode
+        assert mode(tmp_path / "group.txt") == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_the_first_bytes_tell_a_text_file_from_a_torch_file(tmp_path):
+    from l2o.io import not_a_torch_file
+
+    torch.save({"w": torch.ones(1)}, tmp_path / "zip.pt")
+    torch.save({"w": 1}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    (tmp_path / "config.yaml").write_text("task:\n  name: mnist_mlp_relu\n")
+    (tmp_path / "blob").write_bytes(b"\x00\xffgarbage")
+    (tmp_path / "empty").write_bytes(b"")
+    assert not_a_torch_file(tmp_path / "zip.pt") is None
+    assert not_a_torch_file(tmp_path / "legacy.pt") is None
+    assert "text file (it begins 'task:" in not_a_torch_file(tmp_path / "config.yaml")
+    assert "begins with the bytes" in not_a_torch_file(tmp_path / "blob")
+    assert "empty" in not_a_torch_file(tmp_path / "empty")

@@ -154,12 +154,8 @@ def test_a_pickle_payload_is_refused_and_runs_nothing(tmp_path, container):
     assert marker.exists()
 
 
-def test_resume_refuses_a_pickle_payload_through_the_cli(tmp_path):
-    marker = tmp_path / "marker"
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    torch.save({"format": ckpt.FORMAT, "x": _CreatesMarker(marker)}, run_dir / "last.pt")
-    proc = subprocess.run(
+def _resume_cli(run_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, "meta_train/run.py", "--resume", str(run_dir)],
         cwd=Path(__file__).resolve().parents[2],
         capture_output=True,
@@ -167,6 +163,14 @@ def test_resume_refuses_a_pickle_payload_through_the_cli(tmp_path):
         env={**os.environ, "WANDB_MODE": "disabled"},
         timeout=120,
     )
+
+
+def test_resume_refuses_a_pickle_payload_through_the_cli(tmp_path):
+    marker = tmp_path / "marker"
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    torch.save({"format": ckpt.FORMAT, "x": _CreatesMarker(marker)}, run_dir / "last.pt")
+    proc = _resume_cli(run_dir)
     assert proc.returncode == 2, proc.stderr
     assert "refused to load" in proc.stderr
     assert not marker.exists()
@@ -187,6 +191,24 @@ def test_foreign_torn_and_missing_files_have_clear_messages(tmp_path):
     torch.save({"format": ckpt.FORMAT, "version": 0}, old)
     with pytest.raises(ckpt.CheckpointError, match="checkpoint version 0"):
         ckpt.load_run_checkpoint(old)
+
+
+def test_a_text_last_pt_is_refused_in_one_line(tmp_path):
+    """A text file where a checkpoint belongs (a copied config.yaml): the unpickler's raw
+    IndexError/KeyError becomes a CheckpointError, and ``--resume`` exits 2 with it."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "last.pt").write_text("task:\n  name: mnist_mlp_relu\n")
+    with pytest.raises(ckpt.CheckpointError, match="not an l2o checkpoint: it is a text file"):
+        ckpt.load_run_checkpoint(run_dir / "last.pt")
+    (run_dir / "last.pt").write_bytes(b"\x80\x02not a pickle at all")
+    with pytest.raises(ckpt.CheckpointError) as info:  # a bad pickle stream: refused too
+        ckpt.load_run_checkpoint(run_dir / "last.pt")
+    assert "\n" not in str(info.value)
+    (run_dir / "last.pt").write_text("task:\n  name: mnist_mlp_relu\n")
+    proc = _resume_cli(run_dir)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "is a text file" in proc.stderr
 
 
 def _tiny(*overrides: str):
