@@ -38,12 +38,19 @@ class HorizonSchedule:
 
     @classmethod
     def parse(cls, value: Any) -> HorizonSchedule:
-        """``200`` or ``{"min": 100, "max": 2000}``."""
+        """``200`` or ``{"min": 100, "max": 2000}``: integers (a count of steps is never
+        rounded silently)."""
         if isinstance(value, dict):
             unknown = set(value) - {"min", "max"}
             if unknown or not {"min", "max"} <= set(value):
                 raise ValueError(f"a horizon range is {{min: int, max: int}}, got {value!r}")
-            return cls(int(value["min"]), int(value["max"]))
+            for key in ("min", "max"):
+                if isinstance(value[key], bool) or not isinstance(value[key], int):
+                    raise ValueError(
+                        f"a horizon range is {{min: int, max: int}}: {key} must be an integer "
+                        f"number of steps, got {value[key]!r}"
+                    )
+            return cls(value["min"], value["max"])
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"horizon must be an int or {{min, max}}, got {value!r}")
         return cls(value, value)
@@ -125,18 +132,29 @@ class TaskRotation:
     their minibatch samplers) of the tasks whose run restarts, in place of the others.
 
     Task ``b``'s run ``r`` trains the optimizee of ``task_seed(seed, b, r)`` on the samplers of
-    ``data_seed`` of it; both follow from the clocks, so ``state_dict`` is the clocks' state."""
+    ``data_seed`` of it; both follow from the clocks, so ``state_dict`` is the clocks' state.
 
-    def __init__(self, clocks: TaskClocks, seed: int) -> None:
+    ``slots``: the tasks whose optimizees this process holds (under torchrun, its slice of the
+    meta-batch; default all). The clocks run for every task, identically on every rank (a few
+    integers and one generator whose draws interleave the tasks), so the horizons do not depend
+    on the number of ranks."""
+
+    def __init__(self, clocks: TaskClocks, seed: int, slots: list[int] | None = None) -> None:
         self.clocks, self.seed = clocks, seed
+        self.slots = list(range(len(clocks.steps))) if slots is None else list(slots)
 
     def seeds(self) -> list[int]:
+        """Every task's optimizee seed (its current run's), held here or not."""
         return [task_seed(self.seed, b, r) for b, r in enumerate(self.clocks.runs)]
+
+    def own(self, values: list) -> list:
+        """The entries of ``values`` (one per task) of the tasks held here."""
+        return [values[b] for b in self.slots]
 
     def samplers(self, data, batch_size: int) -> list:
         from l2o.training import data_seed
 
-        return [data.sampler(batch_size, data_seed(s)) for s in self.seeds()]
+        return [data.sampler(batch_size, data_seed(s)) for s in self.own(self.seeds())]
 
     def begin(self, task, lopt, inner, samplers: list, data, batch_size: int):
         """Start the runs that are due (all of them the first time, ``inner`` None); returns
@@ -144,19 +162,17 @@ class TaskRotation:
         from l2o.training import data_seed
         from meta_train.unroll import init_inner_state
 
-        restart = self.clocks.begin()
-        seeds = self.seeds()
+        restart = self.own(self.clocks.begin())
+        seeds, horizons = self.own(self.seeds()), self.own(self.clocks.horizons)
         if inner is None:
             fresh = init_inner_state(task, lopt, seeds, inner_device(lopt))
-            fresh = with_horizons(fresh, self.clocks.horizons)
+            fresh = with_horizons(fresh, horizons)
             return fresh, self.samplers(data, batch_size), torch.tensor(restart)
         if not any(restart):
             return inner, samplers, torch.tensor(restart)
         rows = [b for b, due in enumerate(restart) if due]
         fresh = init_inner_state(task, lopt, [seeds[b] for b in rows], inner.params.device)
-        new_inner = with_horizons(
-            replace_rows(lopt, inner, rows, fresh, seeds), self.clocks.horizons
-        )
+        new_inner = with_horizons(replace_rows(lopt, inner, rows, fresh, seeds), horizons)
         samplers = list(samplers)
         for b in rows:
             samplers[b] = data.sampler(batch_size, data_seed(seeds[b]))
@@ -214,8 +230,9 @@ def inner_device(lopt) -> torch.device:
     return next(lopt.parameters()).device
 
 
-def make_rotation(cfg) -> TaskRotation:
-    """The trainer's ``TaskRotation`` for a ``MetaTrainConfig`` with per-task runs."""
+def make_rotation(cfg, slots: list[int] | None = None) -> TaskRotation:
+    """The trainer's ``TaskRotation`` for a ``MetaTrainConfig`` with per-task runs (holding the
+    optimizees of ``slots``, default all)."""
     s = cfg.schedule
     clocks = TaskClocks(
         s.meta_batch,
@@ -224,4 +241,4 @@ def make_rotation(cfg) -> TaskRotation:
         derive_seed(cfg.seed, "task-clocks") % 2**63,
         s.desync,
     )
-    return TaskRotation(clocks, cfg.seed)
+    return TaskRotation(clocks, cfg.seed, slots)

@@ -16,6 +16,9 @@ def test_parse_fixed_and_range():
     for bad in ({"min": 5}, {"min": 10, "max": 5}, 0, "200", True):
         with pytest.raises(ValueError, match="horizon"):
             HorizonSchedule.parse(bad)
+    for bad in ({"min": 6.5, "max": 12}, {"min": 6, "max": "12"}, {"min": True, "max": 12}):
+        with pytest.raises(ValueError, match="must be an integer number of steps"):
+            HorizonSchedule.parse(bad)  # 6.5 was silently truncated to 6
 
 
 def test_log_uniform_horizons_are_whole_truncations_in_range():
@@ -89,6 +92,8 @@ def test_config_horizon_range_and_desync():
     assert not config_from_dict({}, []).per_task_runs
     with pytest.raises(ConfigError, match=r"schedule\.horizon"):
         config_from_dict({}, ["schedule.horizon={min: 100}"])
+    with pytest.raises(ConfigError, match=r"schedule\.horizon: .*min must be an integer"):
+        config_from_dict({}, ["schedule.horizon={min: 6.5, max: 12}", "unroll.length=2"])
     with pytest.raises(ConfigError, match=r"must not exceed schedule\.horizon"):
         config_from_dict({}, ["schedule.horizon={min: 10, max: 50}", "unroll.length=20"])
 
