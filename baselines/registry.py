@@ -19,6 +19,7 @@ from .gyro import GYROSGD, GYROAdam
 from .hysterograd import HIOptimizer
 from .lars import LARSMomentum
 from .lion import Lion, LionSGD
+from .muon import MuonAdamW
 from .syre import AdamSyre
 
 __all__ = ["RegisteredOptimizer", "available", "create", "describe", "register"]
@@ -70,6 +71,13 @@ def create(name: str, params: Any, **hparams: Any) -> torch.optim.Optimizer:
     return describe(name).factory(params, **hparams)
 
 
+def _schedule_free_adamw(params: Any, **hparams: Any) -> torch.optim.Optimizer:
+    """``ScheduleFreeAdamW``, imported on use: only this baseline needs ``schedulefree``."""
+    from .schedule_free import ScheduleFreeAdamW
+
+    return ScheduleFreeAdamW(params, **hparams)
+
+
 for _name, _factory, _summary in [
     ("sgd", torch.optim.SGD, "torch.optim.SGD"),
     ("adam", torch.optim.Adam, "torch.optim.Adam"),
@@ -83,5 +91,7 @@ for _name, _factory, _summary in [
     ("lion", Lion, "Lion: sign of interpolated momentum (Chen et al. 2023)"),
     ("lion_sgd", LionSGD, "alpha * Lion + (1 - alpha) * SGD (Sobotka et al.)"),
     ("lars", LARSMomentum, "EMA momentum scaled per tensor: lr is the relative step (LARS)"),
+    ("muon", MuonAdamW, "torch.optim.Muon on 2-D weights, AdamW on the rest, one lr"),
+    ("sf_adamw", _schedule_free_adamw, "schedule-free AdamW (package schedulefree)"),
 ]:
     register(_name, _factory, _summary)

@@ -89,7 +89,8 @@ def train_optimizee(
     ``callback(step, model, optimizer, loss, x, y)`` runs after every ``optimizer.step()`` (the
     analysis records trajectories through it). A non-finite loss stops training: the remaining
     losses are NaN and ``diverged`` is set, so a divergent learning rate loses a grid search
-    instead of crashing it.
+    instead of crashing it. An optimizer with ``train()`` / ``eval()`` (schedule-free) is put in
+    train mode before the first step and in eval mode before the test metrics.
     """
     if steps <= 0:
         raise ValueError(f"steps must be positive, got {steps}")
@@ -97,6 +98,7 @@ def train_optimizee(
     model = make_optimizee(task, seed, device)
     model.train()
     optimizer = make_optimizer(list(model.parameters()))
+    _set_mode(optimizer, "train")
     sampler = data.sampler(task.batch_size, data_seed(seed))
     losses = torch.full((steps,), float("nan"))
     diverged = False
@@ -121,8 +123,19 @@ def train_optimizee(
     test_loss, test_acc = float("nan"), float("nan")
     if evaluate_test and not diverged:
         model.eval()
+        _set_mode(optimizer, "eval")
         test_loss, test_acc = evaluate(model, task, data)
     return TrainResult(losses, test_loss, test_acc, diverged)
+
+
+def _set_mode(optimizer: torch.optim.Optimizer, mode: str) -> None:
+    """``optimizer.train()`` / ``.eval()`` where it has them: schedule-free optimizers keep the
+    point where gradients are taken (``y``) in the parameters in train mode, and the point they
+    return (the average ``x``) in eval mode. Training losses are measured at ``y``, the test
+    metrics at ``x``."""
+    switch = getattr(optimizer, mode, None)
+    if callable(switch):
+        switch()
 
 
 def _needs_closure(optimizer: torch.optim.Optimizer) -> bool:

@@ -26,6 +26,8 @@ WORKING_HPARAMS: dict[str, dict[str, Any]] = {
     "lion": dict(lr=1e-2),
     "lion_sgd": dict(alpha=0.5, lr=1e-2, sgd_lr=1e-3, momentum=0.9),
     "lars": dict(lr=0.04),
+    "muon": dict(lr=3e-2),
+    "sf_adamw": dict(lr=3e-2),
 }
 
 # Learning rates per problem where the working one does not fit (steep ravine: small SGD steps).

@@ -147,7 +147,7 @@ def _real(tensor):
 
 
 # Optimizers (and settings) that refuse complex parameters, with the reason in the docstrings.
-REFUSES_COMPLEX = {"lion", "lion_sgd", "gap_adam", "gap_sgdm"}
+REFUSES_COMPLEX = {"lion", "lion_sgd", "gap_adam", "gap_sgdm", "sf_adamw"}
 # torch's SGD (also GAP-SGDM's 'default' step) steps complex tensors in complex arithmetic: the
 # same values as on the real view, up to rounding. Every other step here is bitwise the real one.
 COMPLEX_ARITHMETIC = {"sgd", "gap_sgdm"}

@@ -7,6 +7,7 @@ import torch
 
 import baselines
 from baselines import registry
+from baselines.schedule_free import ScheduleFreeAdamW
 
 EXPECTED = {
     "sgd": torch.optim.SGD,
@@ -21,6 +22,8 @@ EXPECTED = {
     "lion": baselines.Lion,
     "lion_sgd": baselines.LionSGD,
     "lars": baselines.LARSMomentum,
+    "muon": baselines.MuonAdamW,
+    "sf_adamw": ScheduleFreeAdamW,
 }
 
 
