@@ -155,7 +155,7 @@ def load_learned_optimizer(
         raise ValueError(f"{path} is empty (0 bytes): a truncated checkpoint file")
     foreign = not_a_torch_file(path)
     if foreign:
-        raise ValueError(f"{path} is not an l2o learned-optimizer checkpoint: {foreign}")
+        raise ValueError(f"{path} is not a loadable l2o learned-optimizer checkpoint: {foreign}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except (

@@ -34,6 +34,8 @@ from l2o.optimizers.base import LearnedOptimizerNet, ParamSpec
 from l2o.optimizers.checkpoint_io import load_learned_optimizer
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+#: The ``state_dict`` entry with the optimizer's horizon and its count of ``step()`` calls.
+PROGRESS_KEY = "learned_optimizer"
 
 
 def available_pretrained() -> list[str]:
@@ -84,6 +86,13 @@ class LearnedOptimizer(torch.optim.Optimizer):
             ``general`` architecture's fraction of the horizon completed, as VeLO is told its
             number of steps); None keeps the network's own default. A network without such
             inputs refuses it rather than ignoring it.
+
+    ``state_dict`` carries, besides the per-parameter state, the horizon and the count of
+    ``step()`` calls (``"learned_optimizer"``). ``load_state_dict`` reconciles the horizon by
+    one rule: the optimizer's own ``total_steps`` wins. Loading a state saved by a run of 30
+    steps into ``LearnedOptimizer(..., total_steps=300)`` continues to step 300 (every
+    parameter's saved horizon becomes 300; kept, a cosine schedule would make every update
+    from step 31 on zero); an optimizer made without ``total_steps`` takes the saved one.
     """
 
     def __init__(
@@ -114,6 +123,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 )
             total_steps = int(total_steps)
         self.total_steps = total_steps
+        self._steps_taken = 0  # step() calls, for the past-horizon warning
+        self._warned_horizon = False
         super().__init__(params, {"arch": net.arch, "lr": lr, "weight_decay": weight_decay})
         self.net = net
         self.chunk_size = int(chunk_size)
@@ -158,7 +169,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         because it was not told the run's length (``total_steps``). Counted in Python: no
         device sync."""
         self.__dict__["_steps_taken"] = self.__dict__.get("_steps_taken", 0) + 1
-        horizon = getattr(self, "total_steps", None) or getattr(self.net, "total_steps", None)
+        horizon = self._horizon()
         if not getattr(self.net, "stops_at_horizon", False) or horizon is None:
             return
         if self._steps_taken > horizon and not self.__dict__.get("_warned_horizon", False):
@@ -170,6 +181,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 UserWarning,
                 stacklevel=3,
             )
+
+    def _horizon(self) -> int | None:
+        """The run length the network is told: ``total_steps``, else the network's own."""
+        return getattr(self, "total_steps", None) or getattr(self.net, "total_steps", None)
 
     def _batches(self) -> dict[tuple, list[torch.Tensor]]:
         """Parameters with gradients by (device, lr, weight decay), all validated."""
@@ -244,7 +259,18 @@ class LearnedOptimizer(torch.optim.Optimizer):
             chunk_size=self.chunk_size,
             metadata=self.metadata,
             total_steps=self.total_steps,
+            _steps_taken=self.__dict__.get("_steps_taken", 0),
+            _warned_horizon=self.__dict__.get("_warned_horizon", False),
         )
+        return state
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state[PROGRESS_KEY] = {
+            "total_steps": self.total_steps,
+            "steps_taken": self.__dict__.get("_steps_taken", 0),
+            "warned_past_horizon": self.__dict__.get("_warned_horizon", False),
+        }
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -268,3 +294,23 @@ class LearnedOptimizer(torch.optim.Optimizer):
                     k: v.to(device=p.device, copy=True) if isinstance(v, torch.Tensor) else v
                     for k, v in state_dict["state"][i].items()
                 }
+        self._restore_progress(state_dict.get(PROGRESS_KEY, {}))
+
+    def _restore_progress(self, saved: dict[str, Any]) -> None:
+        """The horizon by the class docstring's rule (the own ``total_steps`` wins, else the
+        saved one), and the step count; a state saved before it carried the count gives the
+        largest step counter of its parameters (one read, at load time)."""
+        if self.total_steps is None:
+            self.total_steps = saved.get("total_steps")
+        if self.total_steps is not None:
+            for state in self.state.values():
+                if "horizon" in state:
+                    state["horizon"] = torch.full_like(state["horizon"], float(self.total_steps))
+        steps = saved.get("steps_taken")
+        if steps is None:
+            counters = [s["t"] for s in self.state.values() if isinstance(s.get("t"), torch.Tensor)]
+            steps = max((int(t.max()) for t in counters if t.numel()), default=0)
+        self._steps_taken = int(steps)
+        horizon = self._horizon()
+        passed = horizon is not None and self._steps_taken > horizon
+        self._warned_horizon = bool(saved.get("warned_past_horizon", False)) and passed

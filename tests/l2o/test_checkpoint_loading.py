@@ -94,7 +94,9 @@ def test_a_text_file_given_as_a_checkpoint_is_one_clear_error(tmp_path):
     IndexError/KeyError."""
     config = tmp_path / "config.yaml"
     config.write_text("task:\n  name: mnist_mlp_relu\nschedule:\n  horizon: 20\n")
-    with pytest.raises(ValueError, match=r"config\.yaml is not an l2o .*a text file") as info:
+    with pytest.raises(
+        ValueError, match=r"config\.yaml is not a loadable l2o .*a text file"
+    ) as info:
         LearnedOptimizer.from_pretrained(str(config), [nn.Parameter(torch.zeros(3))])
     assert "\n" not in str(info.value).replace("\\n", "")
     (tmp_path / "notes.pt").write_text("hello world")

@@ -310,3 +310,50 @@ def test_stepping_past_a_cosine_horizon_warns_once():
     assert len(run(cosine, 9)) == 1
     assert run(cosine, 9, total_steps=10) == []
     assert run(create("general", total_steps=5), 9) == []
+
+
+def _cosine_steps(opt, model, steps):
+    """``steps`` steps of ``opt`` on ``model``; the parameter change of each."""
+    changes = []
+    for _ in range(steps):
+        before = model.weight.detach().clone()
+        opt.zero_grad()
+        model(torch.ones(4, 3)).pow(2).sum().backward()
+        opt.step()
+        changes.append(float((model.weight.detach() - before).abs().max()))
+    return changes
+
+
+def test_a_state_saved_for_a_shorter_run_continues_to_the_longer_one():
+    """Resume into an optimizer made for 300 steps from a state saved at step 30 of a 30-step
+    run: the optimizer's own total_steps wins (the saved horizon of 30 would make every update
+    from step 31 on exactly zero); the step counter travels in the state_dict."""
+    import warnings
+
+    net = create("general", nominal="lars", base_schedule="cosine", total_steps=30)
+    model = nn.Linear(3, 2)
+    short = LearnedOptimizer(model.parameters(), net, total_steps=30)
+    _cosine_steps(short, model, 30)
+    saved = short.state_dict()
+    assert saved["learned_optimizer"] == {
+        "total_steps": 30,
+        "steps_taken": 30,
+        "warned_past_horizon": False,
+    }
+    long = LearnedOptimizer(model.parameters(), net, total_steps=300)
+    long.load_state_dict(saved)
+    assert all(float(s["horizon"].flatten()[0]) == 300.0 for s in long.state.values())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # step 31 of 300: no past-horizon warning
+        assert min(_cosine_steps(long, model, 5)) > 0.0
+    told_nothing = LearnedOptimizer(model.parameters(), net)  # takes the saved horizon
+    told_nothing.load_state_dict(saved)
+    assert told_nothing.total_steps == 30
+    with pytest.warns(UserWarning, match="step 31 is past this learned optimizer's horizon"):
+        assert _cosine_steps(told_nothing, model, 1) == [0.0]  # the counter was restored
+    again = told_nothing.state_dict()["learned_optimizer"]
+    assert again == {"total_steps": 30, "steps_taken": 31, "warned_past_horizon": True}
+    older = {k: v for k, v in saved.items() if k != "learned_optimizer"}  # saved before
+    counted = LearnedOptimizer(model.parameters(), net, total_steps=30)
+    counted.load_state_dict(older)
+    assert counted.state_dict()["learned_optimizer"]["steps_taken"] == 30  # from the state's t
