@@ -19,6 +19,7 @@ import dataclasses
 import difflib
 import inspect
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,7 @@ from meta_train.config_engine import (
     set_dotted,
 )
 from meta_train.config_engine import all_keys as _all_keys
-from meta_train.estimators import available_estimators
+from meta_train.estimators import available_estimators, get_estimator
 from meta_train.evaluation.criteria import CRITERIA
 from meta_train.families import AugmentationSpec, FamilySpec
 from meta_train.unroll import UnrollConfig
@@ -529,8 +530,10 @@ def _check_across_sections(cfg: MetaTrainConfig) -> None:
                     f"validation seeds [{v.first_seed}, {v.first_seed + v.seeds}) overlap the "
                     f"final evaluation's {what}: held-out means held out"
                 )
+    _check_estimator(cfg)
     if cfg.task.family.enabled:
         _check_family(cfg)
+    _check_processes(cfg)
     require_positive("threads", cfg.threads)
     require(
         0 <= cfg.seed < 2**63, "seed", "must be in [0, 2**63) (torch seeds are 64-bit)", cfg.seed
@@ -545,6 +548,45 @@ def _check_across_sections(cfg: MetaTrainConfig) -> None:
         "must be cpu, cuda, cuda:N, mps or auto",
         device,
     )
+
+
+def _check_estimator(cfg: MetaTrainConfig) -> None:
+    """The estimator built as a run builds it (its settings against its constructor and their
+    ranges: ``{sigma: -1}``, ``{bogus: 1}``), and its support for the regularization: both
+    failed at the first meta-step, after the run folder was made."""
+    u = cfg.unroll
+    try:
+        estimator = get_estimator(u.estimator)(u, **u.estimator_kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"unroll.estimator_kwargs {u.estimator_kwargs}: {first}") from None
+    if cfg.regularization.kind != "none" and not estimator.supports_regularization:
+        raise ConfigError(
+            f"regularization.kind {cfg.regularization.kind!r}: unroll.estimator "
+            f"{u.estimator!r} does not support regularization (set regularization.kind: none, "
+            "or use unroll.estimator: first)"
+        )
+
+
+def launched_world_size() -> int:
+    """The number of processes torchrun launched (1 without torchrun), known before the
+    process group exists."""
+    from meta_train import distributed
+
+    return int(os.environ["WORLD_SIZE"]) if distributed.launched_by_torchrun() else 1
+
+
+def _check_processes(cfg: MetaTrainConfig) -> None:
+    """Under torchrun every rank runs an equal slice of the meta-batch (a family's slots too):
+    refused here, before the run folder exists, not when the trainer slices it."""
+    from meta_train import distributed
+
+    try:
+        distributed.slice_bounds(cfg.schedule.meta_batch, launched_world_size(), 0)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _check_family(cfg: MetaTrainConfig) -> None:

@@ -41,6 +41,9 @@ class Estimator:
     """
 
     name: ClassVar[str]
+    #: whether ``estimate`` takes a ``regularizer`` (the config refuses a regularization for an
+    #: estimator that does not, before a run starts)
+    supports_regularization: ClassVar[bool] = True
 
     def __init__(self, cfg: UnrollConfig, **kwargs: Any) -> None:
         if kwargs:

@@ -150,6 +150,8 @@ class ParticleEstimator(Estimator):
     particles, the estimate and its metrics. Subclasses decide where particles start from and
     which directions weigh the loss differences."""
 
+    supports_regularization = False  # the perturbed particles carry no regularizer
+
     def __init__(self, cfg: UnrollConfig, **settings) -> None:
         super().__init__(cfg)
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import yaml
@@ -239,3 +241,72 @@ def test_shipped_general_was_made_by_its_recipe():
     for key in ("name", "run_dir"):
         recorded.pop(key), recipe.pop(key)
     assert recorded == recipe
+
+
+RUN_TIME_FAILURES = [  # each passed every check before and failed at the first meta-step
+    (
+        ["unroll.estimator=pes", "regularization.kind=symmetry", "regularization.reg_mul=0.1"],
+        r"regularization\.kind 'symmetry': unroll\.estimator 'pes' does not support",
+    ),
+    (
+        ["unroll.estimator=es", "regularization.kind=norm", "regularization.reg_mul=0.1"],
+        r"unroll\.estimator 'es' does not support regularization",
+    ),
+    (["unroll.estimator=es", "unroll.estimator_kwargs={sigma: -1}"], r"sigma must be positive"),
+    (["unroll.estimator=pes", "unroll.estimator_kwargs={bogus: 1}"], r"'bogus'.*'pes' takes"),
+    (["unroll.estimator_kwargs={bogus: 1}"], r"estimator 'first' takes no settings"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "fragment"), RUN_TIME_FAILURES)
+def test_configs_that_failed_at_run_time_are_refused_by_validation(
+    overrides, fragment, tmp_path, capsys
+):
+    """Refused by the config itself, so by ``run.py --print-config`` (nothing created) and by
+    ``sweep.py --check`` (the same validation)."""
+    from meta_train import run, sweep
+    from meta_train.sweep_spec import PROGRAM
+
+    with pytest.raises(ConfigError, match=fragment):
+        load_config("tiny", overrides)
+    run_dir = tmp_path / "run"
+    args = ["--config", "tiny", "--run-dir", str(run_dir), *overrides]
+    assert run.main(["--print-config", *args]) == 2
+    assert run.main(args) == 2 and not run_dir.exists()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and all(line.startswith("error:") for line in lines)  # one per call
+    key, value = overrides[0].split("=", 1)
+    spec = {
+        "program": PROGRAM,
+        "method": "grid",
+        "parameters": {key: {"values": [yaml.safe_load(value)]}},
+        "command": ["${program}", "--config", "tiny", *overrides[1:], "${args}"],
+    }
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec))
+    assert sweep.main([str(tmp_path / "sweep.yaml"), "--check"]) == 2
+    assert re.search(fragment, capsys.readouterr().err)
+
+
+def test_under_torchrun_a_meta_batch_the_ranks_cannot_share_is_refused_first(
+    tmp_path, monkeypatch, capsys
+):
+    """The ranks each run an equal slice of the meta-batch (a family's slots too): checked with
+    the config, before the run folder exists, not when the trainer slices it."""
+    from meta_train import run
+
+    env = {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    message = r"schedule\.meta_batch=3 must be divisible by the number of processes \(2\)"
+    with pytest.raises(ConfigError, match=message):
+        load_config("tiny", ["schedule.meta_batch=3"])
+    family = [
+        "task.family.members=[{name: mnist_mlp_relu}, {name: mnist_mlp_sigmoid}]",
+        "schedule.meta_batch=3",
+    ]
+    with pytest.raises(ConfigError, match=message):
+        load_config("tiny", family)
+    run_dir = tmp_path / "run"
+    assert run.main(["--config", "tiny", "--run-dir", str(run_dir), *family]) == 2
+    assert not run_dir.exists() and "divisible" in capsys.readouterr().err
+    assert load_config("tiny", ["schedule.meta_batch=4"]).schedule.meta_batch == 4
