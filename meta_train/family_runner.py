@@ -14,12 +14,17 @@ seed and the position, so a checkpoint needs only the inner states, samplers and
 
 A meta-step is all or nothing: a non-finite member skips it and every member goes back to the
 state before it (optimizees and estimator state).
+
+Under torchrun a runner holds only its rank's slots (``owned``; ``meta_train.rank_slots``): the
+members with none of them are absent, each present member runs its slots there, weighted by its
+share of the rank's slots, so that the ranks' averaged estimates are the whole meta-batch's;
+member seeds, draws and ES/PES perturbation rows follow the global member index and slot.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +44,7 @@ from meta_train.families import (
     draw_run,
     member_groups,
 )
+from meta_train.rank_slots import place_estimator
 from meta_train.truncation import replace_rows, with_horizons
 from meta_train.unroll import InnerState, UnrollConfig, functional_optimizee
 
@@ -61,9 +67,11 @@ class FamilyResult:
 
 @dataclass
 class Member:
-    """One member task and the meta-batch slots it runs in; ``inner`` is None between runs."""
+    """One member task and the meta-batch slots it runs in (here); ``inner`` is None between
+    runs; ``index``: its place among all members (its estimator seed)."""
 
     name: str
+    index: int
     task: Task
     data: Dataset
     slots: list[int]
@@ -89,21 +97,32 @@ class FamilyRunner:
         unroll: UnrollConfig,
         device: torch.device,
         make_regularizer: Callable[[Task], Any],
+        owned: Sequence[int] | None = None,
     ) -> None:
         self.spec, self.seed, self.device = spec, seed, device
         self.assignment = assign_members(spec, slots, seed)
+        mine = set(range(slots) if owned is None else owned)
         self.members = []
-        for name, (member_slots, weight) in member_groups(self.assignment).items():
+        #: each member's factor on its meta-loss metric: once the ranks' numbers are averaged,
+        #: the mean over all its slots (1 in one process; 0 on a rank without the member)
+        self.metric_shares: dict[str, float] = {}
+        for index, (name, (member_slots, _)) in enumerate(member_groups(self.assignment).items()):
+            here = [s for s in member_slots if s in mine]
+            self.metric_shares[name] = len(here) * slots / (len(mine) * len(member_slots))
+            if not here:
+                continue
             estimator = make_estimator(unroll)
+            place_estimator(estimator, [member_slots.index(s) for s in here], len(member_slots))
             if hasattr(estimator, "held_out_data"):  # es/pes with objective final_val
                 estimator.held_out_data = datasets[name]
             self.members.append(
                 Member(
                     name,
+                    index,
                     tasks[name],
                     datasets[name],
-                    member_slots,
-                    weight,
+                    here,
+                    len(here) / len(mine),
                     estimator,
                     make_regularizer(tasks[name]),
                 )
@@ -197,10 +216,10 @@ class FamilyRunner:
         self._backup = [(m.inner.state_dict(), m.estimator.state_dict()) for m in self.members]
         self._pending = []
         results = []
-        for index, m in enumerate(self.members):
+        for m in self.members:
             for p in params:
                 p.grad = None
-            member_seed = derive_seed(seed, "family-member", index)
+            member_seed = derive_seed(seed, "family-member", m.index)
             result, new_inner = m.estimator.estimate(
                 lopt, m.optimizee, m.inner, m.samplers, m.regularizer, member_seed
             )
@@ -219,9 +238,9 @@ class FamilyRunner:
 
     def _combine(self, results: list) -> FamilyResult:
         weights = [m.weight for m in self.members]
-        metrics: dict[str, float] = {}
+        metrics = {f"member/{name}/meta_loss": 0.0 for name in self.metric_shares}
         for m, w, r in zip(self.members, weights, results, strict=True):
-            metrics[f"member/{m.name}/meta_loss"] = float(r.meta_loss)
+            metrics[f"member/{m.name}/meta_loss"] = self.metric_shares[m.name] * float(r.meta_loss)
             for key, value in getattr(r, "metrics", {}).items():
                 share = value if key.endswith("particle_steps") else w * value  # counts add up
                 metrics[key] = metrics.get(key, 0.0) + share

@@ -11,6 +11,9 @@ With ``task.family`` the meta-batch's slots train the family's member tasks inst
 ``task.name`` (which validation and the meta-test keep using): ``meta_train.family_runner`` holds
 the members' optimizees, samplers and estimators and combines their estimates.
 
+Under torchrun each rank runs its slots of the meta-batch (``meta_train.rank_slots``), with per-task
+runs and task families too, and every rank's slice goes into ``last.pt``.
+
 Non-finite values never reach the learned optimizer: a meta-step whose inner losses, updates
 (new optimizee state) or meta-gradient are not finite is skipped, the optimizees go back to the
 state before it, and the event is counted; ``reliability.max_consecutive_nonfinite`` in a row
@@ -23,7 +26,6 @@ import copy
 import math
 import os
 import random
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -55,6 +57,7 @@ from meta_train.evaluation.criteria import score
 from meta_train.families import assign_members
 from meta_train.family_runner import FamilyRunner
 from meta_train.memory import check_fits
+from meta_train.rank_slots import RankSlots, own_slice, pack, place_estimator
 from meta_train.tracking import Tracker
 from meta_train.truncation import make_rotation
 from meta_train.unroll import InnerState, init_inner_state
@@ -156,18 +159,18 @@ def make_task(cfg: MetaTrainConfig) -> Task:
 
 
 def make_family(
-    cfg: MetaTrainConfig, device: torch.device, target: Task, target_data
+    cfg: MetaTrainConfig,
+    device: torch.device,
+    target: Task,
+    target_data,
+    owned: list[int] | None = None,
 ) -> FamilyRunner | None:
     """The ``task.family`` runner (None without a family): the member tasks, their data (each
-    dataset loaded once; the target's reused), one estimator and regularizer per member."""
+    dataset loaded once; the target's reused), one estimator and regularizer per member, for the
+    slots ``owned`` by this process (default all)."""
     family = cfg.task.family
     if not family.enabled:
         return None
-    if dist.world_size() > 1:
-        raise ConfigError(
-            "task.family is not supported under torchrun yet (the members' slots are not "
-            "sliced over ranks); run one process"
-        )
     tasks, datasets, loaded = {}, {}, {target.dataset_name: target_data}
     for member in family.members:
         task = member_task(cfg, member)
@@ -185,6 +188,7 @@ def make_family(
         cfg.unroll,
         device,
         lambda task: make_regularizer(cfg, task, device),
+        owned,
     )
 
 
@@ -249,6 +253,7 @@ def _to_cpu(obj: Any) -> Any:
 StepFn = Callable[..., tuple[Any, InnerState]]
 SYNC_CHECK_EVERY = 100  # meta-steps between two weight checks under torchrun (and every run's end)
 SKIP_REASONS = ("inner_loss", "update", "meta_loss")  # checked before the meta-gradient's norm
+COUNT_SUFFIX = "particle_steps"  # logged numbers that add up over the ranks (not averaged)
 
 
 class Trainer:
@@ -277,7 +282,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.is_main = dist.is_main()  # rank 0 (or no process group): logs and checkpoints
         self.world_size = dist.world_size()
-        dist.slice_bounds(cfg.schedule.meta_batch, self.world_size, dist.rank())  # divisible?
+        self.slots = RankSlots.of_this_process(cfg.schedule.meta_batch)  # divisible?
         self.device = setup_environment(cfg)
         self.task = task if task is not None else make_task(cfg)
         # Loading the data first: a missing dataset fails here, before any meta-training work.
@@ -290,15 +295,14 @@ class Trainer:
         self.regularizer = make_regularizer(cfg, self.task, self.device)
         self.unroll_cfg = cfg.unroll
         self.estimator = make_estimator(cfg.unroll)
+        # an estimator that cannot draw its noise by global slot draws it per rank instead
+        self._noise_per_rank = not place_estimator(
+            self.estimator, self.slots.owned, self.slots.total
+        )
         if hasattr(self.estimator, "held_out_data"):  # es/pes with objective final_val
             self.estimator.held_out_data = self.data
-        self.rotation = make_rotation(cfg) if cfg.per_task_runs else None
-        if self.rotation is not None and self.world_size > 1:
-            raise ConfigError(
-                "per-task runs (a schedule.horizon range or schedule.desync) are not supported "
-                "under torchrun yet: their task clocks are not sliced over ranks; run one process"
-            )
-        self.family = make_family(cfg, self.device, self.task, self.data)
+        self.rotation = make_rotation(cfg, self.slots.owned) if cfg.per_task_runs else None
+        self.family = make_family(cfg, self.device, self.task, self.data, self.slots.owned)
         if self.family is not None and step_fn is not None:
             raise ValueError("a task family runs its members' estimators: step_fn must be None")
         self.step_fn = step_fn or self._estimate
@@ -346,32 +350,28 @@ class Trainer:
 
     # -- checkpoint state -----------------------------------------------------------------------
     def _rank_state(self) -> dict[str, Any]:
-        """What only this rank knows: its slice's optimizees, samplers and estimator state."""
+        """What only this rank knows: its slots' optimizees, samplers, estimator state and task
+        family members (``meta_train.rank_slots.SLICE_KEYS``)."""
         return {
             "inner": None if self.inner is None else self.inner.state_dict(),
             "samplers": None if self.samplers is None else [s.state_dict() for s in self.samplers],
             "estimator": self.estimator.state_dict(),
+            "family": None if self.family is None else self.family.state_dict(),
         }
 
     def state_payload(self, ranks: list[dict] | None = None) -> dict[str, Any]:
         """The checkpoint; ``ranks``: every rank's :meth:`_rank_state` (rank 0's goes in the
         top-level keys as in a single-process run, the others' in ``ranks``)."""
-        own = ranks[0] if ranks is not None else self._rank_state()
-        family = {} if self.family is None else {"family": self.family.state_dict()}
         return {
-            **family,
+            **pack(ranks if ranks is not None else [self._rank_state()]),
             "format": ckpt.FORMAT,
             "version": ckpt.VERSION,
             "config": self.cfg.to_dict(),
             "lopt": checkpoint_io.to_payload(self.lopt),
             "meta_optimizer": self.meta_opt.state_dict(),
-            "estimator": own["estimator"],
             "rotation": None if self.rotation is None else self.rotation.state_dict(),
             "rng": ckpt.rng_state(),
-            "samplers": own["samplers"],
-            "inner": own["inner"],
             "world_size": self.world_size,
-            "ranks": list(ranks[1:]) if ranks is not None else [],
             "position": asdict(self.position),
             "counters": dict(self.counters),
             "consecutive_nonfinite": self.consecutive_nonfinite,
@@ -406,10 +406,17 @@ class Trainer:
         self.consecutive_nonfinite = int(payload["consecutive_nonfinite"])
         self.best_val_loss = float(payload["best"]["val_loss"])
         self.best_position = payload["best"]["position"]
-        own = self._own_rank_state(payload)
+        own, restart_run = own_slice(
+            payload,
+            self.slots,
+            per_task_runs=self.rotation is not None,
+            estimator=self.cfg.unroll.estimator,
+        )
+        if restart_run:
+            self.position.meta_step = 0
         self.estimator.load_state_dict(own["estimator"])
-        if self.family is not None:
-            self.family.load_state_dict(payload["family"])
+        if self.family is not None and own["family"] is not None:
+            self.family.load_state_dict(own["family"])
             if self.rotation is not None and self.family.active:
                 self.rotation.load_state_dict(payload["rotation"])
         if own["inner"] is not None:
@@ -422,45 +429,6 @@ class Trainer:
             for sampler, state in zip(self.samplers, own["samplers"], strict=True):
                 sampler.load_state_dict(state)
         return int(payload["metrics_bytes"]), payload.get("wandb_id")
-
-    def _own_rank_state(self, payload: dict) -> dict[str, Any]:
-        """This rank's slice of the checkpoint. With another number of processes than the one
-        that wrote it, the slices cannot carry over: a run in progress restarts at its first
-        meta-step (the same optimizee seeds, re-sliced over the ranks), a statement says so, and
-        a stateful estimator refuses (its state belongs to the old slices)."""
-        saved_world = int(payload.get("world_size", 1))
-        states = [
-            {k: payload.get(k) for k in ("inner", "samplers", "estimator")},
-            *payload.get("ranks", []),
-        ]
-        if saved_world == self.world_size:
-            own = states[dist.rank()]
-            return {**own, "estimator": own["estimator"] or {}}
-        if any(s["estimator"] for s in states):
-            raise ckpt.CheckpointError(
-                f"the checkpoint was written by {saved_world} process(es), this run has "
-                f"{self.world_size}; estimator {self.cfg.unroll.estimator!r} keeps per-rank state "
-                f"that belongs to the old slices: resume with {saved_world} process(es)"
-            )
-        p = self.position
-        lo, hi = dist.slice_bounds(self.cfg.schedule.meta_batch, self.world_size, dist.rank())
-        text = (
-            f"resume: the checkpoint was written by {saved_world} process(es), this run has "
-            f"{self.world_size}. The meta-batch of {self.cfg.schedule.meta_batch} optimizees is "
-            f"re-sliced: {self.cfg.schedule.meta_batch // self.world_size} per rank (this rank "
-            f"{dist.rank()}: seeds {lo}..{hi - 1} of each run), and each rank's estimator seed "
-            "changes with it; results are no longer bit-identical to an uninterrupted run"
-        )
-        if states[0]["inner"] is not None:
-            text += (
-                f". The run in progress (epoch {p.epoch + 1}, run {p.run + 1}) restarts at its "
-                f"first meta-step with fresh optimizees of the same seeds; its {p.meta_step} "
-                "meta-step(s) done stay counted in the global step"
-            )
-            p.meta_step = 0
-        if dist.is_main():
-            print(text, file=sys.stderr)
-        return {"inner": None, "samplers": None, "estimator": {}}
 
     def _restore_lopt(self, saved: dict) -> None:
         """The checkpoint's learned-optimizer weights into ``self.lopt`` (which the meta-optimizer
@@ -519,7 +487,7 @@ class Trainer:
     def _estimator_seed(self) -> int:
         """This meta-step's estimator seed (see ``meta_train.estimators.Estimator``)."""
         seed = derive_seed(self.cfg.seed, "estimator", self.position.global_step)
-        if self.world_size > 1:  # each rank's slice its own estimator randomness (e.g. ES noise)
+        if self.world_size > 1 and self._noise_per_rank:  # else ES/PES rows by global slot
             seed = derive_seed(seed, "rank", dist.rank())
         return seed
 
@@ -627,7 +595,8 @@ class Trainer:
     ) -> tuple[str | None, dict[str, float] | None]:
         """Under torchrun: one all-reduce averages the meta-gradient (before clipping) and the
         logged numbers over the ranks and tells every rank whether any rank's step was
-        non-finite, so all skip together, with the first reason in :data:`SKIP_REASONS` order."""
+        non-finite, so all skip together, with the first reason in :data:`SKIP_REASONS` order;
+        counts (:data:`COUNT_SUFFIX`) are summed."""
         votes = [1.0 if reason == r else 0.0 for r in SKIP_REASONS]
         # Every rank sends the same keys (the estimator's metrics have fixed names); a skipping
         # rank's numbers may be NaN: the step is then skipped everywhere and nothing is logged.
@@ -638,7 +607,11 @@ class Trainer:
         votes, values = dist.reduce_meta_step(params, votes, [scalars[k] for k in names])
         self._sync_time = time.perf_counter() - tic
         agreed = next((r for r, v in zip(SKIP_REASONS, votes, strict=True) if v > 0.5), None)
-        return agreed, dict(zip(names, values, strict=True))
+        world = self.world_size
+        return agreed, {
+            k: v * world if k.endswith(COUNT_SUFFIX) else v
+            for k, v in zip(names, values, strict=True)
+        }
 
     def _validation_due(self) -> bool:
         v, s, p = self.cfg.validation, self.cfg.schedule, self.position

@@ -163,12 +163,28 @@ class ParticleEstimator(Estimator):
             ) from None
         #: the dataset whose test split gives the ``final_val`` batches (set by the trainer)
         self.held_out_data: Dataset | None = None
+        #: ``(tasks, total)``: this estimator's tasks are rows ``tasks`` of the ``total`` tasks
+        #: whose perturbations one meta-step draws together (set by the trainer for a torchrun
+        #: slice or a family member; None: its own tasks are all of them). The perturbations of
+        #: all ``total`` are drawn and these tasks' rows kept, so a slice unrolls what the whole
+        #: meta-batch in one process unrolls.
+        self.global_tasks: tuple[tuple[int, ...], int] | None = None
 
     def sample_eps(self, pairs: int, dim: int, seed: int, device) -> torch.Tensor:
-        """ε ``[pairs, D]`` from the meta-step's seed, drawn on the CPU (the same on every
-        device)."""
+        """ε ``[pairs, D]`` (rows ``[pair, task]``) from the meta-step's seed, drawn on the CPU
+        (the same on every device); with ``global_tasks``, these tasks' rows of all tasks' ε."""
         gen = torch.Generator(device="cpu").manual_seed(seed % 2**63)
-        return (torch.randn(pairs, dim, generator=gen) * self.options.sigma).to(device)
+        if self.global_tasks is None:
+            eps = torch.randn(pairs, dim, generator=gen)
+        else:
+            tasks, total = self.global_tasks
+            per_task, rest = divmod(pairs, len(tasks))
+            if rest:
+                raise ValueError(f"{pairs} perturbations for {len(tasks)} tasks (global_tasks)")
+            every = torch.randn(per_task * total, dim, generator=gen)
+            rows = torch.arange(per_task).unsqueeze(1) * total + torch.tensor(tasks)
+            eps = every.index_select(0, rows.reshape(-1))
+        return (eps * self.options.sigma).to(device)
 
     def _check(self, regularizer, inner: InnerState, samplers: Sequence) -> None:
         if regularizer is not None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -15,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from torchrun_jobs import launch
 
-ROOT = Path(__file__).resolve().parents[2]
 OVERRIDES = [
     "schedule.meta_batch=4",
     "schedule.runs_per_epoch=1",
@@ -70,28 +69,7 @@ def _worker(mode: str, out: Path) -> None:
 def _launch(
     mode: str, out: Path, timeout_s: float = 5.0
 ) -> tuple[subprocess.CompletedProcess, float]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "OMP_NUM_THREADS": "1",
-        "WANDB_MODE": "disabled",
-        "L2O_NATIVE": "0",  # no JIT compile of the native LSTM kernels in the workers
-        "L2O_DIST_TIMEOUT_S": str(timeout_s),
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "--monitor-interval=0.5",
-        __file__,
-        mode,
-        str(out),
-    ]
-    tic = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
-    return proc, time.perf_counter() - tic
+    return launch(__file__, [mode, str(out)], timeout_s)
 
 
 @pytest.mark.slow
