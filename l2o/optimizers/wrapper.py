@@ -32,6 +32,7 @@ import torch
 
 from l2o.optimizers.base import LearnedOptimizerNet, ParamSpec
 from l2o.optimizers.checkpoint_io import load_learned_optimizer
+from l2o.optimizers.deploy_backend import apply_updates_, check_backend
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 #: The ``state_dict`` entry with the optimizer's horizon and its count of ``step()`` calls.
@@ -86,6 +87,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
             ``general`` architecture's fraction of the horizon completed, as VeLO is told its
             number of steps); None keeps the network's own default. A network without such
             inputs refuses it rather than ignoring it.
+        backend: ``"auto"`` (the fused Triton kernels for CUDA parameters where they cover the
+            network, else PyTorch), ``"torch"`` or ``"triton"`` (``l2o.optimizers.deploy_backend``).
 
     ``state_dict`` carries, besides the per-parameter state, the horizon and the count of
     ``step()`` calls (``"learned_optimizer"``). ``load_state_dict`` reconciles the horizon by
@@ -103,6 +106,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         lr: float = 1.0,
         weight_decay: float = 0.0,
         total_steps: int | None = None,
+        backend: str = "auto",
     ) -> None:
         if isinstance(net, str | os.PathLike):
             net, self.metadata = load_learned_optimizer(net)
@@ -123,6 +127,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 )
             total_steps = int(total_steps)
         self.total_steps = total_steps
+        self.backend = check_backend(backend, net)
         self._steps_taken = 0  # step() calls, for the past-horizon warning
         self._warned_horizon = False
         super().__init__(params, {"arch": net.arch, "lr": lr, "weight_decay": weight_decay})
@@ -231,7 +236,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             triples.append((flat, p.grad.reshape(-1).to(torch.float32), state))
             if not in_place:
                 write_back.append((p, flat, flat.clone()))
-        net.apply_updates_(triples, self.chunk_size)
+        apply_updates_(net, triples, self.chunk_size, self.__dict__.get("backend", "auto"))
         for p, flat, before in write_back:
             new = p.detach().reshape(-1).to(torch.promote_types(p.dtype, torch.float32), copy=True)
             if weight_decay:
@@ -259,6 +264,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             chunk_size=self.chunk_size,
             metadata=self.metadata,
             total_steps=self.total_steps,
+            backend=self.__dict__.get("backend", "auto"),
             _steps_taken=self.__dict__.get("_steps_taken", 0),
             _warned_horizon=self.__dict__.get("_warned_horizon", False),
         )
