@@ -120,7 +120,7 @@ def not_a_torch_file(path: str | os.PathLike) -> str | None:
     with open(path, "rb") as fh:
         head = fh.read(48)
     if not head:
-        return "it is empty (0 bytes)"
+        return "it is empty (0 bytes): truncated or corrupt"
     if head.startswith(TORCH_FILE_STARTS):
         return None
     text = head.decode("utf-8", "ignore")
