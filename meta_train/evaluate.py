@@ -7,10 +7,13 @@
     python meta_train/evaluate.py lstm-mnist --suite indist --criterion paper50   # the paper's
 
 OPT is a pretrained name, a ``best.pt``/``last.pt`` path or a run folder. Every optimizee trains
-through ``l2o.training.train_optimizee``; each baseline is tuned per case, on seeds disjoint from
-the evaluation seeds, separately for each reported criterion (``final``: mean training loss over
-the last 10% of steps; ``mean``: over the horizon; ``paper50``: the paper's sum of the first 50).
-Writes ``summary.csv``, ``results.json``, ``table.txt``, ``loss_curves.png`` and ``ratios.png``
+through ``l2o.training.train_optimizee``; each baseline (default: sgdm, adam, adamw_cosine,
+muon_cosine, sf_adamw), and the untrained nominal term of each OPT that has one (``nominal``;
+``--no-nominal`` leaves it out), is tuned per case, on seeds disjoint from the evaluation seeds,
+separately for each reported criterion (``final``: mean training loss over the last 10% of steps;
+``mean``: over the horizon; ``paper50``: the paper's sum of the first 50). The table gives each
+OPT's ratio to the best tuned contender and to its own nominal term. Writes ``summary.csv``,
+``overall.csv``, ``results.json``, ``table.txt``, ``loss_curves.png`` and ``ratios.png``
 into ``--out`` (default ``out/eval/SUITE``) and prints the table.
 """
 
@@ -78,6 +81,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"comma-separated criteria to tune for and report (default: "
         f"{','.join(DEFAULT_CRITERIA)}); any of {', '.join(CRITERIA)}",
     )
+    p.add_argument(
+        "--no-nominal",
+        action="store_true",
+        help="leave out the tuned untrained nominal term of learned optimizers that have one",
+    )
     p.add_argument("--seeds", type=int, default=None, help="evaluation seeds (suite's default)")
     p.add_argument("--tune-seeds", type=int, default=None, help="tuning seeds (suite's default)")
     p.add_argument(
@@ -129,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             seeds=args.seeds,
             tune_seeds=args.tune_seeds,
             log=log,
+            nominal=not args.no_nominal,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -164,6 +173,9 @@ def evaluate_run(
         for s in summary(ev, table):
             scalars[f"eval/{name}/{s['criterion']}/geomean_ratio"] = s["geomean_ratio"]
             scalars[f"eval/{name}/{s['criterion']}/won"] = s["won"]
+            if s["nominal"]:
+                key = f"eval/{name}/{s['criterion']}/geomean_ratio_nominal"
+                scalars[key] = s["geomean_ratio_nominal"]
     return files, scalars
 
 

@@ -580,7 +580,12 @@ class GeneralOptimizer(MLPOptimizer):
             param.add_(direction, alpha=lr * gain * inv_rms)
         else:
             native.mlp_update_(param, grad, m, v, weights, biases, lr * gain, self.exp_mult)
-        param.add_(col, alpha=-lr * coef)
+        largest = torch.finfo(param.dtype).max
+        if not lr * coef > largest:  # (a NaN c steps as NaN)
+            param.add_(col, alpha=-lr * coef)
+        else:  # huge parameters, a vanishing momentum: c·m, then lr, as the flat step
+            # computes them (a c beyond the dtype is infinite there), not an overflow error
+            param.add_(col * (coef if coef <= largest else math.inf), alpha=-lr)
 
     def _advance_factored_(self, tensors, scales, chunk_size):
         """Deployment with ``factored``: each tensor's row and column EMAs advanced in place,

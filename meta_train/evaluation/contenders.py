@@ -2,16 +2,21 @@
 folder) and baselines by name, each as a factory for ``l2o.training.train_optimizee``.
 
 Baseline names: ``sgdm`` (SGD, momentum 0.9), any ``baselines`` registry name (``adam``, ``lion``,
-``gyro_adam``, ...), and either with a ``_cosine`` suffix for a cosine decay of the lr to zero over
-the horizon (``adamw_cosine`` is AdamW so scheduled).
+``gyro_adam``, ``muon``, ``sf_adamw``, ...), and either with a ``_cosine`` suffix for a cosine decay
+of the lr to zero over the horizon (``adamw_cosine`` is AdamW so scheduled, ``muon_cosine`` Muon).
+
+A learned optimizer with a nominal term (``general``) brings one more contender, ``nominal``: its
+own nominal term, untrained, with the step size tuned per case and criterion like a baseline's
+lr (``Learned.nominal_factory``). It separates what meta-training adds from what the handcrafted
+term already does.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +27,16 @@ import baselines
 import l2o.optimizers as lo
 from meta_train.truncation import HorizonSchedule
 
-DEFAULT_BASELINES = ("sgdm", "adam", "adamw_cosine")
+DEFAULT_BASELINES = ("sgdm", "adam", "adamw_cosine", "muon_cosine", "sf_adamw")
 COSINE = "_cosine"
+NOMINAL = "nominal"
+# The config key of each nominal kind's step size (``mix`` scales its SGD step size along).
+NOMINAL_LR_KEYS = {"adam": "nominal_lr", "sgdm": "sgdm_lr", "lars": "lars_lr", "mix": "nominal_lr"}
+# Where a contender's reported losses are measured, where that is not simply "the parameters".
+MEASURED_AT = {
+    "sf_adamw": "training losses (the criteria) at the point where the gradient is taken, y in "
+    "train mode; test loss and accuracy at the averaged point x, after optimizer.eval()",
+}
 _ALIASES: dict[str, tuple[str, dict[str, Any]]] = {"sgdm": ("sgd", {"momentum": 0.9})}
 
 Factory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
@@ -90,6 +103,41 @@ class Learned:
         told that horizon, as a user of a VeLO-style optimizer tells it the run's length."""
         horizon = steps if steps is not None and lo.wrapper.takes_total_steps(self.net) else None
         return lambda params: lo.LearnedOptimizer(params, self.net, total_steps=horizon)
+
+    @property
+    def nominal_lr_key(self) -> str | None:
+        """The config key of the nominal term's step size; None without a nominal term."""
+        return NOMINAL_LR_KEYS.get(getattr(self.net, "nominal", None))
+
+    def nominal_factory(self, lr: float, steps: int) -> Factory:
+        """This optimizer's nominal term, untrained, at step size ``lr``, for a run of ``steps``.
+
+        ``create`` with the checkpoint's own kwargs (residual gain 0, learned schedule at its
+        zero init: the nominal term alone, with the same base schedule, boost and horizon
+        scaling) and ``lr`` in place of the step size, told the run's length as the learned
+        optimizer is. With ``mix``, ``lr`` is Adam's step size and SGD's scales along."""
+        key = self.nominal_lr_key
+        if key is None:
+            raise ValueError(f"{self.name!r} has no nominal term")
+        config = self.net.config()
+        if self.net.nominal == "mix":
+            config["sgdm_lr"] *= lr / config["nominal_lr"]
+        config[key] = lr
+        with torch.random.fork_rng(devices=[]):  # the residual net's init: unused, and no draw
+            torch.manual_seed(0)  # from the caller's generator
+            net = lo.create(self.net.arch, **config).eval()
+        return replace(self, net=net).factory(steps)
+
+
+def nominal_contenders(learned: Sequence[Learned]) -> dict[str, str]:
+    """``nominal`` (``nominal:<name>`` when several learned optimizers are evaluated) -> the
+    learned optimizer's name, for each one with a nominal term."""
+    several = len(learned) > 1
+    return {
+        f"{NOMINAL}:{lrn.name}" if several else NOMINAL: lrn.name
+        for lrn in learned
+        if lrn.nominal_lr_key is not None
+    }
 
 
 def resolve_learned(spec: str, name: str | None = None) -> Learned:

@@ -1,9 +1,12 @@
 """The evaluation's table, its CSV and versioned JSON, and its PNGs.
 
 Rows: one per case × criterion × optimizer, statistics over the seeds that did not diverge (the
-divergences are counted). The learned optimizers' ``ratio`` is their mean over the best tuned
-baseline's mean (the lowest of the baselines on that case and criterion), with a paired bootstrap
-95% interval; the summary aggregates ratios over cases by their geometric mean.
+divergences are counted). Kinds: ``learned``, ``baseline`` and ``nominal`` (a learned optimizer's
+untrained nominal term, tuned like a baseline). ``ratio`` is a row's mean over the best tuned
+contender's mean (``best_baseline``: the lowest of the baselines AND nominal terms on that case and
+criterion); a learned optimizer's ``ratio_nominal`` is its mean over its own nominal term's, the
+part of its result that meta-training adds. Both come with a paired bootstrap 95% interval; the
+summary aggregates each over cases by its geometric mean and counts the cases won.
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ from typing import Any
 import torch
 
 from l2o.io import atomic_write
+from meta_train.evaluation.contenders import COSINE, MEASURED_AT
 from meta_train.evaluation.criteria import CRITERIA, final_window, score
 from meta_train.evaluation.runner import CaseResult, Evaluation, Runs
 from meta_train.evaluation.stats import ci95, geometric_mean, ratio_ci
 
 SCHEMA = "l2o.evaluation"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: nominal contenders, ratio_nominal, measured_at
 ROW_FIELDS = (
     "case",
     "task",
@@ -43,6 +47,10 @@ ROW_FIELDS = (
     "ratio_ci_low",
     "ratio_ci_high",
     "best_baseline",
+    "nominal",
+    "ratio_nominal",
+    "ratio_nominal_ci_low",
+    "ratio_nominal_ci_high",
     "test_loss",
     "test_loss_ci95",
     "test_acc",
@@ -59,6 +67,11 @@ SUMMARY_FIELDS = (
     "won",
     "won_significantly",
     "lost_significantly",
+    "nominal",
+    "geomean_ratio_nominal",
+    "won_vs_nominal",
+    "won_vs_nominal_significantly",
+    "lost_vs_nominal_significantly",
     "diverged_runs",
 )
 
@@ -97,6 +110,10 @@ def _row(case: CaseResult, criterion: str, name: str, kind: str, lr, runs: Runs)
         "ratio_ci_low": math.nan,
         "ratio_ci_high": math.nan,
         "best_baseline": "",
+        "nominal": "",
+        "ratio_nominal": math.nan,
+        "ratio_nominal_ci_low": math.nan,
+        "ratio_nominal_ci_high": math.nan,
         "test_loss": test_loss,
         "test_loss_ci95": test_loss_ci,
         "test_acc": test_acc,
@@ -111,6 +128,7 @@ def _row(case: CaseResult, criterion: str, name: str, kind: str, lr, runs: Runs)
 def rows(ev: Evaluation) -> list[dict[str, Any]]:
     """The table's rows (see ``ROW_FIELDS``), per case, criterion, then optimizer."""
     out = []
+    nominal_of = {learned: name for name, learned in ev.nominals.items()}
     for case in ev.cases:
         for criterion in ev.criteria:
             group = [
@@ -119,44 +137,80 @@ def rows(ev: Evaluation) -> list[dict[str, Any]]:
             ]
             for name, result in case.baselines.items():
                 lr, runs = result.for_criterion(criterion)
-                row = _row(case, criterion, name, "baseline", lr, runs)
+                kind = "nominal" if name in ev.nominals else "baseline"
+                row = _row(case, criterion, name, kind, lr, runs)
                 row["tuning_notes"] = "; ".join(result.tunings[criterion].notes)
                 group.append(row)
-            base = [r for r in group if r["kind"] == "baseline" and math.isfinite(r["value"])]
-            if base:
-                best = min(base, key=lambda r: r["value"])
+            tuned = [r for r in group if r["kind"] != "learned" and math.isfinite(r["value"])]
+            if tuned:
+                best = min(tuned, key=lambda r: r["value"])
                 for r in group:
                     r["best_baseline"] = best["optimizer"]
-                    r["ratio"], r["ratio_ci_low"], r["ratio_ci_high"] = ratio_ci(
-                        r["_values"], best["_values"]
-                    )
+                    _set_ratio(r, "ratio", best)
+            by_name = {r["optimizer"]: r for r in group}
+            for r in group:
+                reference = by_name.get(nominal_of.get(r["optimizer"], ""))
+                if r["kind"] == "learned" and reference is not None:
+                    r["nominal"] = reference["optimizer"]
+                    _set_ratio(r, "ratio_nominal", reference)
             for r in group:
                 del r["_values"]
             out.extend(group)
     return out
 
 
+def _set_ratio(row: dict, key: str, reference: dict) -> None:
+    """``row[key]`` and its ``_ci_low`` / ``_ci_high``: row's mean over ``reference``'s."""
+    ratio = ratio_ci(row["_values"], reference["_values"])
+    row[key], row[f"{key}_ci_low"], row[f"{key}_ci_high"] = ratio
+
+
+def _wins(mine: list[dict], key: str) -> tuple[float, int, int, int]:
+    """Geometric mean of ``key`` over the rows, cases below 1, CIs wholly below / above 1."""
+    ratios = [r[key] for r in mine]
+    return (
+        geometric_mean(ratios),
+        sum(r < 1 for r in ratios if math.isfinite(r)),
+        sum(r[f"{key}_ci_high"] < 1 for r in mine),
+        sum(r[f"{key}_ci_low"] > 1 for r in mine),
+    )
+
+
 def summary(ev: Evaluation, table: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per learned optimizer and criterion: geometric-mean ratio over cases and cases won
-    (ratio < 1; significantly: the whole interval below 1)."""
+    (ratio < 1; significantly: the whole interval below 1), to the best tuned contender and,
+    for an optimizer with a nominal term, to that term (``nominal`` empty and NaN without)."""
     out = []
+    nominal_of = {learned: name for name, learned in ev.nominals.items()}
     for name in ev.learned:
         for criterion in ev.criteria:
             mine = [r for r in table if r["optimizer"] == name and r["criterion"] == criterion]
-            ratios = [r["ratio"] for r in mine]
+            geomean, won, won_sig, lost_sig = _wins(mine, "ratio")
+            n_geomean, n_won, n_won_sig, n_lost_sig = _wins(mine, "ratio_nominal")
             out.append(
                 {
                     "optimizer": name,
                     "criterion": criterion,
                     "cases": len(mine),
-                    "geomean_ratio": geometric_mean(ratios),
-                    "won": sum(r < 1 for r in ratios if math.isfinite(r)),
-                    "won_significantly": sum(r["ratio_ci_high"] < 1 for r in mine),
-                    "lost_significantly": sum(r["ratio_ci_low"] > 1 for r in mine),
+                    "geomean_ratio": geomean,
+                    "won": won,
+                    "won_significantly": won_sig,
+                    "lost_significantly": lost_sig,
+                    "nominal": nominal_of.get(name, ""),
+                    "geomean_ratio_nominal": n_geomean,
+                    "won_vs_nominal": n_won,
+                    "won_vs_nominal_significantly": n_won_sig,
+                    "lost_vs_nominal_significantly": n_lost_sig,
                     "diverged_runs": sum(r["diverged"] for r in mine),
                 }
             )
     return out
+
+
+def measured_at(ev: Evaluation) -> dict[str, str]:
+    """Where the losses of the contenders that need saying are measured (``sf_adamw``: y / x)."""
+    stems = {name: name.removesuffix(COSINE) for name in ev.baselines}
+    return {name: MEASURED_AT[stem] for name, stem in stems.items() if stem in MEASURED_AT}
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,32 +223,65 @@ def _pm(mean: float, ci: float, digits: int = 4) -> str:
     return f"{mean:.{digits}g} ± {ci:.2g}" if math.isfinite(ci) else f"{mean:.{digits}g}"
 
 
-def _ratio(r: dict) -> str:
-    if not math.isfinite(r["ratio"]):
+def _ratio(r: dict, key: str = "ratio") -> str:
+    if not math.isfinite(r[key]):
         return "—"
-    if not math.isfinite(r["ratio_ci_low"]):
-        return f"{r['ratio']:.3f}"
-    return f"{r['ratio']:.3f} [{r['ratio_ci_low']:.3f}, {r['ratio_ci_high']:.3f}]"
+    if not math.isfinite(r[f"{key}_ci_low"]):
+        return f"{r[key]:.3f}"
+    return f"{r[key]:.3f} [{r[f'{key}_ci_low']:.3f}, {r[f'{key}_ci_high']:.3f}]"
 
 
 def _line(cells: list[str], widths: list[int]) -> str:
     return "  " + "  ".join(c.ljust(w) for c, w in zip(cells, widths))
 
 
+def _header(ev: Evaluation) -> list[str]:
+    """What was run, how it was tuned, where losses are measured."""
+    tuned = ", ".join([*ev.baselines, *ev.nominals]) or "none"
+    lines = [
+        f"evaluation suite {ev.suite!r}{' (quick)' if ev.quick else ''}: {len(ev.seeds)} seeds "
+        f"(from {ev.seeds[0]}), contenders tuned per case and criterion on seeds "
+        f"{ev.tune_seeds[0]}–{ev.tune_seeds[-1]}: {tuned}; mean ± 95% CI over seeds",
+    ]
+    for name, learned in ev.nominals.items():
+        lines.append(
+            f"  {name}: {learned}'s nominal term, untrained, its step size tuned like a "
+            "baseline's lr and told the run's length"
+        )
+    for crit in ev.criteria:
+        lines.append(f"  {crit}: {CRITERIA[crit][1]}")
+    for name, note in measured_at(ev).items():
+        lines.append(f"  {name} measured at: {note}")
+    for note in ev.skipped:
+        lines.append(f"SKIPPED {note['case']}: {note['reason'].splitlines()[0]}")
+    return lines
+
+
+def _overall(s: dict) -> list[str]:
+    """A learned optimizer's aggregate lines: to the best tuned contender, to its nominal."""
+    lines = [
+        f"OVERALL {s['optimizer']} [{s['criterion']}]: geometric-mean ratio to the best tuned "
+        f"contender {s['geomean_ratio']:.3f} over {s['cases']} case(s); won {s['won']}/"
+        f"{s['cases']} ({s['won_significantly']} with the CI below 1, "
+        f"{s['lost_significantly']} lost with it above 1); diverged runs {s['diverged_runs']}"
+    ]
+    if s["nominal"]:
+        lines.append(
+            f"OVERALL {s['optimizer']} [{s['criterion']}] vs {s['nominal']}: geometric-mean "
+            f"ratio {s['geomean_ratio_nominal']:.3f}; won {s['won_vs_nominal']}/{s['cases']} "
+            f"({s['won_vs_nominal_significantly']} with the CI below 1, "
+            f"{s['lost_vs_nominal_significantly']} lost with it above 1)"
+        )
+    return lines
+
+
 def format_table(ev: Evaluation, table: list[dict] | None = None) -> str:
     """The printed table: a block per case and criterion, then the aggregate lines."""
     table = rows(ev) if table is None else table
-    cols = ["optimizer", "lr", "value", "ratio to best [95% CI]", "div", "test loss"]
-    cols += ["test acc", "step ×Adam"]
-    lines = [
-        f"evaluation suite {ev.suite!r}{' (quick)' if ev.quick else ''}: {len(ev.seeds)} seeds "
-        f"(from {ev.seeds[0]}), baselines tuned per case and criterion on seeds "
-        f"{ev.tune_seeds[0]}–{ev.tune_seeds[-1]}; mean ± 95% CI over seeds",
-    ]
-    for crit in ev.criteria:
-        lines.append(f"  {crit}: {CRITERIA[crit][1]}")
-    for note in ev.skipped:
-        lines.append(f"SKIPPED {note['case']}: {note['reason'].splitlines()[0]}")
+    cols = ["optimizer", "lr", "value", "ratio to best [95% CI]"]
+    cols += ["ratio to nominal [95% CI]"] if ev.nominals else []
+    cols += ["div", "test loss", "test acc", "step ×Adam"]
+    lines = _header(ev)
     for case in ev.cases:
         for crit in ev.criteria:
             group = [r for r in table if r["case"] == case.case.id and r["criterion"] == crit]
@@ -207,6 +294,7 @@ def format_table(ev: Evaluation, table: list[dict] | None = None) -> str:
                     "learned" if r["lr"] is None else f"{r['lr']:g}",
                     _pm(r["value"], r["value_ci95"]),
                     _ratio(r),
+                    *([_ratio(r, "ratio_nominal")] if ev.nominals else []),
                     f"{r['diverged']}/{r['seeds']}",
                     _pm(r["test_loss"], r["test_loss_ci95"], 3),
                     _pm(r["test_acc"], r["test_acc_ci95"], 3),
@@ -221,12 +309,7 @@ def format_table(ev: Evaluation, table: list[dict] | None = None) -> str:
                     lines.append(f"  note ({r['optimizer']}): {r['tuning_notes']}")
     lines.append("")
     for s in summary(ev, table):
-        lines.append(
-            f"OVERALL {s['optimizer']} [{s['criterion']}]: geometric-mean ratio to the best tuned "
-            f"baseline {s['geomean_ratio']:.3f} over {s['cases']} case(s); won {s['won']}/"
-            f"{s['cases']} ({s['won_significantly']} with the CI below 1, "
-            f"{s['lost_significantly']} lost with it above 1); diverged runs {s['diverged_runs']}"
-        )
+        lines += _overall(s)
     lines.append(f"wall time {ev.wall_s:.0f}s")
     return "\n".join(lines)
 
@@ -268,6 +351,8 @@ def to_json(ev: Evaluation, table: list[dict] | None = None) -> dict[str, Any]:
         "criteria": {c: CRITERIA[c][1] for c in ev.criteria},
         "baselines": ev.baselines,
         "learned": ev.learned,
+        "nominals": ev.nominals,
+        "measured_at": measured_at(ev),
         "seeds": ev.seeds,
         "tune_seeds": ev.tune_seeds,
         "grid": asdict(ev.grid),
@@ -306,19 +391,16 @@ def to_json(ev: Evaluation, table: list[dict] | None = None) -> dict[str, Any]:
 
 
 def write_outputs(ev: Evaluation, out_dir: str | Path, plot: bool = True) -> dict[str, Path]:
-    """``summary.csv`` (the rows), ``results.json``, ``table.txt`` and, with ``plot``,
-    ``loss_curves.png`` and ``ratios.png``."""
+    """``summary.csv`` (the rows), ``overall.csv`` (the summary: geometric means and cases won,
+    to the best tuned contender and to the nominal term), ``results.json``, ``table.txt`` and,
+    with ``plot``, ``loss_curves.png`` and ``ratios.png``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = rows(ev)
     paths = {"csv": out / "summary.csv", "json": out / "results.json", "txt": out / "table.txt"}
-
-    def write_csv(fh) -> None:
-        writer = csv.DictWriter(fh, fieldnames=list(ROW_FIELDS))
-        writer.writeheader()
-        writer.writerows({k: r[k] for k in ROW_FIELDS} for r in table)
-
-    atomic_write(paths["csv"], write_csv, text=True)
+    paths["overall"] = out / "overall.csv"
+    _write_csv(paths["csv"], ROW_FIELDS, table)
+    _write_csv(paths["overall"], SUMMARY_FIELDS, summary(ev, table))
     atomic_write(paths["json"], json.dumps(to_json(ev, table), indent=1))
     atomic_write(paths["txt"], format_table(ev, table) + "\n")
     if plot and ev.cases and _have_matplotlib():
@@ -327,6 +409,15 @@ def write_outputs(ev: Evaluation, out_dir: str | Path, plot: bool = True) -> dic
         paths["curves"] = plot_curves(ev, out / "loss_curves.png")
         paths["ratios"] = plot_ratios(ev, table, out / "ratios.png")
     return paths
+
+
+def _write_csv(path: Path, fields: tuple[str, ...], records: list[dict[str, Any]]) -> None:
+    def write(fh) -> None:
+        writer = csv.DictWriter(fh, fieldnames=list(fields))
+        writer.writeheader()
+        writer.writerows({k: r[k] for k in fields} for r in records)
+
+    atomic_write(path, write, text=True)
 
 
 def _have_matplotlib() -> bool:

@@ -1,6 +1,7 @@
 """Run a suite: every case trains fresh optimizees through ``l2o.training.train_optimizee`` with
-each learned optimizer and each baseline, the baselines at the lr tuned for each criterion on
-seeds disjoint from the evaluation seeds."""
+each learned optimizer and each tuned contender (the baselines, and the nominal term of each
+learned optimizer that has one), the tuned ones at the lr tuned for each criterion on seeds
+disjoint from the evaluation seeds."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
@@ -20,6 +22,7 @@ from meta_train.evaluation.contenders import (
     Learned,
     baseline_factory,
     check_baselines,
+    nominal_contenders,
 )
 from meta_train.evaluation.criteria import DEFAULT_CRITERIA, check_criteria
 from meta_train.evaluation.suites import Case, Suite, load_suite, resolve_cases
@@ -72,6 +75,7 @@ class Evaluation:
     cases: list[CaseResult] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     wall_s: float = 0.0
+    nominals: dict[str, str] = field(default_factory=dict)  # nominal contender -> learned name
 
 
 def disjoint_seeds(count: int, tune_count: int, first: int, first_tune: int) -> tuple[list, list]:
@@ -119,8 +123,10 @@ def run_suite(
     first_seed: int = FIRST_EVAL_SEED,
     first_tune_seed: int = FIRST_TUNE_SEED,
     log: Callable[[str], None] = print,
+    nominal: bool = True,
 ) -> Evaluation:
-    """Evaluate ``learned`` optimizers on every case of ``suite`` against tuned ``baselines``.
+    """Evaluate ``learned`` optimizers on every case of ``suite`` against tuned ``baselines``
+    and (``nominal``) against their own nominal terms, tuned the same way.
 
     ``grid`` is where each tuning starts (default: 1e-4…10, or 1e-3…1 when ``quick``); it widens
     by itself wherever a best lr lands on its edge."""
@@ -156,6 +162,7 @@ def run_suite(
         tune_list,
         grid,
         {lrn.name: lrn.source for lrn in learned},
+        nominals=nominal_contenders(learned) if nominal else {},
     )
     for i, case in enumerate(cases):
         task = get_task(case.task, dataset=case.dataset, batch_size=case.batch_size)
@@ -182,18 +189,20 @@ def _run_case(case, task, data, learned, ev: Evaluation, log) -> CaseResult:
             learned_runs[lrn.name] = train_runs(task, lrn.factory(steps), steps, ev.seeds, data)
         log(f"  {lrn.name}: {time.perf_counter() - t0:.1f}s")
     results = {}
-    for name in ev.baselines:
+    by_name = {lrn.name: lrn for lrn in learned}
+    tuned = [(name, partial(baseline_factory, name)) for name in ev.baselines]
+    tuned += [(name, by_name[of].nominal_factory) for name, of in ev.nominals.items()]
+    for name, make in tuned:
         t0 = time.perf_counter()
 
-        def run(lr: float, seed: int, name=name) -> torch.Tensor:
-            factory = baseline_factory(name, lr, steps)
+        def run(lr: float, seed: int, make=make) -> torch.Tensor:
             return train_optimizee(
-                task, factory, steps, seed, data=data, evaluate_test=False
+                task, make(lr, steps), steps, seed, data=data, evaluate_test=False
             ).train_losses
 
         tunings = tune(run, ev.criteria, ev.tune_seeds, ev.grid)
         runs = {
-            lr: train_runs(task, baseline_factory(name, lr, steps), steps, ev.seeds, data)
+            lr: train_runs(task, make(lr, steps), steps, ev.seeds, data)
             for lr in dict.fromkeys(t.lr for t in tunings.values())
         }
         results[name] = BaselineResult(tunings, runs)

@@ -16,9 +16,22 @@ from l2o.tasks import Task
 from l2o.training import train_optimizee
 from meta_train import evaluate as cli
 from meta_train.evaluation import runner
-from meta_train.evaluation.contenders import Learned, baseline_factory, check_baselines
+from meta_train.evaluation.contenders import (
+    DEFAULT_BASELINES,
+    Learned,
+    baseline_factory,
+    check_baselines,
+)
 from meta_train.evaluation.criteria import final_window, score
-from meta_train.evaluation.report import ROW_FIELDS, format_table, rows, to_json, write_outputs
+from meta_train.evaluation.report import (
+    ROW_FIELDS,
+    SUMMARY_FIELDS,
+    format_table,
+    rows,
+    summary,
+    to_json,
+    write_outputs,
+)
 from meta_train.evaluation.runner import disjoint_seeds, run_suite, train_runs
 from meta_train.evaluation.stats import geometric_mean, ratio_ci
 from meta_train.evaluation.suites import available_suites, load_suite, parse_suite
@@ -236,23 +249,25 @@ def test_a_diverging_optimizer_is_counted_not_crashed_on(evaluation):
 def test_json_schema_is_stable(evaluation, tmp_path):
     ev, _, _ = evaluation
     payload = to_json(ev)
-    assert payload["schema"] == "l2o.evaluation" and payload["schema_version"] == 1
+    assert payload["schema"] == "l2o.evaluation" and payload["schema_version"] == 2
     assert set(payload) == {
         "schema", "schema_version", "created_utc", "suite", "quick", "criteria", "baselines",
-        "learned", "seeds", "tune_seeds", "grid", "torch_threads", "wall_s", "skipped", "rows",
-        "summary", "cases",
+        "learned", "nominals", "measured_at", "seeds", "tune_seeds", "grid", "torch_threads",
+        "wall_s", "skipped", "rows", "summary", "cases",
     }  # fmt: skip
     assert ROW_FIELDS == (
         "case", "task", "dataset", "steps", "criterion", "optimizer", "kind", "lr", "value",
         "value_ci95", "seeds", "diverged", "ratio", "ratio_ci_low", "ratio_ci_high",
-        "best_baseline", "test_loss", "test_loss_ci95", "test_acc", "test_acc_ci95", "step_ms",
-        "step_vs_adam", "tuning_notes",
+        "best_baseline", "nominal", "ratio_nominal", "ratio_nominal_ci_low",
+        "ratio_nominal_ci_high", "test_loss", "test_loss_ci95", "test_acc", "test_acc_ci95",
+        "step_ms", "step_vs_adam", "tuning_notes",
     )  # fmt: skip
     assert all(tuple(r) == ROW_FIELDS for r in payload["rows"])
-    assert set(payload["summary"][0]) == {
+    assert tuple(payload["summary"][0]) == SUMMARY_FIELDS == (
         "optimizer", "criterion", "cases", "geomean_ratio", "won", "won_significantly",
-        "lost_significantly", "diverged_runs",
-    }  # fmt: skip
+        "lost_significantly", "nominal", "geomean_ratio_nominal", "won_vs_nominal",
+        "won_vs_nominal_significantly", "lost_vs_nominal_significantly", "diverged_runs",
+    )  # fmt: skip
     case = payload["cases"][0]
     assert set(case) == {
         "case", "task", "dataset", "steps", "reference_step_time_s", "learned", "baselines",
@@ -266,6 +281,8 @@ def test_json_schema_is_stable(evaluation, tmp_path):
     assert json.loads(paths["json"].read_text())["rows"] == json.loads(json.dumps(payload["rows"]))
     with open(paths["csv"]) as f:
         assert tuple(csv.DictReader(f).fieldnames) == ROW_FIELDS
+    with open(paths["overall"]) as f:
+        assert [r["optimizer"] for r in csv.DictReader(f)] == ["l2o", "l2o"]
     assert paths["curves"].stat().st_size > 1000 and paths["ratios"].stat().st_size > 1000
 
 
@@ -319,3 +336,174 @@ def test_opt_resolves_names_checkpoints_and_run_folders(tmp_path):
         resolve_learned(str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="neither a pretrained name"):
         resolve_learned(str(tmp_path / "missing"))
+
+
+# --------------------------------------------------------------------------------------------
+# The 2026 contenders: muon_cosine, sf_adamw and each learned optimizer's own nominal term
+
+
+def test_default_contenders_are_the_2026_set():
+    assert DEFAULT_BASELINES == ("sgdm", "adam", "adamw_cosine", "muon_cosine", "sf_adamw")
+    assert check_baselines(list(DEFAULT_BASELINES)) == list(DEFAULT_BASELINES)
+
+
+def test_muon_cosine_decays_the_lr_of_both_halves():
+    weight, bias = torch.nn.Parameter(torch.ones(3, 2)), torch.nn.Parameter(torch.zeros(3))
+    opt = baseline_factory("muon_cosine", 0.1, steps=2)([weight, bias])
+    for _ in range(2):
+        weight.grad, bias.grad = torch.randn(3, 2), torch.randn(3)
+        opt.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    before = weight.detach().clone(), bias.detach().clone()
+    weight.grad, bias.grad = torch.randn(3, 2), torch.randn(3)
+    opt.step()  # at the end of the cosine nothing moves, Muon's matrix nor AdamW's bias
+    assert torch.equal(before[0], weight.detach()) and torch.equal(before[1], bias.detach())
+
+
+def test_nominal_factory_is_the_untrained_nominal_term_at_the_tuned_step_size():
+    """At step size lr it is the shipped general created untrained from its own kwargs with
+    lars_lr = lr (LARS momentum with general's schedule: tests/l2o/test_general.py), told the
+    run's length (400 steps here, twice the meta-training horizon: cosine over 400, step size
+    × (400/200)^−½). The first 12 steps are compared: the recipe's boosted steps make later
+    losses chaotic in float rounding."""
+    from l2o.tasks import get_task
+    from meta_train.evaluation.contenders import resolve_learned
+
+    general = resolve_learned("general")
+    cfg = general.net.config()
+    assert general.nominal_lr_key == "lars_lr" and cfg["nominal"] == "lars"
+    task = get_task(general.task, dataset=general.dataset)
+    data = task.load_data("cpu")
+    horizon = 400
+
+    def losses(factory):
+        return train_optimizee(task, factory, 12, seed=3, data=data).train_losses
+
+    def untrained(lr, total_steps=horizon):
+        net = lo.create("general", **{**cfg, "lars_lr": lr})
+        return losses(lambda p: lo.LearnedOptimizer(p, net, total_steps=total_steps))
+
+    recipe = losses(general.nominal_factory(cfg["lars_lr"], horizon))
+    assert torch.equal(recipe, untrained(cfg["lars_lr"]))
+    assert not torch.equal(recipe, untrained(cfg["lars_lr"], total_steps=None))  # told 400
+    assert not torch.equal(recipe, losses(general.factory(horizon)))  # the residual is off
+    larger = losses(general.nominal_factory(2.5 * cfg["lars_lr"], horizon))
+    assert torch.equal(larger, untrained(2.5 * cfg["lars_lr"]))
+    assert not torch.allclose(larger, recipe)
+    lstm = Learned("l2o", lo.create("lstm", hidden_size=4), "memory", None, None, None)
+    assert lstm.nominal_lr_key is None
+    with pytest.raises(ValueError, match="has no nominal term"):
+        lstm.nominal_factory(0.1, horizon)
+
+
+NOMINAL_SUITE = parse_suite(
+    {
+        "name": "two horizons",
+        "seeds": 3,
+        "tune_seeds": 2,
+        "cases": [{"task": "trained", "horizon": 1}, {"task": "trained", "horizon": 2}],
+    }
+)
+
+
+@pytest.fixture(scope="module")
+def with_nominal():
+    """A lars ``general`` whose residual has gain 0.5 (as if meta-trained) on two horizons; the
+    tuning calls are recorded."""
+    torch.manual_seed(0)
+    net = lo.create("general", nominal="lars", base_schedule="cosine", total_steps=6)
+    with torch.no_grad():
+        net.residual_gain.fill_(0.5)
+    learned = Learned("gen", net.eval(), "memory", "mnist_mlp_sigmoid", "mnist5k", 6, 32)
+    calls = []
+
+    def recording(task, factory, steps, seed, *args, **kwargs):
+        calls.append((steps, seed, kwargs.get("evaluate_test", True)))
+        return train_optimizee(task, factory, steps, seed, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runner, "train_optimizee", recording)
+        ev = run_suite(
+            [learned],
+            NOMINAL_SUITE,
+            baselines=["sgdm"],
+            grid=LogGrid(1e-2, 1.0),
+            log=lambda _: None,
+        )
+    return ev, learned, calls
+
+
+def test_nominal_is_tuned_per_case_like_a_baseline(with_nominal):
+    from l2o.tasks import get_task
+
+    ev, learned, calls = with_nominal
+    assert ev.nominals == {"nominal": "gen"}
+    assert {seed for _, seed, with_test in calls if not with_test} == {0, 1}
+    grids = []
+    for case in ev.cases:
+        result = case.baselines["nominal"]
+        assert set(result.tunings) == {"final", "mean"}
+        grids.append([p.score_mean for p in result.tunings["final"].grid])
+        lr, runs = result.for_criterion("final")
+        steps = case.case.steps
+        task = get_task(case.case.task, dataset=case.case.dataset, batch_size=32)
+        again = train_optimizee(task, learned.nominal_factory(lr, steps), steps, seed=1000)
+        assert torch.equal(runs.losses[0], again.train_losses)
+    assert [c.case.steps for c in ev.cases] == [6, 12] and grids[0] != grids[1]
+
+
+def test_report_gives_the_ratio_to_the_best_of_all_and_to_nominal(with_nominal):
+    ev, _, _ = with_nominal
+    table = rows(ev)
+    for case in ev.cases:
+        for crit in ev.criteria:
+            group = {
+                r["optimizer"]: r
+                for r in table
+                if r["case"] == case.case.id and r["criterion"] == crit
+            }
+            assert group["nominal"]["kind"] == "nominal" and group["sgdm"]["kind"] == "baseline"
+            best = min(group["nominal"], group["sgdm"], key=lambda r: r["value"])
+            gen = group["gen"]
+            assert gen["best_baseline"] == best["optimizer"]
+            assert gen["ratio"] == pytest.approx(gen["value"] / best["value"])
+            assert gen["nominal"] == "nominal"
+            assert gen["ratio_nominal"] == pytest.approx(gen["value"] / group["nominal"]["value"])
+            assert gen["ratio_nominal_ci_low"] <= gen["ratio_nominal"]
+            assert gen["ratio_nominal"] <= gen["ratio_nominal_ci_high"]
+            assert math.isnan(group["sgdm"]["ratio_nominal"]) and group["sgdm"]["nominal"] == ""
+    (final, _mean) = summary(ev, table)
+    ratios = [
+        r["ratio_nominal"] for r in table if r["optimizer"] == "gen" and r["criterion"] == "final"
+    ]
+    assert final["nominal"] == "nominal"
+    assert final["geomean_ratio_nominal"] == pytest.approx(geometric_mean(ratios))
+    assert final["won_vs_nominal"] == sum(r < 1 for r in ratios)
+    text = format_table(ev, table)
+    assert "ratio to nominal [95% CI]" in text
+    assert "OVERALL gen [final] vs nominal: geometric-mean ratio" in text
+    assert "nominal: gen's nominal term, untrained" in text
+    assert to_json(ev)["nominals"] == {"nominal": "gen"}
+
+
+def test_several_learned_optimizers_name_their_nominals():
+    from meta_train.evaluation.contenders import nominal_contenders
+
+    gen = Learned("gen", lo.create("general", nominal="sgdm"), "memory", None, None, None)
+    lstm = Learned("l2o", lo.create("lstm", hidden_size=4), "memory", None, None, None)
+    assert nominal_contenders([gen]) == {"nominal": "gen"}
+    assert nominal_contenders([gen, lstm]) == {"nominal:gen": "gen"}
+    none = Learned("plain", lo.create("general", nominal="none"), "memory", None, None, None)
+    assert nominal_contenders([none]) == {}
+
+
+def test_sf_adamw_says_where_its_losses_are_measured(evaluation):
+    ev, _, _ = evaluation
+    assert to_json(ev)["measured_at"] == {}
+    ev.baselines.append("sf_adamw")
+    try:
+        notes = to_json(ev)["measured_at"]
+    finally:
+        ev.baselines.remove("sf_adamw")
+    assert "gradient is taken, y in train mode" in notes["sf_adamw"]
+    assert "averaged point x" in notes["sf_adamw"]
