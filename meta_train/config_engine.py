@@ -293,6 +293,15 @@ def _count_values(data: Any, budget: int) -> int:
     return budget
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML parser error in one line: what it met and where (its message spans several)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+    context = getattr(exc, "context", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}" + (f" ({context})" if context else "")
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping from a UTF-8 file; duplicate keys and anchor bombs are refused."""
     path = Path(path)
@@ -311,7 +320,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
     except RecursionError:
         raise ConfigError(f"{path}: nested too deeply") from None
     if _count_values(data, MAX_YAML_VALUES) <= 0:

@@ -15,6 +15,11 @@ separately for each reported criterion (``final``: mean training loss over the l
 OPT's ratio to the best tuned contender and to its own nominal term. Writes ``summary.csv``,
 ``overall.csv``, ``results.json``, ``table.txt``, ``loss_curves.png`` and ``ratios.png``
 into ``--out`` (default ``out/eval/SUITE``) and prints the table.
+
+Every input (``--out`` included) is checked before the first case; a bad one is one line on
+stderr and exit code 2. Each finished case is saved at once to ``--out``'s
+``partial_results.pt``: after a crash or a kill, the same command continues with the cases not
+yet finished (``--restart`` discards them; other arguments with the same ``--out`` are refused).
 """
 
 from __future__ import annotations
@@ -41,12 +46,15 @@ from meta_train.evaluation.contenders import (
     resolve_learned,
 )
 from meta_train.evaluation.criteria import CRITERIA, DEFAULT_CRITERIA, check_criteria
+from meta_train.evaluation.partial import FILE as PROGRESS_FILE
+from meta_train.evaluation.partial import CaseStore, check_output_folder
 from meta_train.evaluation.report import format_table, rows, summary, write_outputs
 from meta_train.evaluation.runner import run_suite
 from meta_train.evaluation.suites import available_suites, load_suite
 from meta_train.evaluation.tuning import LogGrid
 
 EXIT_USAGE = 2
+EXIT_IO = 74  # the outputs could not be written after the work (the finished cases are kept)
 RUN_SUITES = ("indist", "long")  # what the default meta-training run ends with, in quick mode
 
 
@@ -100,6 +108,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="output folder (default: out/eval/SUITE)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNGs")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard the finished cases saved in --out by an earlier, interrupted run",
+    )
     p.add_argument("--list-suites", action="store_true", help="list suites and exit")
     return p.parse_args(argv)
 
@@ -121,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             grid = LogGrid(lo, hi, args.per_decade)
         if args.threads < 1:
             raise ValueError(f"--threads must be positive, got {args.threads}")
+        out = Path(args.out) if args.out else Path("out") / "eval" / suite.name
+        check_output_folder(out)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -138,13 +153,22 @@ def main(argv: list[str] | None = None) -> int:
             tune_seeds=args.tune_seeds,
             log=log,
             nominal=not args.no_nominal,
+            progress=CaseStore(out, restart=args.restart),
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    out = Path(args.out) if args.out else Path("out") / "eval" / suite.name
     print(format_table(ev))
-    paths = write_outputs(ev, out, plot=not args.no_plot)
+    try:
+        paths = write_outputs(ev, out, plot=not args.no_plot)
+    except OSError as exc:
+        print(
+            f"error: cannot write the outputs into {out}: {exc.strerror or exc} "
+            f"({exc.filename or out}); the finished cases are kept in {out / PROGRESS_FILE}: "
+            "fix the cause and run the same command again to write them",
+            file=sys.stderr,
+        )
+        return EXIT_IO
     print(f"written: {', '.join(str(p) for p in paths.values())}")
     return 0
 
@@ -161,11 +185,22 @@ def evaluate_run(
     baselines: tuple[str, ...] = DEFAULT_BASELINES,
 ) -> tuple[dict[str, Path], dict[str, float]]:
     """The end of a meta-training run: each suite (quick by default) for the run's checkpoint,
-    into ``out_dir/SUITE``. Returns the files and a flat summary for the run's tracker."""
+    into ``out_dir/SUITE``. Returns the files and a flat summary for the run's tracker. A suite's
+    finished cases are saved as they finish, so a resumed run re-runs only the others (the
+    cases of another checkpoint are discarded)."""
     learned = [resolve_learned(str(checkpoint), name=f"l2o ({Path(checkpoint).stem})")]
     files, scalars = {}, {}
     for name in suites:
-        ev = run_suite(learned, name, quick=quick, seeds=seeds, baselines=baselines, log=log)
+        progress = CaseStore(Path(out_dir) / name, replace_other=True)
+        ev = run_suite(
+            learned,
+            name,
+            quick=quick,
+            seeds=seeds,
+            baselines=baselines,
+            log=log,
+            progress=progress,
+        )
         table = rows(ev)
         print(format_table(ev, table))
         for kind, path in write_outputs(ev, Path(out_dir) / name, plot=plot).items():

@@ -161,6 +161,8 @@ def rows(ev: Evaluation) -> list[dict[str, Any]]:
 
 def _set_ratio(row: dict, key: str, reference: dict) -> None:
     """``row[key]`` and its ``_ci_low`` / ``_ci_high``: row's mean over ``reference``'s."""
+    if not row["_values"]:  # a contender whose tuning diverged at every lr: no runs, no ratio
+        return
     ratio = ratio_ci(row["_values"], reference["_values"])
     row[key], row[f"{key}_ci_low"], row[f"{key}_ci_high"] = ratio
 
@@ -231,6 +233,13 @@ def _ratio(r: dict, key: str = "ratio") -> str:
     return f"{r[key]:.3f} [{r[f'{key}_ci_low']:.3f}, {r[f'{key}_ci_high']:.3f}]"
 
 
+def _lr_cell(lr: float | None) -> str:
+    """``learned`` (no lr), the tuned lr, or ``diverged`` (NaN: diverged at every lr)."""
+    if lr is None:
+        return "learned"
+    return "diverged" if math.isnan(lr) else f"{lr:g}"
+
+
 def _line(cells: list[str], widths: list[int]) -> str:
     return "  " + "  ".join(c.ljust(w) for c, w in zip(cells, widths))
 
@@ -291,7 +300,7 @@ def format_table(ev: Evaluation, table: list[dict] | None = None) -> str:
             body = [
                 [
                     r["optimizer"],
-                    "learned" if r["lr"] is None else f"{r['lr']:g}",
+                    _lr_cell(r["lr"]),
                     _pm(r["value"], r["value_ci95"]),
                     _ratio(r),
                     *([_ratio(r, "ratio_nominal")] if ev.nominals else []),

@@ -5,11 +5,13 @@ disjoint from the evaluation seeds."""
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -27,6 +29,9 @@ from meta_train.evaluation.contenders import (
 from meta_train.evaluation.criteria import DEFAULT_CRITERIA, check_criteria
 from meta_train.evaluation.suites import Case, Suite, load_suite, resolve_cases
 from meta_train.evaluation.tuning import DEFAULT_GRID, QUICK_GRID, LogGrid, Tuning, tune
+
+if TYPE_CHECKING:
+    from meta_train.evaluation.partial import CaseStore
 
 FIRST_EVAL_SEED = 1000
 FIRST_TUNE_SEED = 0
@@ -50,8 +55,12 @@ class BaselineResult:
     runs: dict[float, Runs]  # per tuned lr
 
     def for_criterion(self, criterion: str) -> tuple[float, Runs]:
-        lr = self.tunings[criterion].lr
-        return lr, self.runs[lr]
+        """The lr tuned for ``criterion`` and its evaluation runs; a tuning that diverged at
+        every lr (``Tuning.diverged``) has NaN and no runs (zero seeds), and is reported so."""
+        tuning = self.tunings[criterion]
+        if tuning.diverged:
+            return tuning.lr, Runs(torch.empty(0, 0), [], [], [], math.nan)
+        return tuning.lr, self.runs[tuning.lr]
 
 
 @dataclass
@@ -124,12 +133,15 @@ def run_suite(
     first_tune_seed: int = FIRST_TUNE_SEED,
     log: Callable[[str], None] = print,
     nominal: bool = True,
+    progress: CaseStore | None = None,
 ) -> Evaluation:
     """Evaluate ``learned`` optimizers on every case of ``suite`` against tuned ``baselines``
     and (``nominal``) against their own nominal terms, tuned the same way.
 
     ``grid`` is where each tuning starts (default: 1e-4…10, or 1e-3…1 when ``quick``); it widens
-    by itself wherever a best lr lands on its edge."""
+    by itself wherever a best lr lands on its edge. ``progress`` (``partial.CaseStore``): each
+    finished case is saved there at once, and the cases a previous run with the same inputs
+    finished are read from it instead of run. Every input is checked before the first case."""
     start = time.perf_counter()
     grid = grid if grid is not None else (QUICK_GRID if quick else DEFAULT_GRID)
     suite = load_suite(suite) if isinstance(suite, str) else suite
@@ -141,8 +153,10 @@ def run_suite(
     if len(set(names)) != len(names):
         raise ValueError(f"learned optimizers need distinct names, got {names}")
     seed_list, tune_list = disjoint_seeds(
-        seeds or (suite.quick_seeds if quick else suite.seeds),
-        tune_seeds or (suite.quick_tune_seeds if quick else suite.tune_seeds),
+        _seed_count("seeds", seeds, suite.quick_seeds if quick else suite.seeds),
+        _seed_count(
+            "tune_seeds", tune_seeds, suite.quick_tune_seeds if quick else suite.tune_seeds
+        ),
         first_seed,
         first_tune_seed,
     )
@@ -153,6 +167,10 @@ def run_suite(
             f"among the learned optimizers: {sorted(map(str, trained))}"
         )
     cases = resolve_cases(suite, quick, *(next(iter(trained)) if trained else (None,) * 4))
+    if not cases:
+        raise ValueError(
+            f"suite {suite.name!r} has no case for --quick: every case is marked quick: false"
+        )
     evaluation = Evaluation(
         suite.name,
         quick,
@@ -164,7 +182,14 @@ def run_suite(
         {lrn.name: lrn.source for lrn in learned},
         nominals=nominal_contenders(learned) if nominal else {},
     )
+    if progress is not None and progress.open(evaluation, cases, learned):
+        log(f"continuing: {len(progress.cases)} finished case(s) read from {progress.path}")
     for i, case in enumerate(cases):
+        finished = progress.finished(case) if progress is not None else None
+        if finished is not None:
+            log(f"[{i + 1}/{len(cases)}] {case.id}: finished before, read back")
+            evaluation.cases.append(finished)
+            continue
         task = get_task(case.task, dataset=case.dataset, batch_size=case.batch_size)
         try:
             data = task.load_data("cpu")
@@ -176,8 +201,19 @@ def run_suite(
         log(f"[{i + 1}/{len(cases)}] {case.id}: {len(seed_list)} seeds")
         result = _run_case(case, task, data, learned, evaluation, log)
         evaluation.cases.append(result)
+        if progress is not None:
+            progress.save(result)
     evaluation.wall_s = time.perf_counter() - start
     return evaluation
+
+
+def _seed_count(key: str, count: int | None, default: int) -> int:
+    """``count``, or the suite's ``default`` where it is None (0 is an error, not "unset")."""
+    if count is None:
+        return default
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"{key} must be a positive number of seeds, got {count!r}")
+    return count
 
 
 def _run_case(case, task, data, learned, ev: Evaluation, log) -> CaseResult:
@@ -203,10 +239,12 @@ def _run_case(case, task, data, learned, ev: Evaluation, log) -> CaseResult:
         tunings = tune(run, ev.criteria, ev.tune_seeds, ev.grid)
         runs = {
             lr: train_runs(task, make(lr, steps), steps, ev.seeds, data)
-            for lr in dict.fromkeys(t.lr for t in tunings.values())
+            for lr in dict.fromkeys(t.lr for t in tunings.values() if not t.diverged)
         }
         results[name] = BaselineResult(tunings, runs)
-        chosen = ", ".join(f"{c} {t.lr:g}" for c, t in tunings.items())
+        chosen = ", ".join(
+            f"{c} {'diverged' if t.diverged else f'{t.lr:g}'}" for c, t in tunings.items()
+        )
         log(f"  {name}: lr {chosen} ({time.perf_counter() - t0:.1f}s)")
         for c, t in tunings.items():
             for note in t.notes:
@@ -216,7 +254,7 @@ def _run_case(case, task, data, learned, ev: Evaluation, log) -> CaseResult:
 
 def _reference_time(task, data, steps: int, results: dict[str, BaselineResult]) -> float:
     """Adam's seconds per step: from its evaluation runs, else from one timing run."""
-    if TIMING_REFERENCE in results:
+    if TIMING_REFERENCE in results and results[TIMING_REFERENCE].runs:  # unless it diverged
         return statistics.median(r.step_time for r in results[TIMING_REFERENCE].runs.values())
     factory = baseline_factory(TIMING_REFERENCE, 1e-3, steps)
     return train_runs(task, factory, min(steps, 200), [FIRST_TUNE_SEED], data).step_time

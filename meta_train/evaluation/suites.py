@@ -9,14 +9,14 @@ meta-training horizon). ``quick`` overrides seeds for ``--quick``, and a case wi
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from l2o.data import available_datasets
 from l2o.tasks import available_tasks, get_task
+from meta_train.config_engine import load_yaml
 
 TRAINED = "trained"
 _CASE_KEYS = {"task", "dataset", "steps", "horizon", "quick"}
@@ -73,8 +73,12 @@ class Case:
 
 
 def load_suite(name_or_path: str) -> Suite:
-    """A suite by name (``configs/eval/NAME.yaml``) or path, validated against the registries."""
+    """A suite by name (``configs/eval/NAME.yaml``) or path, validated against the registries;
+    read as configs are (``config_engine.load_yaml``: a key given twice, malformed YAML or a
+    folder is a one-line error)."""
     path = Path(name_or_path)
+    if path.is_dir():
+        raise ValueError(f"suite {name_or_path!r} is a folder; give a YAML file or a suite name")
     if not path.suffix:
         path = suites_dir() / f"{name_or_path}.yaml"
         if not path.is_file():
@@ -83,8 +87,9 @@ def load_suite(name_or_path: str) -> Suite:
             raise ValueError(
                 f"unknown suite {name_or_path!r}.{hint} Available: {available_suites()}"
             )
-    raw = yaml.safe_load(path.read_text())
-    return parse_suite(raw, source=str(path))
+    if not path.is_file():
+        raise ValueError(f"suite file {path} does not exist")
+    return parse_suite(load_yaml(path), source=str(path))
 
 
 def parse_suite(raw: Any, source: str = "suite") -> Suite:
@@ -135,8 +140,12 @@ def _case(raw: Any, where: str) -> CaseSpec:
         raise ValueError(f"{where}: give exactly one of 'steps' and 'horizon' (got {raw})")
     if steps is not None:
         _positive_int(steps, f"{where}: steps")
-    if horizon is not None and (not isinstance(horizon, int | float) or horizon <= 0):
-        raise ValueError(f"{where}: horizon must be a positive multiple, got {horizon!r}")
+    if horizon is not None and not (
+        isinstance(horizon, int | float)
+        and not isinstance(horizon, bool)
+        and 0 < horizon < math.inf
+    ):
+        raise ValueError(f"{where}: horizon must be a positive finite multiple, got {horizon!r}")
     quick = raw.get("quick", True)
     if not isinstance(quick, bool):
         raise ValueError(f"{where}: quick must be true or false, got {quick!r}")
@@ -171,6 +180,11 @@ def resolve_cases(
                 "which the learned optimizer's checkpoint does not record"
             )
         steps = spec.steps if spec.steps is not None else round(spec.horizon * trained_horizon)
+        if steps < 1:
+            raise ValueError(
+                f"suite {suite.name!r}: horizon {spec.horizon} × the meta-training horizon "
+                f"{trained_horizon} rounds to {steps} steps; give a larger multiple"
+            )
         cases.append(Case(task, dataset or get_task(task).dataset_name, int(steps), batch_size))
     return list(dict.fromkeys(cases))
 

@@ -2,6 +2,9 @@
 
 One sweep of training runs serves every criterion (each picks its own argmin from the same loss
 curves); the grid widens on a side whenever some criterion's best lr is that side's last point.
+Where every lr diverges (or scores non-finite) the grid widens downward; if it still does after
+the last widening, that criterion's tuning is recorded as diverged (``Tuning.diverged``, lr NaN)
+and the evaluation goes on: one baseline that cannot be tuned on one case loses no other result.
 """
 
 from __future__ import annotations
@@ -29,8 +32,17 @@ class LogGrid:
     max_widenings: int = 4  # per side
 
     def __post_init__(self) -> None:
-        if not (0 < self.lo < self.hi and self.per_decade >= 1 and self.widen_decades >= 1):
-            raise ValueError(f"bad grid {self}")
+        if not (0 < self.lo < self.hi < math.inf):
+            raise ValueError(
+                f"the lr grid needs finite 0 < lo < hi (--lr-range LO HI), got {self.lo:g} "
+                f"and {self.hi:g}"
+            )
+        for key, least in (("per_decade", 1), ("widen_decades", 1), ("max_widenings", 0)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(
+                    f"the lr grid's {key} must be an integer >= {least}, got {value!r}"
+                )
 
     def points(self, lo_exp: int = 0, hi_exp: int = 0) -> list[float]:
         """The grid stretched by ``lo_exp``/``hi_exp`` widenings below/above."""
@@ -53,12 +65,14 @@ class GridPoint:
 
 @dataclass
 class Tuning:
-    """The outcome for one criterion: the chosen lr, the whole grid, and what widening did."""
+    """The outcome for one criterion: the chosen lr, the whole grid, and what widening did;
+    ``diverged``: every lr of the widened grid diverged, and ``lr`` is NaN."""
 
     criterion: str
     lr: float
     grid: list[GridPoint]
     notes: list[str] = field(default_factory=list)
+    diverged: bool = False
 
     @property
     def at_edge(self) -> bool:
@@ -90,32 +104,37 @@ def tune(
         lrs = grid.points(widen["lo"], widen["hi"])
         table = {c: [point(c, lr) for lr in lrs] for c in criteria}
         best = {c: _argmin(table[c]) for c in criteria}
-        for c in criteria:
-            if not math.isfinite(table[c][best[c]].score_mean):
-                raise RuntimeError(
-                    f"every learning rate in [{lrs[0]:g}, {lrs[-1]:g}] diverged or gave a "
-                    f"non-finite {c!r} score"
-                )
+        span = f"[{lrs[0]:g}, {lrs[-1]:g}]"
+        dead = {c for c in criteria if not math.isfinite(table[c][best[c]].score_mean)}
         grow = []
         for side, index in (("lo", 0), ("hi", len(lrs) - 1)):
-            edge = [c for c in criteria if best[c] == index]
+            edge = [c for c in criteria if best[c] == index]  # a dead criterion's argmin is 0
             if edge and widen[side] < grid.max_widenings:
                 grow.append(side)
                 for c in edge:
                     notes[c].append(
-                        f"best lr {lrs[index]:g} at the {_SIDE[side]} edge of "
-                        f"[{lrs[0]:g}, {lrs[-1]:g}]: widened by {grid.widen_decades} decade(s) "
-                        "and retuned"
+                        f"every lr in {span} diverged: widened downward by "
+                        f"{grid.widen_decades} decade(s) and retuned"
+                        if c in dead
+                        else f"best lr {lrs[index]:g} at the {_SIDE[side]} edge of {span}: "
+                        f"widened by {grid.widen_decades} decade(s) and retuned"
                     )
         if not grow:
-            for c in criteria:
+            for c in dead:
+                notes[c].append(f"diverged at every lr in {span}")
+            for c in (c for c in criteria if c not in dead):
                 if best[c] in (0, len(lrs) - 1):
                     side = "lo" if best[c] == 0 else "hi"
                     notes[c].append(
                         f"best lr {lrs[best[c]]:g} still at the {_SIDE[side]} edge after "
                         f"{widen[side]} widening(s): the optimum may lie beyond"
                     )
-            return {c: Tuning(c, lrs[best[c]], table[c], notes[c]) for c in criteria}
+            return {
+                c: Tuning(c, math.nan, table[c], notes[c], diverged=True)
+                if c in dead
+                else Tuning(c, lrs[best[c]], table[c], notes[c])
+                for c in criteria
+            }
         for side in grow:
             widen[side] += 1
 
