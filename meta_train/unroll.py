@@ -300,15 +300,12 @@ def finish_truncation(
     with ``losses [B, K]``, and the new inner state, detached from every graph."""
     with torch.no_grad():
         m = meta_loss(losses, cfg.meta_loss).mean()
-        reg = reg_value.detach() if reg_value is not None else torch.zeros(())
+        reg = reg_value.detach().to(m) if reg_value is not None else m.new_zeros(())
+        losses_finite = torch.isfinite(losses).all().to(m)
         # one host sync for everything the caller reads
-        summary = torch.stack([m, reg.to(m), abs_update_sum.to(m)]).tolist()
-    meta_value, reg_float, abs_sum = summary
-    finite = (
-        math.isfinite(meta_value)
-        and math.isfinite(reg_float)
-        and bool(torch.isfinite(losses).all())
-    )
+        summary = torch.stack([m, reg, abs_update_sum.to(m), losses_finite]).tolist()
+    meta_value, reg_float, abs_sum, all_losses_finite = summary
+    finite = math.isfinite(meta_value) and math.isfinite(reg_float) and all_losses_finite == 1.0
     new_inner = InnerState(
         params=params.detach(),
         buffers={k: v.detach() for k, v in buffers.items()},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -22,12 +23,21 @@ def log_sign_preprocess(x: torch.Tensor, p: float = 10.0) -> torch.Tensor:
     return torch.stack((log_part, sign_part), dim=-1)
 
 
+@functools.lru_cache(maxsize=64)
+def constant_vector(values: tuple[float, ...], dtype: torch.dtype, device: torch.device):
+    """``values`` as a tensor on ``device``, made once (treat as read-only): made from Python
+    numbers at every call, it would be a host-to-device copy that waits for the GPU, a host
+    sync per inner step."""
+    with torch.inference_mode(False):  # usable outside inference mode too
+        return torch.tensor(values, dtype=dtype, device=device)
+
+
 def time_features(
     t: torch.Tensor, scales: tuple[float, ...] = TIME_SCALES, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
     """``[..., len(scales)]`` features ``tanh(t / s - 1)`` of the integer step counter ``t [...]``,
     computed in ``dtype`` (the run's: float64 runs keep float64 features)."""
-    s = torch.tensor(scales, dtype=dtype, device=t.device)
+    s = constant_vector(tuple(scales), dtype, t.device)
     return torch.tanh(t.to(dtype).unsqueeze(-1) / s - 1.0)
 
 
@@ -85,5 +95,5 @@ def progress_features(t: torch.Tensor, horizon: torch.Tensor) -> torch.Tensor:
     training completed (VeLO's input; it lets an optimizer learn warm-up and decay): ``f`` and
     ``tanh(8 (f - c))``. ``f`` is clamped to [0, 1]: past its horizon an optimizer sees the end."""
     frac = (t.to(torch.float32) / horizon.to(torch.float32)).clamp(0.0, 1.0).unsqueeze(-1)
-    c = torch.tensor(PROGRESS_CENTERS, dtype=torch.float32, device=t.device)
+    c = constant_vector(PROGRESS_CENTERS, torch.float32, t.device)
     return torch.cat((frac, torch.tanh(8.0 * (frac - c))), dim=-1)

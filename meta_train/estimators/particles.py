@@ -289,7 +289,8 @@ class Population:
     ) -> Population:
         """Particles that continue the tasks' optimizees AND optimizer states (particle p a copy
         of task ``task_index[p]``)."""
-        pdims = particle_dims(lopt, params.shape[1], None, params.device)
+        # found on the meta device: shapes only, no host-to-device copy at every truncation
+        pdims = particle_dims(lopt, params.shape[1], None, torch.device("meta"))
         return cls(
             params.index_select(0, task_index),
             {k: v.index_select(0, task_index) for k, v in buffers.items()},
