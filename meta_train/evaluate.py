@@ -54,7 +54,7 @@ from meta_train.evaluation.suites import available_suites, load_suite
 from meta_train.evaluation.tuning import LogGrid
 
 EXIT_USAGE = 2
-EXIT_IO = 74  # the outputs could not be written after the work (the finished cases are kept)
+EXIT_IO = 74  # a write failed during or after the work (the finished cases are kept)
 RUN_SUITES = ("indist", "long")  # what the default meta-training run ends with, in quick mode
 
 
@@ -158,19 +158,26 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:  # saving a finished case (disk full, read-only): the others are kept
+        return _io_error(exc, out, "cannot save a finished case")
     print(format_table(ev))
     try:
         paths = write_outputs(ev, out, plot=not args.no_plot)
     except OSError as exc:
-        print(
-            f"error: cannot write the outputs into {out}: {exc.strerror or exc} "
-            f"({exc.filename or out}); the finished cases are kept in {out / PROGRESS_FILE}: "
-            "fix the cause and run the same command again to write them",
-            file=sys.stderr,
-        )
-        return EXIT_IO
+        return _io_error(exc, out, "cannot write the outputs")
     print(f"written: {', '.join(str(p) for p in paths.values())}")
     return 0
+
+
+def _io_error(exc: OSError, out: Path, what: str) -> int:
+    """One line for a write that failed: the cause, and that the cases saved before are kept."""
+    print(
+        f"error: {what} in {out}: {exc.strerror or exc} ({exc.filename or out}); the cases "
+        f"finished before are kept in {out / PROGRESS_FILE}: fix the cause and run the same "
+        "command again to go on",
+        file=sys.stderr,
+    )
+    return EXIT_IO
 
 
 def evaluate_run(

@@ -283,5 +283,9 @@ def test_outputs_that_cannot_be_written_after_the_work_keep_the_finished_cases(
     monkeypatch.setattr(cli, "write_outputs", disk_full)
     assert cli.main(argv) == 74
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "No space left on device" in err and "run the same command again" in err
-    assert (out / FILE).is_file()
+    assert err.startswith("error: cannot write the outputs") and "No space left" in err
+    assert "run the same command again" in err and (out / FILE).is_file()
+    monkeypatch.setattr(CaseStore, "save", disk_full)  # saving a finished case fails
+    assert cli.main([*argv, "--restart"]) == 74
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: cannot save a finished case") and "No space left" in err
