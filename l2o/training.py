@@ -60,18 +60,21 @@ def data_seed(seed: int) -> int:
 def evaluate(
     model: nn.Module, task: Task, data: Dataset, split: str = "test", chunk: int = 4096
 ) -> tuple[float, float]:
-    """Mean loss and accuracy of ``model`` on a whole split, in chunks to bound memory.
+    """Mean loss and accuracy of ``model`` over every predicted position of a whole split (one
+    per image, every byte of a language model's windows), in chunks of about ``chunk`` positions
+    to bound memory.
 
     BatchNorm without running statistics normalizes with each chunk's own statistics.
     """
     x, y = data.split(split)
+    rows = max(1, chunk // max(1, y[0].numel()))
     total_loss, correct = 0.0, 0
-    for start in range(0, x.shape[0], chunk):
-        logits = model(x[start : start + chunk])
-        target = y[start : start + chunk]
-        total_loss += float(task.loss(logits, target)) * target.shape[0]
-        correct += int((logits.argmax(-1) == target).sum())
-    return total_loss / x.shape[0], correct / x.shape[0]
+    for start in range(0, x.shape[0], rows):
+        logits = model(x[start : start + rows])
+        target = y[start : start + rows]
+        total_loss += float(task.loss(logits, target)) * target.numel()
+        correct += int(task.correct(logits, target))
+    return total_loss / y.numel(), correct / y.numel()
 
 
 def train_optimizee(

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import yaml
 
+from l2o.tasks.variation import VARIATION_KEYS, VARIATION_TYPES, TaskVariation, describe
 from meta_train.config_engine import (
     ConfigError,
     build,
@@ -70,6 +71,8 @@ class AugmentConfig:
     batch_sizes: list[int] = field(default_factory=list)  # drawn per run (each <= batch size)
     data_fraction: float | None = None  # a random subset of the training examples per run
     permute_labels: bool = False  # a random class permutation per run
+    input_scale: tuple[float, float] | None = None  # (lo, hi): the inputs times c (images)
+    init_scale: tuple[float, float] | None = None  # (lo, hi): the fresh parameters times s
 
     def __post_init__(self) -> None:
         self.spec()
@@ -82,20 +85,32 @@ class AugmentConfig:
                 batch_sizes=tuple(self.batch_sizes),
                 data_fraction=self.data_fraction,
                 permute_labels=self.permute_labels,
+                input_scale=self.input_scale,
+                init_scale=self.init_scale,
             )
         except ValueError as exc:  # its messages start with the field's name
             raise ConfigError(f"task.family.augment.{exc}") from None
 
 
-MEMBER_KEYS = {"name": str, "weight": float, "dataset": str | None}
+#: a member's keys: its task, weight and dataset, and any variation key (``TaskVariation``) that
+#: replaces the task section's for this member
+MEMBER_KEYS = {
+    "name": str,
+    "weight": float,
+    "dataset": str | None,
+    **VARIATION_TYPES,
+}
 
 
 @dataclass
 class FamilyConfig:
     """``task.family``: meta-train on a distribution of tasks (``meta_train.families``).
 
-    ``members``: ``{name, weight (1), dataset (task.dataset)}`` per registry task; no members
-    (the default) means no family: the run trains ``task.name`` alone."""
+    ``members``: ``{name, weight (1), dataset (task.dataset)}`` per registry task, plus any
+    variation key (``input``, ``init_scale``, ...: ``l2o.tasks.TaskVariation``) that the
+    member sets for itself (else the ``task`` section's); no members (the default) means no
+    family: the run trains ``task.name`` alone. A member is known by its ``member_label``
+    (its name, then the variation it sets), so one task may be a member twice, varied."""
 
     members: list[dict[str, Any]] = field(default_factory=list)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -104,12 +119,13 @@ class FamilyConfig:
         self.members = [_member(i, m) for i, m in enumerate(self.members)]
         seen: dict[str, int] = {}
         for i, member in enumerate(self.members):
-            if member["name"] in seen:
+            label = member_label(member)
+            if label in seen:
                 raise ConfigError(
-                    f"task.family.members[{i}].name: {member['name']!r} is already "
-                    f"members[{seen[member['name']]}] (give one member a larger weight instead)"
+                    f"task.family.members[{i}].name: {label!r} is already members[{seen[label]}] "
+                    "(give one member a larger weight instead)"
                 )
-            seen[member["name"]] = i
+            seen[label] = i
         if not self.members and self.augment.spec() != AugmentationSpec():
             raise ConfigError("task.family.augment needs task.family.members")
         self.spec()
@@ -124,7 +140,7 @@ class FamilyConfig:
             return None
         try:
             return FamilySpec(
-                tuple((m["name"], m["weight"]) for m in self.members), self.augment.spec()
+                tuple((member_label(m), m["weight"]) for m in self.members), self.augment.spec()
             )
         except ValueError as exc:  # its messages start with ``members[i]...``
             raise ConfigError(f"task.family.{exc}") from None
@@ -144,7 +160,19 @@ def _member(index: int, member: Any) -> dict[str, Any]:
         raise ConfigError(f"{key}.name is missing (a registry task name)")
     out = {"name": member["name"], "weight": member.get("weight", 1.0)}
     out["dataset"] = member.get("dataset")
-    return {k: coerce(f"{key}.{k}", v, MEMBER_KEYS[k]) for k, v in out.items()}
+    out.update({k: member[k] for k in VARIATION_KEYS if k in member})
+    out = {k: coerce(f"{key}.{k}", v, MEMBER_KEYS[k]) for k, v in out.items()}
+    try:
+        TaskVariation.from_mapping(out)
+    except ValueError as exc:  # its messages start with the field's name
+        raise ConfigError(f"{key}.{exc}") from None
+    return out
+
+
+def member_label(member: dict[str, Any]) -> str:
+    """A member's name in the family (slots, metrics, checkpoints): its task's name, then the
+    variation keys it sets (``mnist_mlp_sigmoid,input=raw``); the bare name when it sets none."""
+    return member["name"] + describe({k: member[k] for k in VARIATION_KEYS if k in member})
 
 
 @dataclass
@@ -156,10 +184,26 @@ class TaskConfig:
     name: str = "mnist_mlp_sigmoid"
     dataset: str | None = "mnist5k"  # None: the task's own dataset
     batch_size: int | None = None  # None: the task's own (128)
+    # the pipeline's variation (l2o.tasks.TaskVariation documents each key; defaults: none)
+    input: str = "standardized"  # standardized | raw (pixels in [0, 1])
+    input_scale: float = 1.0  # multiplies the preprocessed inputs
+    init_scale: float = 1.0  # multiplies every parameter of a freshly initialized optimizee
+    train_size: int | None = None  # only this many training examples (None: all)
+    replacement: bool = False  # minibatches drawn with replacement (False: epoch-shuffled)
+    width: int | None = None  # hidden width of every layer (MLP and transformer tasks)
+    depth: int | None = None  # number of hidden layers (MLP and transformer tasks)
     family: FamilyConfig = field(default_factory=FamilyConfig)
 
     def __post_init__(self) -> None:
         require_positive("task.batch_size", self.batch_size)
+        self.variation()
+
+    def variation(self) -> TaskVariation:
+        """The variation these keys describe (every family member's, but for its own keys)."""
+        try:
+            return TaskVariation.from_mapping({k: getattr(self, k) for k in VARIATION_KEYS})
+        except ValueError as exc:  # its messages start with the field's name
+            raise ConfigError(f"task.{exc}") from None
 
 
 @dataclass
@@ -625,7 +669,7 @@ def validate_names(cfg: MetaTrainConfig) -> None:
             f"task.dataset: unknown dataset {cfg.task.dataset!r}; available: {available_datasets()}"
         )
     try:
-        get_task(cfg.task.name, dataset=cfg.task.dataset, batch_size=cfg.task.batch_size)
+        get_task(cfg.task.name, dataset=cfg.task.dataset, variation=cfg.task.variation())
     except ValueError as exc:
         raise ConfigError(f"task: {exc}") from None
     _validate_family(cfg)
@@ -647,11 +691,14 @@ def validate_names(cfg: MetaTrainConfig) -> None:
 
 def member_task(cfg: MetaTrainConfig, member: dict[str, Any]):
     """The registry task of one ``task.family.members`` entry (its dataset, else
-    ``task.dataset``; ``task.batch_size`` applies to every member)."""
+    ``task.dataset``; the task section's variation, ``task.batch_size`` included, with the
+    member's own variation keys in place of those)."""
     from l2o.tasks import get_task
 
     dataset = member["dataset"] if member["dataset"] is not None else cfg.task.dataset
-    return get_task(member["name"], dataset=dataset, batch_size=cfg.task.batch_size)
+    own = {k: member[k] for k in VARIATION_KEYS if k in member}
+    variation = dataclasses.replace(cfg.task.variation(), **own)
+    return get_task(member["name"], dataset=dataset, variation=variation)
 
 
 def _validate_family(cfg: MetaTrainConfig) -> None:
@@ -675,6 +722,11 @@ def _validate_family(cfg: MetaTrainConfig) -> None:
             raise ConfigError(
                 f"{key}: {exc} (set {key}.dataset to a dataset of its shape)"
             ) from None
+        if family.augment.input_scale is not None and task.reads_tokens:
+            raise ConfigError(
+                f"task.family.augment.input_scale applies to image inputs, but {key} "
+                f"({member['name']}) reads byte tokens"
+            )
         sizes = family.augment.batch_sizes
         if sizes and max(sizes) > task.batch_size:
             raise ConfigError(

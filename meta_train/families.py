@@ -13,7 +13,13 @@ and their estimates combine weighted by the member's share of the slots (``membe
 * a random loss scale c (the loss and gradient are multiplied by c);
 * a random batch size from a set, realized as a mask over a batch of the largest size (the
   batch shape stays fixed, so tasks with different sizes still share one ``vmap``);
-* a random subset of the training data and a random permutation of the labels.
+* a random subset of the training data and a random permutation of the labels;
+* a random input scale (every input of the run times c, log-uniform: the ``input_scale`` of
+  ``l2o.tasks.TaskVariation`` drawn per run) and a random initialization scale (the fresh
+  parameters times s, log-uniform: its ``init_scale``).
+
+A member may also carry a fixed variation (``l2o.tasks.TaskVariation``, in its task): its data
+and initial weights are the task's own (``Task.load_data``, ``make_optimizee``).
 
 Every draw comes from ``derive_seed(seed, "family", slot, run)``: reproducible, and a resumed
 run redraws exactly what it had (nothing else to save).
@@ -43,6 +49,8 @@ class AugmentationSpec:
         batch_sizes: the sizes to draw from (each at most the task's batch size).
         data_fraction: keep this fraction of the training examples (a random subset per run).
         permute_labels: draw a random permutation of the classes per run.
+        input_scale: ``(lo, hi)``: the run's inputs times c, log-uniform in it (images only).
+        init_scale: ``(lo, hi)``: the run's fresh parameters times s, log-uniform in it.
     """
 
     param_scale: tuple[float, float] | None = None
@@ -50,9 +58,11 @@ class AugmentationSpec:
     batch_sizes: tuple[int, ...] = ()
     data_fraction: float | None = None
     permute_labels: bool = False
+    input_scale: tuple[float, float] | None = None
+    init_scale: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
-        for key in ("param_scale", "loss_scale"):
+        for key in ("param_scale", "loss_scale", "input_scale", "init_scale"):
             rng = getattr(self, key)
             if rng is not None and not (len(rng) == 2 and 0 < rng[0] <= rng[1]):
                 raise ValueError(f"{key} must be (lo, hi) with 0 < lo <= hi, got {rng}")
@@ -115,13 +125,16 @@ def member_groups(assignment: Sequence[str]) -> dict[str, tuple[list[int], float
 @dataclass
 class RunDraw:
     """One run's augmentation of one task: per-coordinate scale ``[N]``, loss scale, batch
-    mask ``[batch]``, label permutation ``[C]`` and training-example subset (or None)."""
+    mask ``[batch]``, label permutation ``[C]``, training-example subset (or None), input
+    scale and initialization scale (None: unchanged)."""
 
     scale: torch.Tensor
     loss_scale: torch.Tensor
     mask: torch.Tensor
     labels: torch.Tensor
     subset: torch.Tensor | None
+    input_scale: float | None = None
+    init_scale: float | None = None
 
 
 def _log_uniform(gen: torch.Generator, lo: float, hi: float, n: int) -> torch.Tensor:
@@ -164,21 +177,36 @@ def draw_run(
     if aug.data_fraction is not None and aug.data_fraction < 1:
         keep = max(batch_size, round(aug.data_fraction * num_train))
         subset = torch.randperm(num_train, generator=gen)[:keep].sort().values
-    return RunDraw(scale, loss_scale, mask, labels, subset)
+    # drawn last, so that runs without them draw everything else as before
+    input_scale = float(_log_uniform(gen, *aug.input_scale, 1)) if aug.input_scale else None
+    init_scale = float(_log_uniform(gen, *aug.init_scale, 1)) if aug.init_scale else None
+    return RunDraw(scale, loss_scale, mask, labels, subset, input_scale, init_scale)
 
 
 class AugmentedSampler:
-    """A run's minibatches: from its data subset, with its labels permuted. The subset is kept
-    as row numbers (never a copy of the examples: one sampler per slot and run)."""
+    """A run's minibatches: from its data subset, with its labels permuted and its inputs
+    scaled. The subset is kept as row numbers (never a copy of the examples: one sampler per
+    slot and run). ``replacement``: how the data's own sampler draws (``Dataset.replacement``)."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, draw: RunDraw, batch_size: int, seed: int):
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        draw: RunDraw,
+        batch_size: int,
+        seed: int,
+        replacement: bool = False,
+    ):
+        if draw.input_scale is not None and not x.is_floating_point():
+            raise ValueError("augment.input_scale applies to image inputs only, not tokens")
         self.x, self.y = x, y
         self.labels = draw.labels.to(y.device)
+        self.input_scale = draw.input_scale
         self.subset = None if draw.subset is None else draw.subset.to(x.device)
         if self.subset is None:
-            self.inner = BatchSampler(x, y, batch_size, seed)
+            self.inner = BatchSampler(x, y, batch_size, seed, replacement)
         else:  # over the subset's row numbers: the same batches as over a copy of the subset
-            self.inner = BatchSampler(self.subset, self.subset, batch_size, seed)
+            self.inner = BatchSampler(self.subset, self.subset, batch_size, seed, replacement)
 
     @property
     def batch_size(self) -> int:
@@ -190,6 +218,8 @@ class AugmentedSampler:
         else:
             rows, _ = self.inner.next()
             x, y = self.x.index_select(0, rows), self.y.index_select(0, rows)
+        if self.input_scale is not None:
+            x = x * self.input_scale
         return x, self.labels[y]
 
     def state_dict(self) -> dict:

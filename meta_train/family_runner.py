@@ -155,7 +155,7 @@ class FamilyRunner:
             draws = [self._draw(m, slot, run) for slot, run in zip(m.slots, m.runs, strict=True)]
             m.optimizee = self._optimizee(m, draws)
             row_seeds = [seeds[m.slots[i]] for i in rows]
-            fresh = self._fresh_state(m, lopt, rows, row_seeds)
+            fresh = self._fresh_state(m, lopt, rows, row_seeds, [draws[i] for i in rows])
             samplers = list(m.samplers or [None] * len(m.slots))
             for i, s in zip(rows, row_seeds, strict=True):
                 samplers[i] = self._sampler(m, draws[i], s)
@@ -193,14 +193,20 @@ class FamilyRunner:
 
     def _sampler(self, m: Member, draw: RunDraw, seed: int) -> AugmentedSampler:
         x, y = m.data.split("train")
-        return AugmentedSampler(x, y, draw, m.task.batch_size, data_seed(seed))
+        return AugmentedSampler(x, y, draw, m.task.batch_size, data_seed(seed), m.data.replacement)
 
-    def _fresh_state(self, m: Member, lopt, rows: list[int], seeds: list[int]) -> InnerState:
-        """New optimizees for ``rows`` of member ``m`` (in the optimizer's coordinates)."""
+    def _fresh_state(
+        self, m: Member, lopt, rows: list[int], seeds: list[int], draws: list[RunDraw]
+    ) -> InnerState:
+        """New optimizees for ``rows`` of member ``m`` (in the optimizer's coordinates), each
+        times its run's drawn initialization scale."""
         optimizee = m.optimizee
         if isinstance(optimizee, AugmentedOptimizee):
             optimizee = optimizee.select(torch.tensor(rows, device=self.device))
         params, buffers = optimizee.init_params(seeds)
+        if self.spec.augment.init_scale is not None:
+            scales = torch.tensor([d.init_scale for d in draws], dtype=params.dtype)
+            params = params * scales.to(params.device).unsqueeze(1)
         spec = functional_optimizee(m.task, self.device).spec
         with torch.no_grad():
             opt_state = lopt.init_state(params, spec)

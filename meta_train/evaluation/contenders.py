@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from torch import nn
 
 import baselines
 import l2o.optimizers as lo
+from l2o.tasks import TaskVariation
 from meta_train.truncation import HorizonSchedule
 
 DEFAULT_BASELINES = ("sgdm", "adam", "adamw_cosine", "muon_cosine", "sf_adamw")
@@ -97,6 +98,13 @@ class Learned:
     dataset: str | None
     horizon: int | None
     batch_size: int | None = None
+    #: the meta-training pipeline's variation keys (the checkpoint's task section)
+    variation: TaskVariation = field(default_factory=TaskVariation)
+
+    @property
+    def pipeline(self) -> TaskVariation:
+        """The meta-training task's variation, its batch size included: a ``trained`` case's."""
+        return replace(self.variation, batch_size=self.batch_size)
 
     def factory(self, steps: int | None = None) -> Factory:
         """The optimizer for a run of ``steps``; a network with training-progress inputs is
@@ -167,6 +175,7 @@ def resolve_learned(spec: str, name: str | None = None) -> Learned:
         dataset=cfg.get("task", {}).get("dataset"),
         horizon=trained_horizon(cfg),
         batch_size=cfg.get("task", {}).get("batch_size"),
+        variation=TaskVariation.from_mapping(cfg.get("task", {})),
     )
 
 

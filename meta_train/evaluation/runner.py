@@ -160,7 +160,7 @@ def run_suite(
         first_seed,
         first_tune_seed,
     )
-    trained = {(lrn.task, lrn.dataset, lrn.horizon, lrn.batch_size) for lrn in learned}
+    trained = {(lrn.task, lrn.dataset, lrn.horizon, lrn.pipeline) for lrn in learned}
     if len(trained) > 1 and any(c.task == "trained" or c.horizon for c in suite.cases):
         raise ValueError(
             f"suite {suite.name!r} refers to the meta-training task and horizon, which differ "
@@ -190,7 +190,7 @@ def run_suite(
             log(f"[{i + 1}/{len(cases)}] {case.id}: finished before, read back")
             evaluation.cases.append(finished)
             continue
-        task = get_task(case.task, dataset=case.dataset, batch_size=case.batch_size)
+        task = get_task(case.task, dataset=case.dataset, variation=case.variation)
         try:
             data = task.load_data("cpu")
         except DatasetNotFoundError as exc:

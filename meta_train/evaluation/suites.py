@@ -3,23 +3,33 @@
 A case names a registry task, or ``trained`` for the task the learned optimizer was meta-trained
 on (from its checkpoint); its length is ``steps`` or ``horizon`` (a multiple of that optimizer's
 meta-training horizon). ``quick`` overrides seeds for ``--quick``, and a case with
-``quick: false`` is left out of a quick run.
+``quick: false`` is left out of a quick run. A case may vary its task's pipeline with the
+``l2o.tasks.TaskVariation`` keys (``input``, ``input_scale``, ``init_scale``, ``train_size``,
+``batch_size``, ``replacement``, ``width``, ``depth``), e.g. ``{task: mnist_mlp_sigmoid,
+dataset: mnist5k, steps: 1000, input: raw, init_scale: 2, batch_size: 32}``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from l2o.data import available_datasets
-from l2o.tasks import available_tasks, get_task
-from meta_train.config_engine import load_yaml
+from l2o.tasks import (
+    VARIATION_KEYS,
+    VARIATION_TYPES,
+    TaskVariation,
+    available_tasks,
+    get_task,
+)
+from meta_train.config_engine import coerce, load_yaml
 
 TRAINED = "trained"
-_CASE_KEYS = {"task", "dataset", "steps", "horizon", "quick"}
+_CASE_KEYS = {"task", "dataset", "steps", "horizon", "quick", *VARIATION_KEYS}
 _SUITE_KEYS = {"name", "description", "seeds", "tune_seeds", "quick", "cases"}
 _QUICK_KEYS = {"seeds", "tune_seeds"}
 
@@ -44,6 +54,8 @@ class CaseSpec:
     steps: int | None
     horizon: float | None
     quick: bool = True
+    variation: TaskVariation = field(default_factory=TaskVariation)  # the case's pipeline
+    variation_keys: tuple[str, ...] = ()  # the keys of it the case gives
 
 
 @dataclass(frozen=True)
@@ -59,17 +71,27 @@ class Suite:
 
 @dataclass(frozen=True)
 class Case:
-    """A concrete case: a registry task on a dataset for a number of steps."""
+    """A concrete case: a registry task on a dataset for a number of steps, with its pipeline's
+    variation (a mapping, as ``dataclasses.asdict`` writes it, is read back into one)."""
 
     task: str
     dataset: str
     steps: int
-    batch_size: int | None = None  # None: the task's own
+    variation: TaskVariation = field(default_factory=TaskVariation)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.variation, TaskVariation):
+            object.__setattr__(self, "variation", TaskVariation(**self.variation))
+
+    @property
+    def batch_size(self) -> int | None:
+        """None: the task's own."""
+        return self.variation.batch_size
 
     @property
     def id(self) -> str:
-        batch = f",b{self.batch_size}" if self.batch_size is not None else ""
-        return f"{self.task}@{self.dataset}:{self.steps}{batch}"
+        """``task@dataset:steps`` and the variation's changes (``,b32,input=raw,...``)."""
+        return f"{self.task}@{self.dataset}:{self.steps}{self.variation.id}"
 
 
 def load_suite(name_or_path: str) -> Suite:
@@ -130,11 +152,13 @@ def _case(raw: Any, where: str) -> CaseSpec:
     dataset = raw.get("dataset")
     if dataset is not None and dataset not in available_datasets():
         raise ValueError(f"{where}: unknown dataset {dataset!r}; available: {available_datasets()}")
-    if task != TRAINED and dataset is not None:
-        try:
-            get_task(task, dataset=dataset)
-        except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
+    try:
+        given = {k: coerce(k, raw[k], VARIATION_TYPES[k]) for k in VARIATION_KEYS if k in raw}
+        variation = TaskVariation(**given)
+        if task != TRAINED:
+            get_task(task, dataset=dataset, variation=variation)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
     steps, horizon = raw.get("steps"), raw.get("horizon")
     if (steps is None) == (horizon is None):
         raise ValueError(f"{where}: give exactly one of 'steps' and 'horizon' (got {raw})")
@@ -149,7 +173,7 @@ def _case(raw: Any, where: str) -> CaseSpec:
     quick = raw.get("quick", True)
     if not isinstance(quick, bool):
         raise ValueError(f"{where}: quick must be true or false, got {quick!r}")
-    return CaseSpec(task, dataset, steps, horizon, quick)
+    return CaseSpec(task, dataset, steps, horizon, quick, variation, tuple(given))
 
 
 def resolve_cases(
@@ -158,14 +182,15 @@ def resolve_cases(
     trained_task: str | None,
     trained_dataset: str | None,
     trained_horizon: int | None,
-    trained_batch_size: int | None = None,
+    trained_variation: TaskVariation | None = None,
 ) -> list[Case]:
-    """Concrete cases; ``trained`` cases need the learned optimizer's task and horizon."""
+    """Concrete cases; ``trained`` cases need the learned optimizer's task and horizon, and run
+    with its meta-training pipeline (``trained_variation``) but for the keys the case gives."""
     cases = []
     for spec in suite.cases:
         if quick and not spec.quick:
             continue
-        task, dataset, batch_size = spec.task, spec.dataset, None
+        task, dataset, variation = spec.task, spec.dataset, spec.variation
         if task == TRAINED:
             if trained_task is None:
                 raise ValueError(
@@ -173,7 +198,8 @@ def resolve_cases(
                     "optimizer's checkpoint does not record it"
                 )
             task, dataset = trained_task, dataset or trained_dataset
-            batch_size = trained_batch_size
+            given = {k: getattr(variation, k) for k in spec.variation_keys}
+            variation = dataclasses.replace(trained_variation or TaskVariation(), **given)
         if spec.horizon is not None and trained_horizon is None:
             raise ValueError(
                 f"suite {suite.name!r} gives lengths as multiples of the meta-training horizon, "
@@ -185,7 +211,11 @@ def resolve_cases(
                 f"suite {suite.name!r}: horizon {spec.horizon} × the meta-training horizon "
                 f"{trained_horizon} rounds to {steps} steps; give a larger multiple"
             )
-        cases.append(Case(task, dataset or get_task(task).dataset_name, int(steps), batch_size))
+        try:
+            dataset = get_task(task, dataset=dataset, variation=variation).dataset_name
+        except ValueError as exc:
+            raise ValueError(f"suite {suite.name!r}: case {spec.task!r}: {exc}") from None
+        cases.append(Case(task, dataset, int(steps), variation))
     return list(dict.fromkeys(cases))
 
 

@@ -18,7 +18,9 @@ from l2o.data import (
     load_dataset,
     read_idx,
     stratified_split,
+    train_order,
 )
+from l2o.data import text as text_module
 
 
 @pytest.fixture
@@ -288,3 +290,112 @@ def test_download_without_a_network_is_one_clear_line(tmp_path, fresh_cache, mon
         with pytest.raises(DatasetNotFoundError, match=rf"{name}: could not download into") as info:
             load_dataset(name, root=tmp_path / name, download=True)
         assert len(str(info.value).splitlines()) == 1
+
+
+# --- digits and stdlib_bytes ------------------------------------------------------------------
+
+
+def test_digits_is_scikit_learns_real_digits_split_by_class():
+    from sklearn.datasets import load_digits
+
+    ds = load_dataset("digits")
+    assert ds.x_train.shape == (1400, 1, 8, 8) and ds.x_test.shape == (397, 1, 8, 8)
+    assert torch.equal(ds.y_train.bincount(), torch.full((10,), 140))
+    assert ds.y_test.numel() + ds.y_train.numel() == 1797 and ds.num_classes == 10
+    # standardized with the training split's own statistics
+    assert abs(float(ds.x_train.mean())) < 1e-5 and abs(float(ds.x_train.std()) - 1) < 1e-4
+    raw = load_dataset("digits", normalize=False)
+    assert float(raw.x_train.min()) == 0.0 and float(raw.x_train.max()) == 1.0
+    pixels = {tuple((16 * img.flatten()).round().int().tolist()) for img in raw.x_test}
+    real = {tuple(img.astype(int).tolist()) for img in load_digits().data}
+    assert pixels <= real  # every test image is one of the real digits
+
+
+def test_stdlib_bytes_are_next_byte_windows_of_the_sorted_sources():
+    ds = load_dataset("stdlib_bytes")
+    x, y = ds.x_train, ds.y_train
+    assert x.shape == y.shape == ((text_module.TRAIN_BYTES - 1) // 64, 64)
+    assert ds.x_test.shape == ((text_module.TEST_BYTES - 1) // 64, 64)
+    assert x.dtype == torch.int64 and ds.num_classes == 256
+    assert torch.equal(y[:, :-1], x[:, 1:])  # the target is the next byte
+    assert torch.equal(x[1:, 0], y[:-1, -1])  # consecutive windows continue the text
+    files = text_module.stdlib_source_files()
+    assert files == sorted(files) and all(f.suffix == ".py" for f in files)
+    first = files[0].read_bytes()[:65]
+    assert bytes(x[0].tolist()) + bytes([int(y[0, -1])]) == first
+    with pytest.raises(ValueError, match="tokens"):
+        load_dataset("stdlib_bytes", normalize=False)
+    with pytest.raises(ValueError, match="tokens"):
+        ds.with_inputs_scaled(2.0)
+
+
+def test_byte_windows_drop_the_incomplete_tail():
+    x, y = text_module.byte_windows(bytes(range(10)), 4)
+    assert x.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert y.tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]
+
+
+# --- variations of a dataset -----------------------------------------------------------------
+
+
+def test_train_order_prefixes_are_stratified_nested_and_fixed():
+    labels = torch.tensor([0] * 60 + [1] * 30 + [2] * 10)
+    order = train_order(labels, seed=0)
+    assert sorted(order.tolist()) == list(range(100))
+    assert torch.equal(order, train_order(labels, seed=0))
+    assert not torch.equal(order, train_order(labels, seed=1))
+    for n in (10, 20, 50):
+        counts = labels[order[:n]].bincount(minlength=3).float()
+        assert (counts - n * torch.tensor([0.6, 0.3, 0.1])).abs().max() <= 1, (n, counts)
+    windows = torch.zeros(7, 3, dtype=torch.long)  # targets that are not class labels
+    assert sorted(train_order(windows, seed=0).tolist()) == list(range(7))
+
+
+def test_train_size_keeps_a_stratified_subset_and_refuses_more_than_there_is():
+    ds = load_dataset("mnist5k")
+    small = ds.with_train_size(1000)
+    assert small.x_train.shape[0] == 1000 and torch.equal(small.x_test, ds.x_test)
+    assert torch.equal(small.y_train.bincount(), torch.full((10,), 100))
+    smaller = ds.with_train_size(200)  # a prefix of the same order: a subset of the 1,000
+    assert all(any(torch.equal(a, b) for b in small.x_train) for a in smaller.x_train[:5])
+    assert torch.equal(ds.with_train_size(1000).x_train, small.x_train)
+    with pytest.raises(ValueError, match="train_size 4001 exceeds the 4000 training examples"):
+        ds.with_train_size(4001)
+
+
+def test_sampler_with_replacement_draws_independent_uniform_batches():
+    x, y = _toy(8)
+    a = BatchSampler(x, y, 8, seed=1, replacement=True)
+    b = BatchSampler(x, y, 8, seed=1, replacement=True)
+    batches = [a.next()[1] for _ in range(50)]
+    assert all(torch.equal(u, b.next()[1]) for u in batches)
+    drawn = torch.stack(batches)
+    assert any(len(set(batch.tolist())) < 8 for batch in drawn)  # repeats within a batch
+    assert set(drawn.flatten().tolist()) == set(range(8))
+    assert a.epoch == 49  # an "epoch" is as many examples as the data holds
+
+
+def test_sampler_with_replacement_resumes_exactly_and_refuses_the_other_kind(tmp_path):
+    x, y = _toy(50)
+    sampler = BatchSampler(x, y, 8, seed=3, replacement=True)
+    for _ in range(9):
+        sampler.next()
+    torch.save(sampler.state_dict(), tmp_path / "s.pt")
+    expected = [sampler.next()[1] for _ in range(10)]
+    restored = BatchSampler(x, y, 8, seed=999, replacement=True)
+    restored.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
+    assert all(torch.equal(e, restored.next()[1]) for e in expected)
+    with pytest.raises(ValueError, match="replacement"):
+        BatchSampler(x, y, 8, seed=0).load_state_dict(sampler.state_dict())
+    old = BatchSampler(x, y, 8, seed=0).state_dict()
+    del old["replacement"]  # states saved before the option existed draw without replacement
+    BatchSampler(x, y, 8, seed=0).load_state_dict(old)
+
+
+def test_dataset_replacement_reaches_its_samplers():
+    ds = load_dataset("mnist5k")
+    assert not ds.replacement and not ds.sampler(16, 0).replacement
+    drawn = ds.with_replacement(True).sampler(16, 0)
+    assert drawn.replacement and ds.with_replacement(True).to("cpu").replacement
+    plain = BatchSampler(ds.x_train, ds.y_train, 16, 0)
+    assert torch.equal(ds.sampler(16, 0).next()[1], plain.next()[1])

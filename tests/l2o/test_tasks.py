@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -20,6 +22,10 @@ PAPER_TASKS = {
     "fashion_mnist_mlp_sigmoid",
     "fashion_mnist_mlp_relu_bn",
 }
+
+
+NEW_TASKS = {"mnist_mlp_wide", "digits_mlp_relu", "digits_mlp_tanh", "stdlib_lm_transformer"}
+IMAGE_TASKS = [name for name in available_tasks() if not get_task(name).reads_tokens]
 
 
 def synthetic_dataset(name: str, n_train: int = 1024, n_test: int = 256, seed: int = 0) -> Dataset:
@@ -47,8 +53,8 @@ def task_data(task: Task) -> Dataset:
         return synthetic_dataset(task.dataset_name)
 
 
-def test_registry_has_the_papers_optimizees():
-    assert set(available_tasks()) >= PAPER_TASKS
+def test_registry_has_the_papers_optimizees_and_the_new_tasks():
+    assert set(available_tasks()) >= PAPER_TASKS | NEW_TASKS
 
 
 def test_unknown_task_lists_near_matches_and_all_names():
@@ -62,6 +68,12 @@ def test_duplicate_registration_is_refused():
         register_task(get_task("mnist_mlp_sigmoid"))
 
 
+def example_inputs(task: Task, n: int) -> torch.Tensor:
+    if task.reads_tokens:
+        return torch.randint(0, task.num_classes, (n, *task.input_shape))
+    return torch.randn(n, *task.input_shape)
+
+
 @pytest.mark.parametrize("name", available_tasks())
 def test_model_outputs_logits_and_is_seeded(name):
     task = get_task(name)
@@ -73,15 +85,18 @@ def test_model_outputs_logits_and_is_seeded(name):
     ):
         assert torch.equal(a, b), name_a
     assert not all(torch.equal(a, c) for a, c in zip(model_a.parameters(), model_c.parameters()))
-    x = torch.randn(5, *task.input_shape)
+    x = example_inputs(task, 5)
+    if task.reads_tokens:  # next-token logits at every position
+        assert model_a(x).shape == (5, *task.input_shape, task.num_classes)
+        return
     assert model_a(x).shape == (5, task.num_classes)
     names = [n for n, _ in model_a.named_parameters()]
     assert names[0] in ("fc1.weight", "conv1.weight")
     assert all(n.split(".")[0][:-1] in ("fc", "bn", "conv") for n in names), names
 
 
-@pytest.mark.parametrize("name", available_tasks())
-def test_every_task_trains_with_adam_and_its_loss_falls(name):
+@pytest.mark.parametrize("name", IMAGE_TASKS)
+def test_every_image_task_trains_with_adam_and_its_loss_falls(name):
     task = get_task(name)
     data = task_data(task)
     result = train_optimizee(
@@ -138,3 +153,62 @@ def test_dataset_override_checks_shapes():
         get_task("mnist_mlp_sigmoid", dataset="imagenet")
     with pytest.raises(ValueError, match="batch_size"):
         get_task("mnist_mlp_sigmoid", batch_size=0)
+
+
+def test_wide_mlp_has_over_a_million_parameters():
+    model = get_task("mnist_mlp_wide").make_model()
+    widths = [tuple(p.shape) for n, p in model.named_parameters() if n.endswith("weight")]
+    assert widths == [(1024, 784), (256, 1024), (10, 256)]
+    assert sum(p.numel() for p in model.parameters()) == 1_068_810
+
+
+def test_digits_tasks_read_eight_by_eight_digits():
+    for name in ("digits_mlp_relu", "digits_mlp_tanh"):
+        task = get_task(name)
+        assert task.input_shape == (1, 8, 8) and task.num_classes == 10
+        assert task.make_model().fc1.weight.shape == (32, 64)
+
+
+def test_language_model_architecture():
+    task = get_task("stdlib_lm_transformer")
+    model = task.make_model()
+    assert task.input_shape == (64,) and task.num_classes == 256 and task.batch_size == 32
+    assert len(model.blocks) == 2 and model.blocks[0].attn.heads == 4
+    assert model.embed.weight.shape == (256, 64) and model.pos_embed.shape == (64, 64)
+    assert isinstance(model.blocks[0].ln1, nn.LayerNorm) and dict(model.named_buffers()) == {}
+
+
+def test_language_model_is_causal():
+    """A token changes the logits at its own position and after it, never before."""
+    model = get_task("stdlib_lm_transformer").make_model()
+    tokens = torch.randint(0, 256, (2, 64))
+    changed = tokens.clone()
+    changed[:, 40] = (changed[:, 40] + 1) % 256
+    with torch.no_grad():
+        a, b = model(tokens), model(changed)
+    assert torch.equal(a[:, :40], b[:, :40])
+    assert not torch.allclose(a[:, 40:], b[:, 40:])
+    assert model(tokens[:, :10]).shape == (2, 10, 256)
+    with pytest.raises(ValueError, match="context"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+
+
+def test_loss_and_metric_average_over_every_predicted_position():
+    logits = torch.randn(3, 5, 7)
+    targets = torch.randint(0, 7, (3, 5))
+    task = get_task("stdlib_lm_transformer")
+    flat = torch.nn.functional.cross_entropy(logits.reshape(15, 7), targets.reshape(15))
+    torch.testing.assert_close(task.loss(logits, targets), flat)
+    assert int(task.correct(logits, targets)) == int((logits.argmax(-1) == targets).sum())
+
+
+def test_language_model_trains_with_adam_and_its_loss_falls():
+    """A few Adam steps through the one evaluation path: the next-byte loss falls from about
+    ln 256 and the test metric (next-byte accuracy) beats chance."""
+    task = get_task("stdlib_lm_transformer")
+    result = train_optimizee(task, lambda p: torch.optim.Adam(p, lr=3e-3), steps=30, seed=0)
+    losses = result.train_losses
+    assert not result.diverged and torch.isfinite(losses).all()
+    assert abs(float(losses[0]) - math.log(256)) < 0.6
+    assert losses[-5:].mean() < 0.6 * losses[0], losses[[0, 15, 29]]
+    assert 0.1 < result.test_acc <= 1.0 and result.test_loss < 0.6 * float(losses[0])
