@@ -289,3 +289,50 @@ def test_outputs_that_cannot_be_written_after_the_work_keep_the_finished_cases(
     assert cli.main([*argv, "--restart"]) == 74
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: cannot save a finished case") and "No space left" in err
+
+
+@pytest.mark.slow
+def test_kill_9_mid_evaluation_then_the_same_command_finishes_with_the_same_numbers(tmp_path):
+    """A real ``kill -9`` while the second case runs: the first is in the progress file; the
+    same command reads it back, runs the second, and the table's numbers equal an
+    uninterrupted run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    cases = [{"task": "mnist_mlp_relu", "steps": 5}, {"task": "mnist_mlp_sigmoid", "steps": 300}]
+    suite = _suite_file(tmp_path, cases)
+
+    def command(out):
+        argv = ["--suite", suite, "--baselines", "adam", "--lr-range", "0.01", "0.1"]
+        argv += ["--per-decade", "1", "--no-plot", "--out", str(out)]
+        return [sys.executable, "meta_train/evaluate.py", *argv]
+
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    run = lambda out: subprocess.run(
+        command(out), cwd=root, env=env, capture_output=True, text=True, timeout=600
+    )
+    proc = subprocess.Popen(command(tmp_path / "cut"), cwd=root, env=env, stderr=subprocess.DEVNULL)
+    progress = tmp_path / "cut" / FILE
+    while not progress.exists() and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the evaluation ended before it could be killed"
+    saved = torch.load(progress, weights_only=True)["cases"]
+    assert list(saved) == ["mnist_mlp_relu@mnist:5"]
+    again = run(tmp_path / "cut")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "mnist_mlp_relu@mnist:5: finished before, read back" in again.stderr
+    whole = run(tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    numbers = lambda out: [
+        {k: r[k] for k in ("case", "criterion", "optimizer", "lr", "value", "test_loss")}
+        for r in json.loads((out / "results.json").read_text())["rows"]
+    ]
+    assert numbers(tmp_path / "cut") == numbers(tmp_path / "whole")
+    assert len({r["case"] for r in numbers(tmp_path / "whole")}) == 2
