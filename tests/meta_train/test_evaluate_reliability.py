@@ -157,6 +157,13 @@ def test_a_suite_path_that_is_a_folder_is_refused(tmp_path, capsys, no_training)
     _refused(capsys, ["--suite", str(tmp_path / "absent.yaml")], "does not exist")
 
 
+def test_a_text_file_given_as_the_optimizer_is_refused(tmp_path, capsys, no_training):
+    config = tmp_path / "config.yaml"
+    config.write_text("task:\n  name: mnist_mlp_relu\n")
+    _refused(capsys, [str(config), "--out", str(tmp_path / "out")], "it is a text file")
+    assert not (tmp_path / "out").exists()
+
+
 # --------------------------------------------------------------------------------------------
 # Finished cases are never lost (the "Done when")
 
