@@ -29,6 +29,8 @@ features, networks of more than two hidden layers, subclasses of the two archite
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -404,6 +406,13 @@ def apply_updates_(net: MLPOptimizer, tensors: list[tuple[torch.Tensor, ...]]) -
     ``deploy_backend.uncovered`` accepts) on ``(param, grad, state)`` triples of one device:
     flat contiguous float32 parameters and gradients, states from ``net.init_state``, all
     updated in place as ``net.apply_updates_`` updates them."""
+    device = tensors[0][0].device
+    # triton launches on the current CUDA device: make it the tensors' own
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        _step(net, tensors)
+
+
+def _step(net: MLPOptimizer, tensors: list[tuple[torch.Tensor, ...]]) -> None:
     general = isinstance(net, GeneralOptimizer)
     counters = [state["t"] for _, _, state in tensors]
     t = torch.stack(counters) + 1
