@@ -39,6 +39,7 @@ from collections.abc import Callable
 
 import torch
 
+from meta_train.evaluation import heldout_log
 from meta_train.evaluation.contenders import (
     DEFAULT_BASELINES,
     available_baselines,
@@ -48,8 +49,14 @@ from meta_train.evaluation.contenders import (
 from meta_train.evaluation.criteria import CRITERIA, DEFAULT_CRITERIA, check_criteria
 from meta_train.evaluation.partial import FILE as PROGRESS_FILE
 from meta_train.evaluation.partial import CaseStore, check_output_folder
-from meta_train.evaluation.report import format_table, rows, summary, write_outputs
-from meta_train.evaluation.runner import run_suite
+from meta_train.evaluation.report import (
+    format_table,
+    heldout_findings,
+    rows,
+    summary,
+    write_outputs,
+)
+from meta_train.evaluation.runner import FIRST_EVAL_SEED, FIRST_TUNE_SEED, run_suite
 from meta_train.evaluation.suites import available_suites, load_suite
 from meta_train.evaluation.tuning import LogGrid
 
@@ -113,6 +120,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="discard the finished cases saved in --out by an earlier, interrupted run",
     )
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="start no new case after this many minutes; the outputs cover the finished cases "
+        "and the same command later continues with the rest",
+    )
     p.add_argument("--list-suites", action="store_true", help="list suites and exit")
     return p.parse_args(argv)
 
@@ -132,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.lr_range is not None or args.per_decade != LogGrid.per_decade:
             lo, hi = args.lr_range or (LogGrid.lo, LogGrid.hi)
             grid = LogGrid(lo, hi, args.per_decade)
+        if args.time_budget is not None and not args.time_budget > 0:
+            raise ValueError(
+                f"--time-budget must be a positive number of minutes, got {args.time_budget}"
+            )
         if args.threads < 1:
             raise ValueError(f"--threads must be positive, got {args.threads}")
         out = Path(args.out) if args.out else Path("out") / "eval" / suite.name
@@ -141,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     torch.set_num_threads(args.threads)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
+    heldout = HeldoutRun.start(suite, learned, args, baselines, criteria, log)
     try:
         ev = run_suite(
             learned,
@@ -154,19 +174,64 @@ def main(argv: list[str] | None = None) -> int:
             log=log,
             nominal=not args.no_nominal,
             progress=CaseStore(out, restart=args.restart),
+            time_budget_s=None if args.time_budget is None else args.time_budget * 60,
         )
     except ValueError as exc:
+        heldout.end("failed", error=str(exc))
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:  # saving a finished case (disk full, read-only): the others are kept
+        heldout.end("failed", error=str(exc))
         return _io_error(exc, out, "cannot save a finished case")
+    except BaseException as exc:  # interrupted (Ctrl-C) or a bug: the log still says so
+        heldout.end("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+        raise
     print(format_table(ev))
     try:
         paths = write_outputs(ev, out, plot=not args.no_plot)
     except OSError as exc:
+        heldout.end("failed", error=str(exc))
         return _io_error(exc, out, "cannot write the outputs")
+    heldout.end("finished", out=str(out), **heldout_findings(ev))
     print(f"written: {', '.join(str(p) for p in paths.values())}")
     return 0
+
+
+class HeldoutRun:
+    """The log entry of a held-out suite's run (``heldout_log``); a no-op for other suites."""
+
+    def __init__(self, path: Path | None, entry: dict | None) -> None:
+        self.path, self.entry = path, entry
+
+    @classmethod
+    def start(cls, suite, learned, args, baselines, criteria, log) -> HeldoutRun:
+        if not (suite.heldout and suite.source):
+            return cls(None, None)
+        seeds = args.seeds or (suite.quick_seeds if args.quick else suite.seeds)
+        tune = args.tune_seeds or (suite.quick_tune_seeds if args.quick else suite.tune_seeds)
+        entry = heldout_log.start_entry(
+            suite.source,
+            {lrn.name: lrn.source for lrn in learned},
+            quick=args.quick,
+            seeds=list(range(FIRST_EVAL_SEED, FIRST_EVAL_SEED + seeds)),
+            tune_seeds=list(range(FIRST_TUNE_SEED, FIRST_TUNE_SEED + tune)),
+            baselines=baselines,
+            criteria=criteria,
+        )
+        path = heldout_log.log_path(suite.source)
+        heldout_log.append_entry(path, entry)
+        log(
+            f"{suite.name} is a HELD-OUT suite: it reports, it must never be used to choose a "
+            f"recipe, hyperparameter or checkpoint; this run is logged in {path}"
+        )
+        return cls(path, entry)
+
+    def end(self, status: str, **found) -> None:
+        if self.entry is not None:
+            heldout_log.append_entry(
+                self.path, heldout_log.finish_entry(self.entry, status, **found)
+            )
+            self.entry = None
 
 
 def _io_error(exc: OSError, out: Path, what: str) -> int:

@@ -29,7 +29,7 @@ from meta_train.evaluation.runner import CaseResult, Evaluation, Runs
 from meta_train.evaluation.stats import ci95, geometric_mean, ratio_ci
 
 SCHEMA = "l2o.evaluation"
-SCHEMA_VERSION = 2  # 2: nominal contenders, ratio_nominal, measured_at
+SCHEMA_VERSION = 3  # 2: nominal contenders, ratio_nominal, measured_at; 3: summary_by_steps
 ROW_FIELDS = (
     "case",
     "task",
@@ -209,6 +209,38 @@ def summary(ev: Evaluation, table: list[dict[str, Any]]) -> list[dict[str, Any]]
     return out
 
 
+def summary_by_steps(ev: Evaluation, table: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``summary`` per run length (the 1×, 5×, 10× horizons of a suite), each row with its
+    ``steps``; empty when every case has the same length."""
+    lengths = sorted({r["steps"] for r in table})
+    if len(lengths) < 2:
+        return []
+    return [
+        {"steps": steps, **row}
+        for steps in lengths
+        for row in summary(ev, [r for r in table if r["steps"] == steps])
+    ]
+
+
+def heldout_findings(ev: Evaluation) -> dict[str, Any]:
+    """What a held-out run's log entry records: the aggregates, overall and per run length."""
+    table = rows(ev)
+    keep = ("optimizer", "criterion", "cases", "geomean_ratio", "won", "geomean_ratio_nominal")
+    keep += ("won_vs_nominal", "diverged_runs")
+    return _clean(
+        {
+            "wall_s": round(ev.wall_s, 1),
+            "cases": [c.case.id for c in ev.cases],
+            "skipped": [s["case"] for s in ev.skipped],
+            "summary": [{k: s[k] for k in keep} for s in summary(ev, table)],
+            "by_steps": [
+                {"steps": s["steps"], **{k: s[k] for k in keep}}
+                for s in summary_by_steps(ev, table)
+            ],
+        }
+    )
+
+
 def measured_at(ev: Evaluation) -> dict[str, str]:
     """Where the losses of the contenders that need saying are measured (``sf_adamw``: y / x)."""
     stems = {name: name.removesuffix(COSINE) for name in ev.baselines}
@@ -319,6 +351,8 @@ def format_table(ev: Evaluation, table: list[dict] | None = None) -> str:
     lines.append("")
     for s in summary(ev, table):
         lines += _overall(s)
+    for s in summary_by_steps(ev, table):
+        lines += [f"{s['steps']} steps: {line}" for line in _overall(s)]
     lines.append(f"wall time {ev.wall_s:.0f}s")
     return "\n".join(lines)
 
@@ -370,6 +404,7 @@ def to_json(ev: Evaluation, table: list[dict] | None = None) -> dict[str, Any]:
         "skipped": ev.skipped,
         "rows": [{k: r[k] for k in ROW_FIELDS} for r in table],
         "summary": summary(ev, table),
+        "summary_by_steps": summary_by_steps(ev, table),
         "cases": [
             {
                 "case": c.case.id,

@@ -134,6 +134,7 @@ def run_suite(
     log: Callable[[str], None] = print,
     nominal: bool = True,
     progress: CaseStore | None = None,
+    time_budget_s: float | None = None,
 ) -> Evaluation:
     """Evaluate ``learned`` optimizers on every case of ``suite`` against tuned ``baselines``
     and (``nominal``) against their own nominal terms, tuned the same way.
@@ -141,7 +142,9 @@ def run_suite(
     ``grid`` is where each tuning starts (default: 1e-4…10, or 1e-3…1 when ``quick``); it widens
     by itself wherever a best lr lands on its edge. ``progress`` (``partial.CaseStore``): each
     finished case is saved there at once, and the cases a previous run with the same inputs
-    finished are read from it instead of run. Every input is checked before the first case."""
+    finished are read from it instead of run. Every input is checked before the first case.
+    ``time_budget_s``: no new case starts once that much time has passed; the cases left are
+    listed in ``skipped`` (the same command with ``progress`` continues with them)."""
     start = time.perf_counter()
     grid = grid if grid is not None else (QUICK_GRID if quick else DEFAULT_GRID)
     suite = load_suite(suite) if isinstance(suite, str) else suite
@@ -184,11 +187,18 @@ def run_suite(
     )
     if progress is not None and progress.open(evaluation, cases, learned):
         log(f"continuing: {len(progress.cases)} finished case(s) read from {progress.path}")
+    if time_budget_s is not None and not time_budget_s > 0:
+        raise ValueError(f"the time budget must be a positive number of seconds: {time_budget_s}")
     for i, case in enumerate(cases):
         finished = progress.finished(case) if progress is not None else None
         if finished is not None:
             log(f"[{i + 1}/{len(cases)}] {case.id}: finished before, read back")
             evaluation.cases.append(finished)
+            continue
+        if time_budget_s is not None and time.perf_counter() - start > time_budget_s:
+            note = f"not run: the time budget of {time_budget_s:.0f}s was spent"
+            log(f"[{i + 1}/{len(cases)}] {case.id}: {note}")
+            evaluation.skipped.append({"case": case.id, "reason": note})
             continue
         task = get_task(case.task, dataset=case.dataset, variation=case.variation)
         try:

@@ -30,7 +30,11 @@ from meta_train.config_engine import coerce, load_yaml
 
 TRAINED = "trained"
 _CASE_KEYS = {"task", "dataset", "steps", "horizon", "quick", *VARIATION_KEYS}
-_SUITE_KEYS = {"name", "description", "seeds", "tune_seeds", "quick", "cases"}
+_SUITE_KEYS = {"name", "description", "role", "seeds", "tune_seeds", "quick", "cases"}
+#: ``design``: anything may be chosen on it; ``heldout``: run once per shipped recipe to report,
+#: never to choose, every run logged (``heldout_log``); ``history``: kept to compare with earlier
+#: reports (suites written before the split: their cases were looked at while designing)
+ROLES = ("design", "heldout", "history")
 _QUICK_KEYS = {"seeds", "tune_seeds"}
 
 
@@ -67,6 +71,12 @@ class Suite:
     quick_seeds: int
     quick_tune_seeds: int
     cases: tuple[CaseSpec, ...]
+    role: str = "history"
+    source: str | None = None  # the YAML file it was read from (a held-out run's log sits beside)
+
+    @property
+    def heldout(self) -> bool:
+        return self.role == "heldout"
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,9 @@ def parse_suite(raw: Any, source: str = "suite") -> Suite:
         raise ValueError(f"{source}: 'cases' must be a non-empty list")
     seeds = _positive_int(raw.get("seeds", 10), f"{source}: seeds")
     tune_seeds = _positive_int(raw.get("tune_seeds", 3), f"{source}: tune_seeds")
+    role = raw.get("role", "history")
+    if role not in ROLES:
+        raise ValueError(f"{source}: role must be one of {list(ROLES)}, got {role!r}")
     return Suite(
         name=str(raw.get("name", Path(source).stem)),
         description=str(raw.get("description", "")),
@@ -135,6 +148,8 @@ def parse_suite(raw: Any, source: str = "suite") -> Suite:
             quick.get("tune_seeds", tune_seeds), f"{source}: quick.tune_seeds"
         ),
         cases=tuple(_case(c, f"{source}: cases[{i}]") for i, c in enumerate(cases)),
+        role=role,
+        source=source if Path(source).is_file() else None,
     )
 
 

@@ -244,11 +244,11 @@ def test_a_diverging_optimizer_is_counted_not_crashed_on(evaluation):
 def test_json_schema_is_stable(evaluation, tmp_path):
     ev, _, _ = evaluation
     payload = to_json(ev)
-    assert payload["schema"] == "l2o.evaluation" and payload["schema_version"] == 2
+    assert payload["schema"] == "l2o.evaluation" and payload["schema_version"] == 3
     assert set(payload) == {
         "schema", "schema_version", "created_utc", "suite", "quick", "criteria", "baselines",
         "learned", "nominals", "measured_at", "seeds", "tune_seeds", "grid", "torch_threads",
-        "wall_s", "skipped", "rows", "summary", "cases",
+        "wall_s", "skipped", "rows", "summary", "summary_by_steps", "cases",
     }  # fmt: skip
     assert ROW_FIELDS == (
         "case", "task", "dataset", "steps", "criterion", "optimizer", "kind", "lr", "value",
