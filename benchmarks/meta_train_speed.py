@@ -29,24 +29,31 @@ Prints one JSON line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
-from torch import nn
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from l2o.optimizers import create
-from l2o.tasks import get_task
-from meta_train.estimators import meta_step_gradient
-from meta_train.reference import reference_meta_step
-from meta_train.unroll import UnrollConfig, init_inner_state
+from meta_train.threads import prefer_passive_wait, resolve_threads
+
+PASSIVE_WAIT = prefer_passive_wait()  # before torch loads the OpenMP runtime
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from l2o.optimizers import create  # noqa: E402
+from l2o.tasks import get_task  # noqa: E402
+from meta_train.estimators import meta_step_gradient  # noqa: E402
+from meta_train.reference import reference_meta_step  # noqa: E402
+from meta_train.unroll import UnrollConfig, init_inner_state  # noqa: E402
 
 
 def limit_malloc_caching(threshold_bytes: int) -> bool:
@@ -190,6 +197,68 @@ def estimator_main(args, task, data) -> dict:
     return result
 
 
+@contextlib.contextmanager
+def competing_load(processes: int):
+    """``processes`` busy-looping Python processes running beside the block (none: nothing)."""
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    try:
+        if busy:
+            time.sleep(0.5)  # let them start and reach the run queue
+        yield
+    finally:
+        for proc in busy:
+            proc.kill()
+        for proc in busy:
+            proc.wait()
+
+
+def competing_load_main(args, task, data) -> dict:
+    """ES/PES throughput at ``args.threads`` and at one thread, each without and beside
+    ``args.competing_load`` busy processes that this benchmark starts and stops itself: per round
+    the four timings in turn (the thread order alternating), ratios taken within a round."""
+    particles = ParticleLoop(task, data, args)
+    for _ in range(args.warmup):
+        particles.meta_step()
+    counts = sorted({1, args.threads})
+    times: dict[tuple[int, bool], list[float]] = {(t, ld): [] for t in counts for ld in (0, 1)}
+    load_before = os.getloadavg()
+    for r in range(args.repeats):
+        for loaded in (0, 1):
+            with competing_load(args.competing_load if loaded else 0):
+                for threads in counts if r % 2 == 0 else counts[::-1]:
+                    torch.set_num_threads(threads)
+                    times[(threads, loaded)].append(timed(particles, args.meta_steps))
+    torch.set_num_threads(args.threads)
+    steps = args.meta_steps * args.K * args.B * 2 * args.pairs
+
+    def per_round_ratio(num, den):  # throughput num / throughput den, median over rounds
+        return round(statistics.median(b / a for a, b in zip(times[num], times[den])), 3)
+
+    result = {
+        "benchmark": "meta_train_speed",
+        "mode": "competing_load",
+        "estimator": args.estimator,
+        "arch": args.arch,
+        "B": args.B,
+        "pairs": args.pairs,
+        "K": args.K,
+        "threads": args.threads,
+        "competing_load": args.competing_load,
+        "passive_wait": os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE",
+        "inner_steps_per_s": {
+            f"threads_{t}_{'loaded' if ld else 'quiet'}": round(steps / statistics.median(v), 2)
+            for (t, ld), v in times.items()
+        },
+        "loaded_over_one_thread_loaded": per_round_ratio((args.threads, 1), (1, 1)),
+        "quiet_over_one_thread_quiet": per_round_ratio((args.threads, 0), (1, 0)),
+        "loaded_over_quiet": per_round_ratio((args.threads, 1), (args.threads, 0)),
+        "loadavg_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        "torch": torch.__version__,
+    }
+    print(json.dumps(result))
+    return result
+
+
 def timed(loop, meta_steps: int) -> float:
     start = time.perf_counter()
     for _ in range(meta_steps):
@@ -204,7 +273,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--arch", default="lstm", choices=["lstm", "mlp"])
     parser.add_argument("--order", default="first", choices=["first", "second"])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: meta-training's default, meta_train.threads)",
+    )
     parser.add_argument("--output-scale", type=float, default=0.1)
     parser.add_argument("--checkpoint-every", type=int, default=0)
     parser.add_argument("--chunk-size", type=int, default=0)
@@ -221,6 +295,14 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--pairs", type=int, default=1, help="antithetic pairs per task (ES/PES)")
     parser.add_argument(
+        "--competing-load",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --estimator: time it at --threads and at one thread, each without and beside "
+        "N busy processes started by the benchmark, and report both figures (see above)",
+    )
+    parser.add_argument(
         "--mmap-threshold",
         type=int,
         default=0,
@@ -231,11 +313,18 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     mmap_set = limit_malloc_caching(args.mmap_threshold) if args.mmap_threshold > 0 else False
 
+    if args.competing_load < 0:
+        parser.error("--competing-load must be >= 0")
+    if args.competing_load and args.estimator is None:
+        parser.error("--competing-load needs --estimator es|pes")
+    args.threads = resolve_threads(args.threads)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     task = get_task("mnist_mlp_sigmoid", dataset=args.dataset)
     data = task.load_data(args.device)
     steps_per_round = args.meta_steps * args.K * args.B
+    if args.competing_load:
+        return competing_load_main(args, task, data)
     if args.estimator is not None:
         return estimator_main(args, task, data)
 
@@ -259,7 +348,9 @@ def main(argv: list[str] | None = None) -> dict:
         "checkpoint_every": args.checkpoint_every,
         "device": args.device,
         "threads": args.threads,
+        "passive_wait": PASSIVE_WAIT,
         "mmap_threshold": args.mmap_threshold if mmap_set else None,
+        "loadavg_before": round(os.getloadavg()[0], 2),
     }
     if not args.no_reference:
         ref = ReferenceLoop(task, data, args)
@@ -279,6 +370,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["reference_peak_rss_mb"] = round(peak_rss_mb(), 1)
     result["inner_steps_per_s"] = round(steps_per_round / statistics.median(our_times), 2)
     result["peak_rss_mb"] = round(our_peak, 1)
+    result["loadavg_after"] = round(os.getloadavg()[0], 2)
     result["torch"] = torch.__version__
     result["machine"] = platform.processor() or platform.machine()
     print(json.dumps(result))

@@ -407,7 +407,7 @@ class MetaTrainConfig:
     seed: int = 0
     device: str = "cpu"  # cpu, cuda, cuda:N or auto
     deterministic: bool = True  # torch.use_deterministic_algorithms: bit-reproducible CPU runs
-    threads: int | None = None  # torch.set_num_threads; None: torch's default
+    threads: int | None = None  # torch.set_num_threads; None: meta_train.threads' default
 
     def __post_init__(self) -> None:
         _check_across_sections(self)

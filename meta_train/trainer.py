@@ -59,6 +59,7 @@ from meta_train.families import assign_members
 from meta_train.family_runner import FamilyRunner
 from meta_train.memory import check_fits
 from meta_train.rank_slots import RankSlots, own_slice, pack, place_estimator
+from meta_train.threads import resolve_threads
 from meta_train.tracking import Tracker
 from meta_train.truncation import make_rotation
 from meta_train.unroll import InnerState, init_inner_state
@@ -111,8 +112,7 @@ def setup_environment(cfg: MetaTrainConfig) -> torch.device:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(resolve_threads(cfg.threads))
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     torch.manual_seed(cfg.seed)

@@ -10,6 +10,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -169,6 +170,21 @@ inline void concat_rows(const float* x, int64_t f, const float* h, int64_t hidde
 
 constexpr int64_t kRows = 512;  // rows per GEMM block: the block's gates stay in L2
 
+// Runs work(i) for every i in [0, count) on the ATen threads, each thread claiming the next index
+// from a shared counter (make_work() is called once per thread: its closure holds that thread's
+// scratch memory). Unlike a static split, a thread the OS deschedules on a busy machine holds up
+// only the block it is in: the others take the rest instead of waiting at the region's end.
+// Every index runs exactly once, so per-block results do not depend on the thread count.
+template <typename MakeWork>
+void parallel_claim(int64_t count, const MakeWork& make_work) {
+  std::atomic<int64_t> next{0};
+  const int64_t threads = std::min<int64_t>(count, at::get_num_threads());
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    auto work = make_work();
+    for (int64_t i = next.fetch_add(1); i < count; i = next.fetch_add(1)) work(i);
+  });
+}
+
 }  // namespace
 
 // Writes h and c of one cell into h_out, c_out (c_out may be c_prev itself: in place).
@@ -256,12 +272,11 @@ void lstm_step_forward(const at::Tensor& x, const at::Tensor& h_in, const at::Te
   float* Hout = h_out.data_ptr<float>();
   float* Cout = c_out.data_ptr<float>();
   const int64_t blocks = (rows + kRows - 1) / kRows;
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scratch(4 * kBlock * hidden);
+  parallel_claim(blocks, [&] {
     auto opts = at::TensorOptions().dtype(at::kFloat);
-    auto z = at::empty({kRows * (std::max(f0, hidden) + hidden)}, opts);
-    auto pre = at::empty({kRows, 4 * hidden}, opts);
-    for (int64_t blk = begin; blk < end; ++blk) {
+    return [&, scratch = std::vector<float>(4 * kBlock * hidden),
+            z = at::empty({kRows * (std::max(f0, hidden) + hidden)}, opts),
+            pre = at::empty({kRows, 4 * hidden}, opts)](int64_t blk) mutable {
       const int64_t r0 = blk * kRows, n = std::min(kRows, rows - r0);
       for (int64_t l = 0; l < num_layers; ++l) {
         const int64_t f = layers.in_features(l);
@@ -281,7 +296,7 @@ void lstm_step_forward(const at::Tensor& x, const at::Tensor& h_in, const at::Te
         for (int64_t u = 0; u < hidden; ++u) s += HW[u] * ht[r * hidden + u];
         O[r0 + r] = accumulate ? O[r0 + r] + s : s;
       }
-    }
+    };
   });
 }
 
@@ -328,15 +343,13 @@ std::vector<at::Tensor> lstm_sequence_backward(const at::Tensor& xs, const at::T
   const float* HW = hw_scaled.data_ptr<float>();
   const int64_t layer_rows = rows * hidden, step_rows = num_layers * layer_rows;
   const int64_t widest = std::max(f0, hidden) + hidden;
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scratch(8 * kBlock * hidden), head_step(hidden + 1);
-    auto z = at::empty({kRows * widest}, opts);
-    auto dz = at::empty({kRows * widest}, opts);
-    auto pre = at::empty({kRows, 4 * hidden}, opts);
-    auto dpre = at::empty({kRows, 4 * hidden}, opts);
-    auto dh = at::empty({num_layers, kRows, hidden}, opts);
-    auto dc = at::empty({num_layers, kRows, hidden}, opts);
-    for (int64_t blk = begin; blk < end; ++blk) {
+  parallel_claim(blocks, [&] {
+    return [&, scratch = std::vector<float>(8 * kBlock * hidden),
+            head_step = std::vector<float>(hidden + 1), z = at::empty({kRows * widest}, opts),
+            dz = at::empty({kRows * widest}, opts), pre = at::empty({kRows, 4 * hidden}, opts),
+            dpre = at::empty({kRows, 4 * hidden}, opts),
+            dh = at::empty({num_layers, kRows, hidden}, opts),
+            dc = at::empty({num_layers, kRows, hidden}, opts)](int64_t blk) mutable {
       const int64_t r0 = blk * kRows, n = std::min(kRows, rows - r0);
       dh.zero_();
       dc.zero_();
@@ -396,7 +409,7 @@ std::vector<at::Tensor> lstm_sequence_backward(const at::Tensor& xs, const at::T
           }
         }
       }
-    }
+    };
   });
   std::vector<at::Tensor> out;
   for (int64_t l = 0; l < num_layers; ++l) {
@@ -619,11 +632,11 @@ at::Tensor mlp_accumulate_(const at::Tensor& param, const at::Tensor& grad, at::
   const float rb = static_cast<float>(rms_decay);
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(64, n / 4096));
   std::vector<double> partial(chunks * f0, 0.0);
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t ch = begin; ch < end; ++ch) {
+  parallel_claim(chunks, [&] {
+    return [&](int64_t ch) {
       const int64_t lo = n * ch / chunks, hi = n * (ch + 1) / chunks;
       accumulate_rows(P, G, M, V, lo, hi, d, bd, rb, partial.data() + ch * f0);
-    }
+    };
   });
   auto out = at::zeros({f0}, at::kDouble);
   double* O = out.data_ptr<double>();
@@ -684,13 +697,13 @@ at::Tensor mlp_particles_accumulate_(const at::Tensor& params, const at::Tensor&
   const float* GG = grads.data_ptr<float>();
   float* MM = m.data_ptr<float>();
   float* VV = v.data_ptr<float>();
-  at::parallel_for(0, static_cast<int64_t>(spans.size()), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t u = begin; u < end; ++u) {
+  parallel_claim(static_cast<int64_t>(spans.size()), [&] {
+    return [&](int64_t u) {
       const auto& sp = spans[u];
       const int64_t row = sp.particle * n;
       accumulate_rows(PP + row, GG + row, MM + row * d, VV + row, sp.lo, sp.hi, d, bd, rb,
                       partial.data() + u * f0);
-    }
+    };
   });
   auto out = at::zeros({P, S, f0}, at::kDouble);
   double* O = out.data_ptr<double>();
@@ -731,10 +744,9 @@ void mlp_particles_update_(at::Tensor& params, const at::Tensor& grads, const at
   const float* VV = v.data_ptr<float>();
   const float* W1 = w1.data_ptr<float>();
   const int64_t w1_size = shapes.outs[0] * f0;
-  at::parallel_for(0, static_cast<int64_t>(spans.size()), 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> a(shapes.widest * L), b(shapes.widest * L);
-    MlpLayers layers = shapes;
-    for (int64_t u = begin; u < end; ++u) {
+  parallel_claim(static_cast<int64_t>(spans.size()), [&] {
+    return [&, a = std::vector<float>(shapes.widest * L), b = std::vector<float>(shapes.widest * L),
+            layers = shapes](int64_t u) mutable {
       const auto& sp = spans[u];
       const int64_t p = sp.particle, row = p * n;
       layers.w[0] = W1 + (p * S + sp.segment) * w1_size;
@@ -745,7 +757,7 @@ void mlp_particles_update_(at::Tensor& params, const at::Tensor& grads, const at
       for (int64_t c0 = sp.lo; c0 < sp.hi; c0 += L)
         mlp_block(PP + row, GG + row, MM + row * d, VV + row, c0, std::min(L, sp.hi - c0), d,
                   layers, sm, em, a.data(), b.data());
-    }
+    };
   });
 }
 
