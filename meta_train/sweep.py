@@ -26,6 +26,12 @@ for W&B ``online`` logs ``offline`` into its run folder instead (``wandb sync`` 
 same command continues an interrupted sweep (``--count`` is the sweep's total), an interrupted
 trial resuming from its last checkpoint. The sweep ends with ``ranking.csv`` (also printed) and
 ``metric_vs_params.png`` in the folder.
+
+Killed anywhere, the same command ends as an uninterrupted sweep would: trials die with the
+sweep (``sweep_process``), a folder still held by another process is waited for, a checkpoint is
+continued only by the trial whose config made it (``sweep_folders``; others are moved aside),
+and the n-th point of a random or bayes sweep depends on ``--seed`` and n alone
+(``sweep_sampler``). ``early_terminate`` needs the W&B server: here it is ignored, with a warning.
 """
 
 from __future__ import annotations
@@ -51,29 +57,46 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from meta_train.config import (
-    ConfigError,
-    MetaTrainConfig,
-    load_config,
+from meta_train.config import ConfigError, MetaTrainConfig
+from meta_train.run import EXIT_BUSY
+from meta_train.sweep_folders import new_attempt_log, prepare_trial_folder
+from meta_train.sweep_metrics import check_metric
+from meta_train.sweep_process import (
+    Terminated,
+    run_trial,
+    sigterm_as_interrupt,
+    wait_for_run_folder,
 )
-from meta_train.sweep_report import counted_trials, plot_metric, ranking, write_ranking
+from meta_train.sweep_report import (
+    DRAWN,
+    INTERRUPTED,
+    REQUEUE_OF,
+    counted_trials,
+    plot_metric,
+    ranking,
+    write_ranking,
+)
 from meta_train.sweep_spec import (
     agent_arg,
     check_sweep,
     command_settings,
     command_template,
-    grid_values,
+    early_terminate_ignored,
+    grid_size,
     load_sweep,
     make_sampler,
     optuna_module,
     parse_parameter,
     suggest,
     trial_command,
+    trial_config,
 )
 
 ROOT = Path(__file__).resolve().parent.parent  # where the sweep's program path is relative to
 EXIT_CONFIG = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_TERMINATED = 143  # SIGTERM
+BUSY_RETRIES = 5  # a trial refused its folder (run.py exit 75) waits for it and tries again
 
 
 class MetricMissing(RuntimeError):
@@ -108,18 +131,12 @@ def _trial_env(cfg: MetaTrainConfig, sweep_name: str) -> dict[str, str]:
 
 
 def _execute(command: list[str], env: dict[str, str], log_path: Path) -> int:
-    """Run one trial, its output into ``log_path``; on Ctrl-C let it write its checkpoint."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
-        try:
-            return process.wait()
-        except KeyboardInterrupt:
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-            raise
+    """Run one trial (``sweep_process.run_trial``: it dies with the sweep)."""
+    return run_trial(command, env, ROOT, log_path)
+
+
+def _is_legacy_requeue(trial) -> bool:
+    return "resume_from" in trial.user_attrs and REQUEUE_OF not in trial.user_attrs
 
 
 def _last_line(path: Path) -> str:
@@ -158,21 +175,34 @@ class LocalSweep:
         )
 
     def grid_size(self) -> int:
-        return math.prod(len(grid_values(p)) for p in self.parameters if not p.fixed)
+        return grid_size([p for p in self.parameters if not p.fixed])
 
     def open_study(self):
+        """The sweep's Optuna study in ``study.db``, read whole once: a damaged file is a
+        one-line error here, before any trial runs."""
         optuna = optuna_module()
+        from sqlalchemy.exc import SQLAlchemyError
 
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # we print each trial
         self.folder.mkdir(parents=True, exist_ok=True)
-        study = optuna.create_study(
-            storage=f"sqlite:///{self.folder / 'study.db'}",
-            study_name=self.name,
-            direction=self.goal,
-            sampler=make_sampler(self.sweep["method"], self.parameters, self.seed),
-            load_if_exists=True,
-        )
-        saved = study.user_attrs.get("definition")
+        database = self.folder / "study.db"
+        try:
+            study = optuna.create_study(
+                storage=f"sqlite:///{database}",
+                study_name=self.name,
+                direction=self.goal,
+                sampler=make_sampler(self.sweep["method"], self.parameters, self.seed),
+                load_if_exists=True,
+            )
+            saved = study.user_attrs.get("definition")
+            study.get_trials(deepcopy=False)
+        except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise ConfigError(
+                f"{database} is not a readable sweep study ({detail}); move it away "
+                f"(mv {database} {database}.damaged) to start the study again: trial folders "
+                "whose checkpoint matches their trial are continued, others moved aside"
+            ) from None
         if saved is None:
             study.set_user_attr("definition", self.definition)
         elif saved != self.definition:
@@ -186,76 +216,128 @@ class LocalSweep:
         return self.folder / "trials" / f"{number:04d}"
 
     def trial_config(self, values: dict[str, Any]) -> MetaTrainConfig:
-        base, fixed = command_settings(self.template)
-        return load_config(base, fixed + [agent_arg(k, v) for k, v in values.items()])
+        """The trial's config, through run.py's checks, its metric one the run logs."""
+        cfg = trial_config(*command_settings(self.template), values)
+        check_metric(cfg, self.metric)
+        return cfg
 
     def objective(self, trial) -> float:
         """Run (or resume) one trial; its metric, or ``MetricMissing`` (a failed trial)."""
-        grid = trial.user_attrs.get("grid")
-        storage = trial.study._storage
-        if grid and "grid_id" not in storage.get_trial_system_attrs(trial._trial_id):
-            # A queued-again grid trial takes its predecessor's grid point, or Optuna's
-            # GridSampler (which marks points by this system attribute) fails to count it.
-            for key, value in grid.items():
-                storage.set_trial_system_attr(trial._trial_id, key, value)
+        try:
+            return self._run_trial(trial)
+        except KeyboardInterrupt:
+            attrs = trial.user_attrs
+            if DRAWN not in attrs and REQUEUE_OF not in attrs:
+                self._release_grid_point(trial.study._storage, trial._trial_id)
+            trial.set_user_attr(INTERRUPTED, True)
+            raise
+
+    def _run_trial(self, trial) -> float:
+        self._take_grid_point(trial)
         values = suggest(trial, self.parameters)
-        trial.set_user_attr("values", values)
-        run_dir = Path(trial.user_attrs.get("resume_from") or self.run_dir(trial.number))
-        command = trial_command(self.template, self.sweep["program"], values, run_dir)
-        if (run_dir / "last.pt").exists():  # an interrupted trial: continue its run exactly
-            command = [*command[: command.index(self.sweep["program"]) + 1], "--resume"]
-            command.append(str(run_dir))
-        elif run_dir.exists():
-            shutil.rmtree(run_dir)  # stopped before its first checkpoint: start it again
-        trial.set_user_attr("command", command)
+        trial.set_user_attr(DRAWN, values)
+        resume_from = trial.user_attrs.get("resume_from")
+        run_dir = Path(resume_from or self.run_dir(trial.number))
         trial.set_user_attr("run_dir", str(run_dir))
-        log_path = run_dir.parent / f"{run_dir.name}.log"
         print(f"trial {trial.number}: {' '.join(agent_arg(k, v) for k, v in values.items())}")
         start = time.monotonic()
         try:
-            env = _trial_env(self.trial_config(values), self.name)
-            code = _execute(command, env, log_path)
+            cfg = self.trial_config(values)  # before its folder is touched
+            code, log_path = self._attempt(trial, values, cfg, run_dir, resume_from is not None)
             if code != 0:
-                raise MetricMissing(f"exit code {code}: {_last_line(log_path)}")
+                raise MetricMissing(f"exit code {code}: {_last_line(log_path)} (log: {log_path})")
             value = read_metric(run_dir, self.metric)
-        except KeyboardInterrupt:
-            trial.set_user_attr("interrupted", True)
-            raise
         except (ConfigError, MetricMissing) as exc:
             trial.set_user_attr("error", str(exc))
             trial.set_user_attr("seconds", round(time.monotonic() - start, 1))
-            print(f"  failed: {exc} (log: {log_path})")
+            print(f"  failed: {exc}")
             raise MetricMissing(str(exc)) from None
         seconds = time.monotonic() - start
         trial.set_user_attr("seconds", round(seconds, 1))
         print(f"  {self.metric} = {value:.6g} ({seconds:.0f} s)")
         return value
 
+    def _attempt(self, trial, values, cfg, run_dir: Path, own: bool) -> tuple[int, Path]:
+        """Run the trial in ``run_dir`` once no other process holds it (continuing its
+        checkpoint when it is this config's); its exit code and log."""
+        env = _trial_env(cfg, self.name)
+        for _ in range(BUSY_RETRIES):
+            wait_for_run_folder(run_dir, print)
+            command = trial_command(self.template, self.sweep["program"], values, run_dir)
+            if prepare_trial_folder(run_dir, cfg, own, print):
+                at = command.index(self.sweep["program"]) + 1
+                command = [*command[:at], "--resume", str(run_dir)]
+            trial.set_user_attr("command", command)
+            log_path = new_attempt_log(run_dir)
+            code = _execute(command, env, log_path)
+            if code != EXIT_BUSY:
+                break
+        return code, log_path
+
+    @staticmethod
+    def _take_grid_point(trial) -> None:
+        """A queued-again grid trial takes its predecessor's grid point, or Optuna's
+        GridSampler (which marks points by this system attribute) fails to count it."""
+        grid = trial.user_attrs.get("grid")
+        storage = trial.study._storage
+        if grid and "grid_id" not in storage.get_trial_system_attrs(trial._trial_id):
+            for key, value in grid.items():
+                storage.set_trial_system_attr(trial._trial_id, key, value)
+
+    @staticmethod
+    def _release_grid_point(storage, trial_id: int) -> None:
+        """A trial stopped before it drew its grid point gives the point back (GridSampler
+        counts the points of finished trials, failed ones too, as visited)."""
+        if "grid_id" in storage.get_trial_system_attrs(trial_id):
+            storage.set_trial_system_attr(trial_id, "grid_id", -1)
+
     def requeue_interrupted(self, study) -> None:
-        """Queue again, with their parameters and run folder, the trials a crash or Ctrl-C
-        stopped (those still RUNNING: this process holds the sweep's lock)."""
+        """Queue again, with their point and run folder, the trials a kill or Ctrl-C stopped
+        (those still RUNNING: this process holds the sweep's lock)."""
         import optuna
 
         states = optuna.trial.TrialState
+        storage = study._storage
         trials = study.get_trials(deepcopy=False)
-        queued = {t.user_attrs.get("resume_from") for t in trials}
+        queued = {t.user_attrs.get(REQUEUE_OF) for t in trials}
+        # trials queued again by an older version, which named only the run folder
+        legacy = {t.user_attrs["resume_from"]: t.number for t in trials if _is_legacy_requeue(t)}
         for trial in trials:
             if trial.state == states.RUNNING:
-                study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
-                study._storage.set_trial_state_values(trial._trial_id, state=states.FAIL)
-            elif not (trial.state == states.FAIL and trial.user_attrs.get("interrupted")):
+                if DRAWN not in trial.user_attrs and REQUEUE_OF not in trial.user_attrs:
+                    self._release_grid_point(storage, trial._trial_id)
+                storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
+                storage.set_trial_state_values(trial._trial_id, state=states.FAIL)
+            elif not (trial.state == states.FAIL and trial.user_attrs.get(INTERRUPTED)):
                 continue
-            if "values" not in trial.user_attrs:
-                continue  # stopped before it ran anything
-            run_dir = trial.user_attrs.get("run_dir", str(self.run_dir(trial.number)))
-            if run_dir not in queued:
-                print(f"trial {trial.number} was interrupted: queued again ({run_dir})")
-                attrs: dict[str, Any] = {"resume_from": run_dir}
-                if "grid_id" in trial.system_attrs:
-                    keys = ("grid_id", "search_space")
-                    attrs["grid"] = {k: trial.system_attrs[k] for k in keys}
-                study.enqueue_trial(trial.params, user_attrs=attrs)
-                queued.add(run_dir)
+            run_dir = trial.user_attrs.get("run_dir")
+            if trial.number in queued or legacy.get(run_dir, -1) > trial.number:
+                continue
+            continuation = self._continuation(trial)
+            if continuation is not None:
+                params, attrs = continuation
+                where = attrs["resume_from"]
+                print(f"trial {trial.number} was interrupted: queued again ({where})")
+                study.enqueue_trial(params, user_attrs=attrs)
+
+    def _continuation(self, trial) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The parameters and attributes of the trial that continues an interrupted one: its
+        point and run folder; None when it stopped before drawing a point."""
+        attrs, system = trial.user_attrs, trial.system_attrs
+        if DRAWN in attrs:
+            params = trial.params
+        elif REQUEUE_OF in attrs:  # queued again, and stopped again before it started
+            params = system.get("fixed_params", {})
+        else:
+            return None
+        run_dir = attrs.get("run_dir") or attrs.get("resume_from")
+        run_dir = run_dir or str(self.run_dir(trial.number))
+        queued: dict[str, Any] = {"resume_from": run_dir, REQUEUE_OF: trial.number}
+        if system.get("grid_id", -1) >= 0:
+            queued["grid"] = {k: system[k] for k in ("grid_id", "search_space")}
+        elif "grid" in attrs:
+            queued["grid"] = attrs["grid"]
+        return params, queued
 
     def run(self, count: int | None) -> Any:
         """Run trials until the study holds ``count`` finished ones (the grid's size at most)."""
@@ -296,13 +378,15 @@ def run_local(
         lock.write(str(os.getpid()))
         lock.flush()
         try:
-            study = local.run(count)
-        except KeyboardInterrupt:
+            with sigterm_as_interrupt():
+                study = local.run(count)
+        except KeyboardInterrupt as exc:
+            how = "terminated" if isinstance(exc, Terminated) else "interrupted"
             print(
-                f"interrupted; run the same command to continue the sweep in {local.folder}",
+                f"{how}; run the same command to continue the sweep in {local.folder}",
                 file=sys.stderr,
             )
-            return EXIT_INTERRUPTED
+            return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     keys = [p.key for p in local.parameters if not p.fixed]
     rows = ranking(study, local.metric, keys)
     print(write_ranking(rows, local.folder / "ranking.csv"))
@@ -311,6 +395,15 @@ def run_local(
         plot_metric(rows, local.metric, local.parameters, local.folder / "metric_vs_params.png")
         print(f"plot:    {local.folder / 'metric_vs_params.png'}")
     return 0
+
+
+def _checked(sweep: dict[str, Any], configs: list) -> str:
+    """What --check validated, in words (a grid's size counted, never enumerated)."""
+    text = f"{len(configs)} configurations checked"
+    if sweep["method"] == "grid":
+        parameters = [parse_parameter(k, v) for k, v in sweep["parameters"].items()]
+        text += f" (a grid of {grid_size(parameters):,} points)"
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -341,7 +434,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    print(f"{args.sweep}: valid; {len(configs)} configurations checked", file=sys.stderr)
+    print(f"{args.sweep}: valid; {_checked(sweep, configs)}", file=sys.stderr)
+    warning = early_terminate_ignored(sweep) if args.project is None else None
+    if warning:
+        print(warning, file=sys.stderr)
     if args.check:
         return 0
     if args.project is None:

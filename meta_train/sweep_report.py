@@ -11,6 +11,11 @@ from typing import Any
 from l2o.io import atomic_write
 from meta_train.sweep_spec import Parameter, grid_values
 
+# A trial's user attributes in the study that say where it stands
+DRAWN = "values"  # its parameter values: it drew its point
+INTERRUPTED = "interrupted"  # stopped by a kill or Ctrl-C: queued again, not counted
+REQUEUE_OF = "requeue_of"  # queued again: the number of the interrupted trial it continues
+
 
 def counted_trials(study) -> list:
     """The trials that ran to an end (complete or failed, not interrupted), by number."""
@@ -18,7 +23,7 @@ def counted_trials(study) -> list:
 
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
     trials = study.get_trials(deepcopy=False, states=states)
-    return [t for t in trials if "values" in t.user_attrs and not t.user_attrs.get("interrupted")]
+    return [t for t in trials if DRAWN in t.user_attrs and not t.user_attrs.get(INTERRUPTED)]
 
 
 def ranking(study, metric: str, keys: list[str]) -> list[dict[str, Any]]:
@@ -39,7 +44,7 @@ def ranking(study, metric: str, keys: list[str]) -> list[dict[str, Any]]:
             metric: trial.value if ok else "",
             "state": trial.state.name.lower(),
         }
-        row.update({key: trial.user_attrs["values"].get(key) for key in keys})
+        row.update({key: trial.user_attrs[DRAWN].get(key) for key in keys})
         row["seconds"] = trial.user_attrs.get("seconds", "")
         row["run_dir"] = trial.user_attrs.get("run_dir", "")
         row["error"] = trial.user_attrs.get("error", "")

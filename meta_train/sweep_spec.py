@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from meta_train.config import ConfigError, MetaTrainConfig, load_config, validate_names
+from meta_train.sweep_metrics import check_metric
 
 PROGRAM = "meta_train/run.py"
 METHODS = ("grid", "random", "bayes")
@@ -90,9 +91,8 @@ def parse_parameter(key: str, spec: Any) -> Parameter:
     if not all(k in spec for k in RANGE_KEYS):
         raise ConfigError(f"sweep parameter {key!r} needs values:, value: or min: and max:")
     low, high = spec["min"], spec["max"]
-    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high))
-    if not numbers:
-        raise ConfigError(f"sweep parameter {key!r}: min and max must be numbers")
+    for name, value in (("min", low), ("max", high)):
+        _require_number(key, name, value)
     if not low < high:
         raise ConfigError(f"sweep parameter {key!r}: min ({low}) must be below max ({high})")
     both_int = isinstance(low, int) and isinstance(high, int)
@@ -110,7 +110,7 @@ def parse_parameter(key: str, spec: Any) -> Parameter:
         return Parameter(key, low=math.exp(low), high=math.exp(high), log=True)
     step = None
     if distribution == "q_uniform":
-        step = float(spec.get("q", 1.0))
+        step = _quantum(key, spec.get("q", 1.0), high - low)
     return Parameter(
         key,
         low=low,
@@ -119,6 +119,35 @@ def parse_parameter(key: str, spec: Any) -> Parameter:
         log=distribution == "log_uniform_values",
         step=step,
     )
+
+
+def _require_number(key: str, name: str, value: Any) -> None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return
+    hint = ""
+    if isinstance(value, str):
+        try:
+            float(value)
+            hint = " (YAML reads a number like 1e-3 as text: write 1.0e-3)"
+        except ValueError:
+            pass
+    raise ConfigError(
+        f"sweep parameter {key!r}: {name} must be a finite number, got {value!r}{hint}"
+    )
+
+
+def _quantum(key: str, q: Any, span: float) -> float:
+    """q_uniform's step: a positive number no larger than the range (else every trial would get
+    the minimum)."""
+    _require_number(key, "q", q)
+    if q <= 0:
+        raise ConfigError(f"sweep parameter {key!r}: q must be positive, got {q!r}")
+    if q > span:
+        raise ConfigError(
+            f"sweep parameter {key!r}: q ({q}) is larger than max - min ({span}): every trial "
+            "would get min; use a smaller q"
+        )
+    return float(q)
 
 
 def command_template(
@@ -160,31 +189,43 @@ def command_settings(command: list[str]) -> tuple[str, list[str]]:
     return base, fixed
 
 
+FULL_CHECK_LIMIT = 64  # up to this many combinations of candidates, all are validated (~10 ms each)
+HYPERBAND_KEYS = ("type", "min_iter", "max_iter", "s", "eta", "strict")
+
+
 def check_sweep(
     sweep: dict[str, Any], config: str | None = None, overrides: list[str] | tuple = ()
 ) -> list[MetaTrainConfig]:
-    """Every config the sweep can produce at its listed values and range ends, validated.
+    """Every config the sweep can produce at its listed values and range ends, validated as
+    ``run.py`` validates it, its metric among those the run logs.
 
-    Grid sweeps are checked on their full product (they are small by nature); other methods one
-    parameter at a time on top of the base config. ``config`` and ``overrides`` change the
-    command as a local run would (see ``--config`` of the CLI).
+    The candidates are every listed value and both ends of each range (every integer of a small
+    int_uniform grid range). Up to :data:`FULL_CHECK_LIMIT` combinations of them are checked all;
+    a larger space one parameter at a time on top of the base config (it is counted, never
+    enumerated). ``config`` and ``overrides`` change the command as a local run would (see
+    ``--config`` of the CLI).
     """
     if sweep.get("program") != PROGRAM:
         raise ConfigError(f"sweep program must be {PROGRAM!r}, got {sweep.get('program')!r}")
     if sweep.get("method") not in METHODS:
         raise ConfigError(f"sweep method must be one of {METHODS}, got {sweep.get('method')!r}")
     metric = sweep.get("metric")
-    if sweep["method"] == "bayes" and not (isinstance(metric, dict) and metric.get("name")):
+    named = isinstance(metric, dict) and isinstance(metric.get("name"), str)
+    if metric is not None and not named:
+        raise ConfigError("metric must be a mapping {name: ..., goal: minimize|maximize}")
+    if sweep["method"] == "bayes" and metric is None:
         raise ConfigError("a bayes sweep needs metric: {name: ..., goal: minimize|maximize}")
-    if isinstance(metric, dict) and metric.get("goal", "minimize") not in ("minimize", "maximize"):
+    if metric is not None and metric.get("goal", "minimize") not in ("minimize", "maximize"):
         raise ConfigError(f"metric.goal must be minimize or maximize, got {metric.get('goal')!r}")
+    check_early_terminate(sweep)
     params = sweep.get("parameters")
     if not isinstance(params, dict) or not params:
         raise ConfigError("a sweep needs a non-empty parameters: mapping")
     if "${args}" not in [str(c) for c in sweep.get("command", ["${args}"])]:
         raise ConfigError("the sweep's command must end with ${args} (the swept --key=value)")
     parsed = [parse_parameter(key, spec) for key, spec in params.items()]
-    if sweep["method"] == "grid":
+    grid = sweep["method"] == "grid"
+    if grid:
         for p in parsed:
             if p.is_range and not p.integer:
                 raise ConfigError(
@@ -195,24 +236,72 @@ def check_sweep(
     for text in overrides:
         if text.split("=", 1)[0].lstrip("-") in params:
             raise ConfigError(f"override {text!r} sets a swept parameter")
-    candidates = {p.key: grid_values(p) if sweep["method"] == "grid" else p.ends() for p in parsed}
-    if sweep["method"] == "grid":
-        combos = [
+    candidates = {p.key: _candidates(p, grid) for p in parsed}
+    if math.prod(len(values) for values in candidates.values()) <= FULL_CHECK_LIMIT:
+        combos = (
             dict(zip(candidates, values, strict=True))
             for values in itertools.product(*candidates.values())
-        ]
+        )
     else:
-        combos = [{key: value} for key, values in candidates.items() for value in values]
+        combos = ({key: value} for key, values in candidates.items() for value in values)
     configs = []
     for combo in combos:
-        args = [agent_arg(k, v) for k, v in combo.items()]
         try:
-            cfg = load_config(base, fixed + args)
-            validate_names(cfg)
+            cfg = trial_config(base, fixed, combo)
+            if metric is not None:
+                check_metric(cfg, metric["name"])
         except ConfigError as exc:
             raise ConfigError(f"sweep parameters {combo}: {exc}") from None
         configs.append(cfg)
     return configs
+
+
+def trial_config(base: str, fixed: list[str], values: dict[str, Any]) -> MetaTrainConfig:
+    """The config ``run.py`` builds for a trial, through run.py's own checks (the config's
+    construction and ``validate_names``, which ``run.py`` runs before its run folder exists)."""
+    cfg = load_config(base, fixed + [agent_arg(k, v) for k, v in values.items()])
+    validate_names(cfg)
+    return cfg
+
+
+def check_early_terminate(sweep: dict[str, Any]) -> None:
+    """W&B's early termination: hyperband, with its own keys (the W&B server applies it)."""
+    rule = sweep.get("early_terminate")
+    if rule is None:
+        return
+    if not isinstance(rule, dict) or rule.get("type") != "hyperband":
+        raise ConfigError(f"early_terminate must be {{type: hyperband, ...}}, got {rule!r}")
+    unknown = sorted(set(rule) - set(HYPERBAND_KEYS))
+    if unknown:
+        raise ConfigError(f"early_terminate: unknown keys {unknown}; W&B takes {HYPERBAND_KEYS}")
+
+
+def early_terminate_ignored(sweep: dict[str, Any]) -> str | None:
+    """The warning a sweep run here prints when its file asks for early termination."""
+    if sweep.get("early_terminate") is None:
+        return None
+    return (
+        "warning: early_terminate (hyperband) is applied by the W&B server only (--project); "
+        "the local engine ignores it and runs every trial to its end"
+    )
+
+
+def _candidates(parameter: Parameter, grid: bool) -> list[Any]:
+    """The values :func:`check_sweep` validates for one parameter."""
+    if grid and value_count(parameter) <= FULL_CHECK_LIMIT:
+        return grid_values(parameter)
+    return parameter.ends()
+
+
+def value_count(parameter: Parameter) -> int:
+    """How many values a grid takes of ``parameter``, counted (not enumerated)."""
+    if parameter.is_range:
+        return int(parameter.high) - int(parameter.low) + 1
+    return len(parameter.values)
+
+
+def grid_size(parameters: list[Parameter]) -> int:
+    return math.prod(value_count(p) for p in parameters)
 
 
 def grid_values(parameter: Parameter) -> list[Any]:
@@ -254,9 +343,11 @@ def make_sampler(method: str, parameters: list[Parameter], seed: int):
     if method == "grid":
         space = {p.key: _choices(p)[0] for p in parameters if not p.fixed}
         return optuna.samplers.GridSampler(space, seed=seed)
+    from meta_train.sweep_sampler import PerPointSampler
+
     if method == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.GPSampler(seed=seed)
+        return PerPointSampler(lambda s: optuna.samplers.RandomSampler(seed=s), seed)
+    return PerPointSampler(lambda s: optuna.samplers.GPSampler(seed=s), seed)
 
 
 def suggest(trial, parameters: list[Parameter]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sweep_fakes import command_config, fake_execute, write_checkpoint
 
 from meta_train import sweep as sweep_module
 from meta_train import sweep_spec
@@ -117,25 +118,6 @@ def test_check_cli(tmp_path, capsys):
 # Sweeps run here, without a W&B server
 
 
-def _fake_execute(calls, interrupt_at=None):
-    """Stands in for run.py: writes metrics.jsonl with a metric of the swept lr (no training)."""
-
-    def execute(command, env, log_path):
-        calls.append(command)
-        if interrupt_at is not None and len(calls) == interrupt_at:
-            raise KeyboardInterrupt
-        flag = "--resume" if "--resume" in command else "--run-dir"
-        run_dir = Path(command[command.index(flag) + 1])
-        run_dir.mkdir(parents=True, exist_ok=True)
-        args = dict(a[2:].split("=", 1) for a in command if a.startswith("--") and "=" in a)
-        lr = float(args.get("meta_optimizer.lr", "0.01"))
-        record = {"step": 1, "val/best_loss": abs(math.log10(lr) + 2.0)}
-        (run_dir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
-        return 0
-
-    return execute
-
-
 def _grid_file(tmp_path, values=(0.001, 0.01, 0.1), extra=()):
     sweep = {
         **_sweep(**{"meta_optimizer.lr": {"values": list(values)}}),
@@ -185,7 +167,7 @@ def test_local_grid_sweep_of_tiny_end_to_end(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "rank" in printed and "val/best_loss" in printed
     # the same command again: the sweep is complete, nothing runs
-    monkeypatch.setattr(sweep_module, "_execute", _fake_execute(calls := []))
+    monkeypatch.setattr(sweep_module, "_execute", fake_execute(calls := []))
     assert main([str(path), "--sweep-dir", str(folder)]) == 0
     assert calls == [] and len(_ranking(folder)) == 3
 
@@ -194,7 +176,7 @@ def test_trial_commands_are_the_agents(tmp_path, monkeypatch):
     from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
     calls = []
-    monkeypatch.setattr(sweep_module, "_execute", _fake_execute(calls))
+    monkeypatch.setattr(sweep_module, "_execute", fake_execute(calls))
     path, folder = _grid_file(tmp_path, values=(0.01,)), tmp_path / "sweep"
     assert main([str(path), "--sweep-dir", str(folder)]) == 0
     (command,) = calls
@@ -228,15 +210,14 @@ def test_trial_commands_are_the_agents(tmp_path, monkeypatch):
 def test_an_interrupted_sweep_continues_where_it_stopped(tmp_path, monkeypatch):
     path, folder = _grid_file(tmp_path), tmp_path / "sweep"
     calls = []
-    monkeypatch.setattr(sweep_module, "_execute", _fake_execute(calls, interrupt_at=2))
+    monkeypatch.setattr(sweep_module, "_execute", fake_execute(calls, interrupt_at=2))
     assert main([str(path), "--sweep-dir", str(folder)]) == 130  # Ctrl-C during trial 1
     assert len(calls) == 2 and not (folder / "ranking.csv").exists()
     interrupted_dir = calls[1][calls[1].index("--run-dir") + 1]
-    Path(interrupted_dir).mkdir(parents=True)
-    (Path(interrupted_dir) / "last.pt").write_bytes(b"checkpoint")  # it had checkpointed
+    write_checkpoint(Path(interrupted_dir), command_config(calls[1])[0])  # it had checkpointed
 
     again = []
-    monkeypatch.setattr(sweep_module, "_execute", _fake_execute(again))
+    monkeypatch.setattr(sweep_module, "_execute", fake_execute(again))
     assert main([str(path), "--sweep-dir", str(folder)]) == 0
     # trial 0 is not run again; trial 1 resumes its own run folder with --resume; then trial 2
     assert len(again) == 2
@@ -258,7 +239,7 @@ def test_a_killed_sweep_continues_its_running_trial(tmp_path, monkeypatch):
     trial.set_user_attr("values", values)
     trial.set_user_attr("run_dir", str(local.run_dir(trial.number)))
     calls = []
-    monkeypatch.setattr(sweep_module, "_execute", _fake_execute(calls))
+    monkeypatch.setattr(sweep_module, "_execute", fake_execute(calls))
     assert main([str(path), "--sweep-dir", str(folder)]) == 0
     assert f"--meta_optimizer.lr={values['meta_optimizer.lr']}" in calls[0]
     assert calls[0][-1] == str(local.run_dir(trial.number))
@@ -274,7 +255,7 @@ def test_random_and_bayes_sweeps_run_the_shipped_space(tmp_path, monkeypatch, me
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(sweep))
     calls = []
-    monkeypatch.setattr(sweep_module, "_execute", _fake_execute(calls))
+    monkeypatch.setattr(sweep_module, "_execute", fake_execute(calls))
     folder = tmp_path / "sweep"
     assert main([str(path), "--count", "4", "--sweep-dir", str(folder)]) == 0
     rows = _ranking(folder)
@@ -288,7 +269,7 @@ def test_random_and_bayes_sweeps_run_the_shipped_space(tmp_path, monkeypatch, me
 
 
 def test_sweep_folder_is_locked_and_tied_to_its_definition(tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep_module, "_execute", _fake_execute([]))
+    monkeypatch.setattr(sweep_module, "_execute", fake_execute([]))
     path, folder = _grid_file(tmp_path, values=(0.01,)), tmp_path / "sweep"
     folder.mkdir()
     with open(folder / "sweep.lock", "w") as lock:
