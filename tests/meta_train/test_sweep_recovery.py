@@ -107,7 +107,9 @@ def _wait_for_trial(process: subprocess.Popen, run_dir: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "term"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=["kill-9", "term", "ctrl-c"]
+)
 def test_a_killed_sweeps_trial_dies_with_it(tmp_path, sig):
     path = _sweep_file(tmp_path, extra=("schedule.epochs=1000",))  # a trial of many minutes
     folder = tmp_path / "sweep"
@@ -121,9 +123,10 @@ def test_a_killed_sweeps_trial_dies_with_it(tmp_path, sig):
         if process.poll() is None:
             process.kill()
     assert left == [], "the trial outlived its sweep"
-    if sig == signal.SIGTERM:  # the sweep stopped its trial and says how to continue
-        assert code == 143
-        assert "terminated; run the same command" in process.stderr.read()
+    if sig != signal.SIGKILL:  # the sweep stopped its trial and says how to continue
+        how = "terminated" if sig == signal.SIGTERM else "interrupted"
+        assert code == (143 if sig == signal.SIGTERM else 130)
+        assert f"{how}; run the same command" in process.stderr.read()
 
 
 def _running_trial(path: Path, folder: Path) -> tuple[LocalSweep, dict, Path]:
