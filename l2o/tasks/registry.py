@@ -126,6 +126,7 @@ _BUILTIN = [
     ("cifar10_mlp_sigmoid", "cifar10", _mlp((40, 40)), "3072-40-40-10, sigmoid"),
     ("fashion_mnist_mlp_sigmoid", "fashion_mnist", _mlp((20,)), "784-20-10, sigmoid"),
     ("fashion_mnist_mlp_relu", "fashion_mnist", _mlp((20,), "relu"), "784-20-10, ReLU"),
+    ("fashion_mnist_mlp_tanh", "fashion_mnist", _mlp((32,), "tanh"), "784-32-10, tanh"),
     (
         "fashion_mnist_mlp_relu_bn",
         "fashion_mnist",
