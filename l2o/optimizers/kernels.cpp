@@ -390,7 +390,12 @@ std::vector<at::Tensor> lstm_sequence_backward(const at::Tensor& xs, const at::T
                              hidden, scratch.data());
           auto dw_blk = dwt[l][blk];
           dw_blk.addmm_(zl.t(), dp);
-          db[l][blk].add_(dp.sum(0));
+          float* dbl = db[l].data_ptr<float>() + blk * 4 * hidden;  // += dp.sum(0), no temporary
+          const float* DPB = dp.data_ptr<float>();
+          for (int64_t r = 0; r < n; ++r) {
+#pragma omp simd
+            for (int64_t j = 0; j < 4 * hidden; ++j) dbl[j] += DPB[r * 4 * hidden + j];
+          }
           if (l == 0) {  // the input needs no gradient: only the recurrent part
             auto dh0 = dh[0].narrow(0, 0, n);
             at::mm_out(dh0, dp, w_hh0);
