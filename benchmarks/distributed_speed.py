@@ -7,7 +7,7 @@ meta-step.
 
 Classic configuration (as ``benchmarks/meta_train_speed.py``): MNIST 784-20-10 sigmoid MLP on
 ``mnist5k``, batch 128, LSTM 2×20, unroll 20, first order, CPU. Each meta-step is what the trainer
-does: the estimator, :func:`meta_train.distributed.reduce_meta_step` (one all-reduce of the
+does: the estimator, :func:`meta_train.training.distributed.reduce_meta_step` (one all-reduce of the
 meta-gradient, the skip votes and the logged numbers), clipping and Adam.
 
 The two set-ups run alternately, ``--repeats`` rounds of ``--warmup`` + ``--meta-steps``
@@ -40,9 +40,9 @@ def worker(args: argparse.Namespace) -> None:
 
     from l2o.optimizers import create
     from l2o.tasks import get_task
-    from meta_train import distributed as dist
     from meta_train.estimators import meta_step_gradient
-    from meta_train.unroll import UnrollConfig, init_inner_state
+    from meta_train.inner_loop.unroll import UnrollConfig, init_inner_state
+    from meta_train.training import distributed as dist
 
     torch.set_num_threads(args.threads)
     dist.init("cpu")

@@ -198,7 +198,7 @@ def meta_train_figures(device, sizes: Sizes) -> None:
 
 def torchrun_smoke(device) -> None:
     """``meta_train/run.py --config tiny`` as a one-process torchrun job on ``device``."""
-    from meta_train.distributed import backend_for
+    from meta_train.training.distributed import backend_for
 
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"

@@ -1,4 +1,4 @@
-"""Peak RSS growth of one meta-step vs. ``meta_train.memory.meta_step_bytes``'s estimate.
+"""Peak RSS growth of one meta-step vs. ``meta_train.training.memory.meta_step_bytes``'s estimate.
 
 Runs ONE meta-step (CPU) of a config's task and optimizer with the given meta-batch, length and
 estimator, and prints JSON: the estimate, the measured growth of peak RSS over the RSS before
@@ -17,11 +17,11 @@ import resource
 import torch
 
 import l2o.optimizers as lo
-from meta_train.config import load_config
+from meta_train.configuration.schema import load_config
 from meta_train.estimators import meta_step_gradient
-from meta_train.memory import meta_step_bytes
-from meta_train.trainer import make_task
-from meta_train.unroll import init_inner_state
+from meta_train.inner_loop.unroll import init_inner_state
+from meta_train.training.memory import meta_step_bytes
+from meta_train.training.trainer import make_task
 
 
 class Slices:

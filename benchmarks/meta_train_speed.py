@@ -16,8 +16,8 @@ run first; ``first_order_peak_rss_mb`` is the peak after both).
 Classic configuration: MNIST 784-20-10 sigmoid MLP (``mnist_mlp_sigmoid`` on ``mnist5k``), batch
 128, LSTM 2×20 with log/sign preprocessing, unroll 20, first-order, meta-batch 1, CPU, 2 threads.
 
-The reference is ``meta_train.reference.reference_meta_step`` on the same learned optimizer
-(per-optimizee autograd, the whole graph kept, one backward per truncation). Ours and the
+The reference is ``meta_train.inner_loop.reference.reference_meta_step`` on the same learned
+optimizer (per-optimizee autograd, the whole graph kept, one backward per truncation). Ours and the
 reference run alternately, ``--repeats`` rounds of ``--meta-steps`` meta-steps each, so both see
 the same machine load; the figures are medians over rounds and ``ratio`` is the median of the
 per-round ratios. ``peak_rss_mb`` is the process's peak after our loop (before the reference runs);
@@ -42,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from meta_train.threads import prefer_passive_wait, resolve_threads
+from meta_train.training.threads import prefer_passive_wait, resolve_threads
 
 PASSIVE_WAIT = prefer_passive_wait()  # before torch loads the OpenMP runtime
 
@@ -52,8 +52,8 @@ from torch import nn  # noqa: E402
 from l2o.optimizers import create  # noqa: E402
 from l2o.tasks import get_task  # noqa: E402
 from meta_train.estimators import meta_step_gradient  # noqa: E402
-from meta_train.reference import reference_meta_step  # noqa: E402
-from meta_train.unroll import UnrollConfig, init_inner_state  # noqa: E402
+from meta_train.inner_loop.reference import reference_meta_step  # noqa: E402
+from meta_train.inner_loop.unroll import UnrollConfig, init_inner_state  # noqa: E402
 
 
 def limit_malloc_caching(threshold_bytes: int) -> bool:
@@ -103,8 +103,8 @@ class OurLoop:
 
 
 class ReferenceLoop(OurLoop):
-    """The same meta-steps through ``meta_train.reference.reference_meta_step``, the plain
-    specification (per-optimizee autograd, whole graph, one backward)."""
+    """The same meta-steps through ``meta_train.inner_loop.reference.reference_meta_step``, the
+    plain specification (per-optimizee autograd, whole graph, one backward)."""
 
     def meta_step(self) -> float:
         value, self.inner = reference_meta_step(
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--threads",
         type=int,
         default=None,
-        help="torch threads (default: meta-training's default, meta_train.threads)",
+        help="torch threads (default: meta-training's default, meta_train.training.threads)",
     )
     parser.add_argument("--output-scale", type=float, default=0.1)
     parser.add_argument("--checkpoint-every", type=int, default=0)

@@ -22,8 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from meta_train.config import load_config
-from meta_train.trainer import Trainer, preflight
+from meta_train.configuration.schema import load_config
+from meta_train.training.trainer import Trainer, preflight
 
 
 def rss_mb() -> tuple[float, float]:

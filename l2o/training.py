@@ -47,7 +47,8 @@ def model_seed(seed: int) -> int:
 
 def make_optimizee(task: Task, seed: int, device: torch.device | str = "cpu") -> nn.Module:
     """Optimizee ``seed`` of ``task``, freshly initialized: THE convention for initial weights,
-    used by ``train_optimizee`` and by meta-training's inner loop (``meta_train.unroll``), so
+    used by ``train_optimizee`` and by meta-training's inner loop
+    (``meta_train.inner_loop.unroll``), so
     that seed s starts from the same weights in both."""
     return task.make_model(model_seed(seed), device)
 

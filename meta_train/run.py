@@ -6,7 +6,8 @@
     python meta_train/run.py --resume runs/default-20261124-101500       # continue after a crash
     python meta_train/run.py --print-config --config relu_bn             # show the resolved config
 
-Every setting is a dotted key of ``meta_train.config.MetaTrainConfig``. The run folder receives
+Every setting is a dotted key of ``meta_train.configuration.schema.MetaTrainConfig``. The run
+folder receives
 ``config.yaml``, ``metrics.jsonl``, ``last.pt`` (everything needed to resume exactly), ``best.pt``
 (the learned optimizer chosen on held-out meta-validation, loadable with ``LearnedOptimizer``) and
 ``evaluation/`` (the ``indist`` and ``long`` suites of ``meta_train/evaluate.py``, quick: tables,
@@ -39,8 +40,7 @@ import os
 import time
 
 from l2o.data import CorruptDatasetError
-from meta_train import checkpointing as ckpt
-from meta_train.config import (
+from meta_train.configuration.schema import (
     ConfigError,
     MetaTrainConfig,
     available_configs,
@@ -48,6 +48,7 @@ from meta_train.config import (
     dump_yaml,
     load_config,
 )
+from meta_train.training import checkpointing as ckpt
 
 EXIT_CONFIG = 2  # bad input, or a run folder that cannot be used: nothing was started
 EXIT_NONFINITE = 3  # the run stopped on non-finite meta-steps (or none ever succeeded)
@@ -128,7 +129,7 @@ def check_run_folder(run_dir: Path) -> None:
 def lock_run_folder(run_dir: Path, stack: contextlib.ExitStack) -> ckpt.RunLock | None:
     """Create ``run_dir`` if needed and hold its lock until ``stack`` closes (under torchrun
     rank 0 alone, the run folder's one writer: the other ranks get None)."""
-    from meta_train.distributed import launch_rank
+    from meta_train.training.distributed import launch_rank
 
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -181,7 +182,7 @@ def prepare(
         _refuse_existing_run(run_dir)
     if args.print_config:
         return cfg, run_dir, payload, None
-    from meta_train.trainer import preflight
+    from meta_train.training.trainer import preflight
 
     preflight(cfg)
     if not args.resume:
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print(dump_yaml(cfg), end="")
             return 0
-        from meta_train import distributed
+        from meta_train.training import distributed
 
         with distributed.session(cfg.device):  # under torchrun; nothing in a plain run
             return _run(cfg, distributed.from_main(run_dir), payload, lock)
@@ -225,8 +226,8 @@ def _run(
     cfg: MetaTrainConfig, run_dir: Path, payload: dict | None, lock: ckpt.RunLock | None
 ) -> int:
     from l2o.io import atomic_write
-    from meta_train.distributed import is_main
-    from meta_train.trainer import NonFiniteError, Trainer
+    from meta_train.training.distributed import is_main
+    from meta_train.training.trainer import NonFiniteError, Trainer
 
     if is_main():
         print(f"run folder: {run_dir}", file=sys.stderr)

@@ -57,17 +57,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from meta_train.config import ConfigError, MetaTrainConfig
+from meta_train.configuration.schema import ConfigError, MetaTrainConfig
 from meta_train.run import EXIT_BUSY
-from meta_train.sweep_folders import new_attempt_log, prepare_trial_folder
-from meta_train.sweep_metrics import check_metric
-from meta_train.sweep_process import (
+from meta_train.sweeps.folders import new_attempt_log, prepare_trial_folder
+from meta_train.sweeps.metrics import check_metric
+from meta_train.sweeps.process import (
     Terminated,
     run_trial,
     sigterm_as_interrupt,
     wait_for_run_folder,
 )
-from meta_train.sweep_report import (
+from meta_train.sweeps.report import (
     DRAWN,
     INTERRUPTED,
     REQUEUE_OF,
@@ -76,7 +76,7 @@ from meta_train.sweep_report import (
     ranking,
     write_ranking,
 )
-from meta_train.sweep_spec import (
+from meta_train.sweeps.spec import (
     agent_arg,
     check_sweep,
     command_settings,
@@ -106,7 +106,7 @@ class MetricMissing(RuntimeError):
 def read_metric(run_dir: Path, name: str) -> float:
     """What W&B's summary holds for ``name``: the value the run set in its summary
     (``summary.json``, e.g. ``best_val_loss``), else its last logged value in ``metrics.jsonl``."""
-    from meta_train.tracking import read_metrics, read_summary
+    from meta_train.training.tracking import read_metrics, read_summary
 
     summary = read_summary(run_dir)
     records = read_metrics(run_dir)

@@ -2,7 +2,8 @@
 
 The same fields, with the same names and meanings, are a suite case's keys
 (``meta_train/evaluation/suites.py``), the meta-training config's ``task`` section and its family
-members' keys (``meta_train/config.py``), and ``get_task(..., variation=)``'s argument, so a
+members' keys (``meta_train/configuration/schema.py``), and ``get_task(..., variation=)``'s
+argument, so a
 variation is data, never code. Each default is the registered task's own pipeline:
 
 ========== ====================== ==========================================================

@@ -1,7 +1,7 @@
 """Meta-gradient estimators behind one interface (:class:`Estimator`), chosen by
 ``unroll.estimator``, and :func:`meta_step_gradient`, the call that runs one.
 
-One module per estimator; each imports ``meta_train.unroll`` (the inner loop's types) and
+One module per estimator; each imports ``meta_train.inner_loop.unroll`` (the inner loop's types) and
 ``meta_train.estimators.base``, never the reverse. The built-in ones are listed in
 ``_ESTIMATORS`` below; :func:`register_estimator` adds others (e.g. from a plug-in module)."""
 
@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from l2o.optimizers.base import LearnedOptimizerNet
-from meta_train.config_engine import ConfigError
+from meta_train.configuration.engine import ConfigError
 from meta_train.estimators.base import Estimator
 from meta_train.estimators.es import AntitheticES
 from meta_train.estimators.pes import PES
 from meta_train.estimators.truncated_bptt import FirstOrder, SecondOrder
-from meta_train.unroll import (
+from meta_train.inner_loop.unroll import (
     InnerState,
     Regularizer,
     UnrollConfig,

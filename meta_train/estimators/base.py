@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from l2o.optimizers.base import LearnedOptimizerNet
-from meta_train.config_engine import ConfigError
-from meta_train.unroll import (
+from meta_train.configuration.engine import ConfigError
+from meta_train.inner_loop.unroll import (
     FunctionalOptimizee,
     InnerState,
     Regularizer,

@@ -36,11 +36,11 @@ import torch
 
 from l2o.optimizers.base import LearnedOptimizerNet
 from l2o.seeding import derive_seed
-from meta_train.config_engine import ConfigError
+from meta_train.configuration.engine import ConfigError
 from meta_train.estimators import particles as pt
 from meta_train.estimators.base import Estimator
-from meta_train.meta_losses import meta_loss
-from meta_train.unroll import InnerState, UnrollConfig, UnrollResult, next_batches
+from meta_train.inner_loop.meta_losses import meta_loss
+from meta_train.inner_loop.unroll import InnerState, UnrollConfig, UnrollResult, next_batches
 
 if TYPE_CHECKING:
     from l2o.data import Dataset

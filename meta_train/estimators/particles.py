@@ -376,7 +376,8 @@ def unroll_particles(
 
 def for_particles(optimizee, task_index: torch.Tensor):
     """The optimizee as the particles see it: one whose per-task settings (e.g. a family's
-    augmentations, ``meta_train.families``) are gathered to the particles; plain ones as is."""
+    augmentations, ``meta_train.inner_loop.families``) are gathered to the particles; plain ones as
+    is."""
     select = getattr(optimizee, "select", None)
     return select(task_index) if select is not None else optimizee
 

@@ -13,7 +13,8 @@ meta-loss (truncated ES is not; ``tests/meta_train/test_pes.py`` shows both). Wh
 restarts, its particles start from the fresh optimizee and ξ is reset to 0.
 
 Restarts: with the trainer's synchronized runs, all tasks restart when ``inner.step == 0``; with
-desynchronized tasks (``meta_train.truncation``), a task restarts when the caller hands in a
+desynchronized tasks (``meta_train.inner_loop.truncation``), a task restarts when the caller hands
+in a
 state for it that is not the one this estimator returned (a fresh optimizee).
 The particles and accumulators are the estimator's ``state_dict`` (in ``last.pt``; the
 perturbations come from the meta-step's seed), so a resumed run continues bit for bit. A
@@ -28,7 +29,7 @@ import torch
 from l2o.optimizers.base import LearnedOptimizerNet
 from meta_train.estimators import particles as pt
 from meta_train.estimators.es import ParticleEstimator
-from meta_train.unroll import InnerState, UnrollResult
+from meta_train.inner_loop.unroll import InnerState, UnrollResult
 
 
 class PES(ParticleEstimator):
@@ -70,7 +71,8 @@ class PES(ParticleEstimator):
         """One truncation. ``inner`` holds the tasks' states: all particles start from it when
         a run begins (``inner.step == 0``), and a task's particles restart from its row when
         that row is not the state this estimator last returned (the caller restarted the task,
-        e.g. ``meta_train.truncation.TaskRotation``, or went back after a skipped step)."""
+        e.g. ``meta_train.inner_loop.truncation.TaskRotation``, or went back after a skipped
+        step)."""
         self._check(regularizer, inner, samplers)
         if self._saved is not None:
             self._restore(lopt, inner)

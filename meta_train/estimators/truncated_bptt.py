@@ -1,7 +1,8 @@
 """Truncated backpropagation through time: the exact meta-gradient of one truncation of
 ``cfg.length`` inner steps, first order (``"first"``) or second order (``"second"``).
 
-Both must equal ``meta_train.reference.reference_meta_step`` (the tests check it); they are
+Both must equal ``meta_train.inner_loop.reference.reference_meta_step`` (the tests check it); they
+are
 faster because of the structure below.
 
 First order (``"first"``, exact for the first-order meta-gradient): the optimizer's inputs are
@@ -30,8 +31,8 @@ from torch.utils.checkpoint import checkpoint
 
 from l2o.optimizers.base import LearnedOptimizerNet, State
 from meta_train.estimators.base import Estimator
-from meta_train.meta_losses import meta_loss, meta_loss_weights
-from meta_train.unroll import (
+from meta_train.inner_loop.meta_losses import meta_loss, meta_loss_weights
+from meta_train.inner_loop.unroll import (
     FunctionalOptimizee,
     InnerState,
     Regularizer,

@@ -26,7 +26,7 @@ from torch import nn
 import baselines
 import l2o.optimizers as lo
 from l2o.tasks import TaskVariation
-from meta_train.truncation import HorizonSchedule
+from meta_train.inner_loop.truncation import HorizonSchedule
 
 DEFAULT_BASELINES = ("sgdm", "adam", "adamw_cosine", "muon_cosine", "sf_adamw")
 COSINE = "_cosine"
@@ -189,7 +189,9 @@ def trained_horizon(cfg: dict[str, Any]) -> int | None:
     schedule = HorizonSchedule.parse(horizon)
     if schedule.min == schedule.max:
         return schedule.min
-    from meta_train.config import ValidationConfig  # its default; the config sits above evaluation
+    from meta_train.configuration.schema import (
+        ValidationConfig,  # its default; the config sits above evaluation
+    )
 
     return int(cfg.get("validation", {}).get("steps", ValidationConfig.steps))
 
@@ -204,7 +206,7 @@ def _load(path: Path) -> tuple[lo.LearnedOptimizerNet, dict]:
         return lo.load_learned_optimizer(path)
     except ValueError as first:
         from l2o.optimizers import checkpoint_io
-        from meta_train import checkpointing as ckpt
+        from meta_train.training import checkpointing as ckpt
 
         try:
             run = ckpt.load_run_checkpoint(path)

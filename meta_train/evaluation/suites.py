@@ -26,7 +26,7 @@ from l2o.tasks import (
     available_tasks,
     get_task,
 )
-from meta_train.config_engine import coerce, load_yaml
+from meta_train.configuration.engine import coerce, load_yaml
 
 TRAINED = "trained"
 _CASE_KEYS = {"task", "dataset", "steps", "horizon", "quick", *VARIATION_KEYS}

@@ -22,7 +22,7 @@ def train_until_crash(
     """Train ``cfg`` in ``run_dir`` (resuming from ``resume``), raising ``Crash`` after global
     meta-step ``crash_after`` (None: to the end); ``on_meta_step(trainer, record)`` sees every
     step first. The trainer is always closed."""
-    from meta_train.trainer import Trainer
+    from meta_train.training.trainer import Trainer
 
     def hook(trainer, record):
         if on_meta_step is not None:

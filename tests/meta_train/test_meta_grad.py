@@ -1,4 +1,5 @@
-"""The estimators' meta-gradients equal the reference meta-step (``meta_train.reference``).
+"""The estimators' meta-gradients equal the reference meta-step
+(``meta_train.inner_loop.reference``).
 
 The reference keeps per-tensor parameter dicts per optimizee, builds the whole graph (optimizee
 included), takes inner gradients with ``torch.autograd.grad`` and calls backward once on the
@@ -17,9 +18,9 @@ import torch
 from l2o.optimizers import create
 from l2o.tasks.models import MLP
 from meta_train.estimators import meta_step_gradient
-from meta_train.meta_losses import META_LOSSES, meta_loss
-from meta_train.reference import reference_meta_gradient
-from meta_train.unroll import UnrollConfig, init_inner_state
+from meta_train.inner_loop.meta_losses import META_LOSSES, meta_loss
+from meta_train.inner_loop.reference import reference_meta_gradient
+from meta_train.inner_loop.unroll import UnrollConfig, init_inner_state
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,8 @@ def samplers_for(batches):
 
 
 def naive_meta_grad(lopt, task, seeds, batches, steps, kind, order, regularizer=None):
-    """The specification: ``meta_train.reference``'s plain autograd unroll, from the same start."""
+    """The specification: ``meta_train.inner_loop.reference``'s plain autograd unroll, from the
+    same start."""
     lopt.zero_grad(set_to_none=True)
     inner = init_inner_state(task, lopt, seeds, "cpu")
     cfg = UnrollConfig(steps, kind, order)

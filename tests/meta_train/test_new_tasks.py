@@ -10,8 +10,8 @@ import l2o.optimizers as lo
 from l2o.tasks import get_task
 from l2o.training import data_seed
 from meta_train.estimators import make_estimator, meta_step_gradient
-from meta_train.families import AugmentationSpec, AugmentedOptimizee, draw_run
-from meta_train.unroll import UnrollConfig, functional_optimizee, init_inner_state
+from meta_train.inner_loop.families import AugmentationSpec, AugmentedOptimizee, draw_run
+from meta_train.inner_loop.unroll import UnrollConfig, functional_optimizee, init_inner_state
 
 # (task, dataset, optimizees in lockstep, estimator): B = 2 runs the vmapped path, B = 1 plain
 # autograd; second order differentiates through the optimizees' gradients (Hessian terms)

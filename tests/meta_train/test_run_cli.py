@@ -13,11 +13,11 @@ import pytest
 import torch
 
 import l2o.optimizers as lo
-from meta_train import memory
-from meta_train.config import load_config
+from meta_train.configuration.schema import load_config
 from meta_train.run import main
-from meta_train.tracking import read_metrics
-from meta_train.trainer import make_task, preflight
+from meta_train.training import memory
+from meta_train.training.tracking import read_metrics
+from meta_train.training.trainer import make_task, preflight
 
 RUN_PY = Path(__file__).resolve().parents[2] / "meta_train" / "run.py"
 
@@ -239,8 +239,8 @@ def test_a_full_disk_mid_run_is_one_line_and_keeps_the_previous_checkpoint(
 ):
     import errno
 
-    from meta_train import checkpointing as ckpt
     from meta_train.run import EXIT_IO
+    from meta_train.training import checkpointing as ckpt
 
     monkeypatch.chdir(tmp_path)
     real_save, saves = torch.save, []
@@ -269,7 +269,7 @@ def test_a_full_disk_mid_run_is_one_line_and_keeps_the_previous_checkpoint(
 
 def test_a_run_whose_every_meta_step_was_skipped_is_not_done(tmp_path, monkeypatch, capsys):
     from meta_train.run import EXIT_NONFINITE
-    from meta_train.trainer import Trainer
+    from meta_train.training.trainer import Trainer
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(Trainer, "_nonfinite_reason", lambda self, result, inner: "meta_loss")

@@ -12,7 +12,7 @@ from l2o.regularization import build_regularizer
 from l2o.symmetry import find_structures, update_deviations
 from l2o.tasks import get_task
 from meta_train.estimators import meta_step_gradient
-from meta_train.unroll import UnrollConfig, init_inner_state
+from meta_train.inner_loop.unroll import UnrollConfig, init_inner_state
 
 TASK = dict(name="mnist_mlp_relu_bn", dataset="mnist5k", batch_size=32)
 

@@ -12,12 +12,12 @@ import torch
 import l2o.optimizers as lo
 from l2o.tasks import TaskVariation
 from l2o.training import data_seed, make_optimizee, train_optimizee
-from meta_train.config import ConfigError, load_config, member_task, validate_names
+from meta_train.configuration.schema import ConfigError, load_config, member_task, validate_names
 from meta_train.estimators import make_estimator, meta_step_gradient
 from meta_train.evaluation.suites import Case, parse_suite, resolve_cases
-from meta_train.families import AugmentationSpec, AugmentedSampler, draw_run
-from meta_train.trainer import make_family, make_task, preflight, run_seeds
-from meta_train.unroll import UnrollConfig, functional_optimizee, init_inner_state
+from meta_train.inner_loop.families import AugmentationSpec, AugmentedSampler, draw_run
+from meta_train.inner_loop.unroll import UnrollConfig, functional_optimizee, init_inner_state
+from meta_train.training.trainer import make_family, make_task, preflight, run_seeds
 
 VARIED = [
     "task.input=raw",
