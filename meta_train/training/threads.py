@@ -10,16 +10,22 @@ once, when torch loads it: :func:`prefer_passive_wait` must run before ``import 
 (``meta_train/__init__.py`` calls it).
 
 The default thread count (``threads: null``) counts only the CPUs the process may run on (its
-affinity mask and its cgroup's CPU quota, which torch's default ignores); it does not follow the
-load average, so a resumed run on a busier machine keeps the thread count, and with it the
-bit-exact results, of the run it continues.
+affinity mask and its cgroup's CPU quota, which torch's default ignores) and that other jobs
+leave free when the run starts: with the kernel's autogroup scheduling a session's threads share
+one session's CPU time, so on a busy machine a second thread adds synchronization and no CPU
+(measured: PES at two threads beside two busy processes, 0.61x its one-thread speed). The
+choice is made once, at the start: a run resumed on a machine under another load may get
+another count, and torch's reductions then differ in the last bits; set ``threads:`` for
+bit-exact resumes across machines.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import statistics
 import sys
+import time
 from pathlib import Path
 
 WAIT_POLICY_VARIABLE = "OMP_WAIT_POLICY"
@@ -48,14 +54,42 @@ def cgroup_cpu_quota(cpu_max: str) -> float | None:
     return quota / period
 
 
-def default_threads(current: int, affinity: int, quota: float | None) -> int:
-    """The thread count for ``threads: null``: torch's ``current`` count, at most the CPUs in the
-    affinity mask and the cgroup's ``quota`` rounded up, at least 1."""
+def default_threads(current: int, affinity: int, quota: float | None, load: float) -> int:
+    """The thread count for ``threads: null``: the CPUs in the affinity mask and the cgroup's
+    ``quota`` (rounded up) less the ``load`` other jobs put on them (rounded), at most torch's
+    ``current`` count, at least 1."""
     for name, value in (("current", current), ("affinity", affinity)):
         if value < 1:
             raise ValueError(f"{name} must be a positive CPU count, got {value}")
+    if not load >= 0:  # NaN included
+        raise ValueError(f"load must be a non-negative number of busy CPUs, got {load}")
     limit = affinity if quota is None else min(affinity, math.ceil(quota))
-    return max(1, min(current, limit))
+    free = math.floor(limit - load + 0.5)
+    return max(1, min(current, limit, free))
+
+
+def running_tasks(proc_loadavg: str) -> int:
+    """Tasks running or runnable right now, from a ``/proc/loadavg`` line (its fourth field,
+    ``running/total``)."""
+    fields = proc_loadavg.split()
+    if len(fields) < 4 or "/" not in fields[3]:
+        raise ValueError(f"/proc/loadavg: expected 'a b c running/total pid', got {proc_loadavg!r}")
+    return int(fields[3].split("/")[0])
+
+
+def other_load(samples: int = 5, interval_s: float = 0.02) -> float:
+    """CPUs other jobs keep busy: the larger of the one-minute load average (slow to see a job
+    that just started) and the median of ``samples`` counts of running tasks other than this
+    thread (quick to see one, noisy)."""
+    try:
+        counts = []
+        for i in range(samples):
+            if i:
+                time.sleep(interval_s)
+            counts.append(running_tasks(Path("/proc/loadavg").read_text()) - 1)
+        return max(os.getloadavg()[0], float(statistics.median(counts)))
+    except (OSError, ValueError, AttributeError):  # no /proc, no getloadavg: assume idle
+        return 0.0
 
 
 def available_cpus() -> tuple[int, float | None]:
@@ -77,4 +111,4 @@ def resolve_threads(requested: int | None) -> int:
         return requested
     import torch
 
-    return default_threads(torch.get_num_threads(), *available_cpus())
+    return default_threads(torch.get_num_threads(), *available_cpus(), other_load())

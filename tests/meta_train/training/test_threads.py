@@ -10,29 +10,55 @@ from pathlib import Path
 import pytest
 import torch
 
-from meta_train.training.threads import cgroup_cpu_quota, default_threads, resolve_threads
+from meta_train.training.threads import (
+    cgroup_cpu_quota,
+    default_threads,
+    other_load,
+    resolve_threads,
+    running_tasks,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.parametrize(
-    ("current", "affinity", "quota", "expected"),
+    ("current", "affinity", "quota", "load", "expected"),
     [
-        (2, 2, None, 2),  # nothing limits torch's default
-        (8, 2, None, 2),  # pinned to 2 CPUs: torch's count ignores the mask
-        (8, 8, 1.5, 2),  # a quota of 1.5 CPUs: 2 threads, each partly busy
-        (8, 8, 0.2, 1),  # a fraction of a CPU: still one thread
-        (1, 8, None, 1),  # a count set before (tests, evaluations) is never raised
+        (2, 2, None, 0.0, 2),  # a quiet machine: every CPU
+        (8, 2, None, 0.0, 2),  # pinned to 2 CPUs: torch's count ignores the mask
+        (8, 8, 1.5, 0.0, 2),  # a quota of 1.5 CPUs: 2 threads, each partly busy
+        (8, 8, 0.2, 0.0, 1),  # a fraction of a CPU: still one thread
+        (1, 8, None, 0.0, 1),  # a count set before (tests, evaluations) is never raised
+        (2, 2, None, 0.4, 2),  # a little background work: both CPUs
+        (2, 2, None, 2.0, 1),  # a two-thread job beside the run: one thread
+        (2, 2, None, 7.0, 1),  # oversubscribed: one thread
+        (16, 16, None, 5.6, 10),  # a big machine, partly busy: the free CPUs
     ],
 )
-def test_default_threads_counts_only_usable_cpus(current, affinity, quota, expected):
-    assert default_threads(current, affinity, quota) == expected
+def test_default_threads_counts_only_free_usable_cpus(current, affinity, quota, load, expected):
+    assert default_threads(current, affinity, quota, load) == expected
 
 
-@pytest.mark.parametrize(("current", "affinity"), [(0, 2), (2, 0)])
-def test_default_threads_refuses_counts_below_one(current, affinity):
+@pytest.mark.parametrize(("current", "affinity", "load"), [(0, 2, 0.0), (2, 0, 0.0)])
+def test_default_threads_refuses_counts_below_one(current, affinity, load):
     with pytest.raises(ValueError, match="positive CPU count"):
-        default_threads(current, affinity, None)
+        default_threads(current, affinity, None, load)
+
+
+@pytest.mark.parametrize("load", [-1.0, float("nan")])
+def test_default_threads_refuses_a_meaningless_load(load):
+    with pytest.raises(ValueError, match="load must be"):
+        default_threads(2, 2, None, load)
+
+
+def test_running_tasks_reads_the_fourth_field():
+    assert running_tasks("3.28 3.77 4.69 3/130 7952\n") == 3
+    with pytest.raises(ValueError, match="/proc/loadavg"):
+        running_tasks("3.28 3.77")
+
+
+def test_other_load_is_a_non_negative_number():
+    assert other_load(samples=2, interval_s=0.0) >= 0.0
 
 
 def test_cgroup_quota_lines():
