@@ -40,8 +40,8 @@ import os
 import time
 
 from l2o.data import CorruptDatasetError
+from meta_train.configuration.engine import ConfigError
 from meta_train.configuration.schema import (
-    ConfigError,
     MetaTrainConfig,
     available_configs,
     config_from_dict,

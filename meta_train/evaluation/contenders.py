@@ -26,6 +26,7 @@ from torch import nn
 import baselines
 import l2o.optimizers as lo
 from l2o.tasks import TaskVariation
+from meta_train.evaluation.criteria import VALIDATION_STEPS
 from meta_train.inner_loop.truncation import HorizonSchedule
 
 DEFAULT_BASELINES = ("sgdm", "adam", "adamw_cosine", "muon_cosine", "sf_adamw")
@@ -189,11 +190,7 @@ def trained_horizon(cfg: dict[str, Any]) -> int | None:
     schedule = HorizonSchedule.parse(horizon)
     if schedule.min == schedule.max:
         return schedule.min
-    from meta_train.configuration.schema import (
-        ValidationConfig,  # its default; the config sits above evaluation
-    )
-
-    return int(cfg.get("validation", {}).get("steps", ValidationConfig.steps))
+    return int(cfg.get("validation", {}).get("steps", VALIDATION_STEPS))
 
 
 def _label(path: Path) -> str:

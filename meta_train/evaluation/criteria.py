@@ -38,6 +38,9 @@ CRITERIA: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], str]] = {
     "paper50": (_paper50, "sum of the first 50 training losses (the paper's tuning criterion)"),
 }
 DEFAULT_CRITERIA = ("final", "mean")
+#: meta-validation's horizon unless ``validation.steps`` says otherwise: the config's default, and
+#: the horizon a saved run's ``best.pt`` was selected on when its config predates the key
+VALIDATION_STEPS = 200
 
 
 def check_criteria(names: list[str] | tuple[str, ...]) -> list[str]:

@@ -16,7 +16,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from meta_train.configuration.schema import ConfigError, MetaTrainConfig, config_from_dict
+from meta_train.configuration.engine import ConfigError
+from meta_train.configuration.schema import MetaTrainConfig, config_from_dict
 from meta_train.training import checkpointing as ckpt
 
 IGNORED_KEYS = ("run_dir",)  # where a run lives is no parameter of it

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import difflib
 
-from meta_train.configuration.schema import ConfigError, MetaTrainConfig
+from meta_train.configuration.engine import ConfigError
+from meta_train.configuration.schema import MetaTrainConfig
 
 # Every meta-step's record (the events-only ones, such as train/skipped, are no score).
 STEP_METRICS = (

@@ -5,7 +5,7 @@ continued after a kill would draw its first points again (a random sweep of 3 tr
 after 2, ends with a duplicate and without the third point). Here each new point gets a sampler
 made for it, seeded by the sweep's seed and the number of points drawn before it; a trial queued
 again after an interruption reuses its predecessor's point and draws none. Imported only once
-Optuna is known to be installed (``sweep_spec.optuna_module``).
+Optuna is known to be installed (``meta_train.sweeps.spec.optuna_module``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import optuna
 
-from meta_train.sweeps.report import DRAWN, REQUEUE_OF
+from meta_train.sweeps.trials import DRAWN, REQUEUE_OF
 
 
 def points_drawn(study) -> int:

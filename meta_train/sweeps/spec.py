@@ -18,12 +18,9 @@ from typing import Any
 
 import yaml
 
-from meta_train.configuration.schema import (
-    ConfigError,
-    MetaTrainConfig,
-    load_config,
-    validate_names,
-)
+from meta_train.configuration.checks import validate_names
+from meta_train.configuration.engine import ConfigError
+from meta_train.configuration.schema import MetaTrainConfig, load_config
 from meta_train.sweeps.metrics import check_metric
 
 PROGRAM = "meta_train/run.py"

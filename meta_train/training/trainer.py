@@ -45,14 +45,10 @@ from l2o.optimizers import checkpoint_io
 from l2o.seeding import derive_seed
 from l2o.tasks import Task, get_task
 from l2o.training import data_seed, train_optimizee
-from meta_train.configuration.schema import (
-    ConfigError,
-    MetaTrainConfig,
-    config_from_dict,
-    member_label,
-    member_task,
-    validate_names,
-)
+from meta_train.configuration.checks import member_task, validate_names
+from meta_train.configuration.engine import ConfigError
+from meta_train.configuration.schema import MetaTrainConfig, config_from_dict
+from meta_train.configuration.sections import member_label
 from meta_train.estimators import make_estimator, meta_step_gradient
 from meta_train.evaluation.criteria import score
 from meta_train.inner_loop.families import assign_members

@@ -12,7 +12,9 @@ import torch
 import l2o.optimizers as lo
 from l2o.tasks import TaskVariation
 from l2o.training import data_seed, make_optimizee, train_optimizee
-from meta_train.configuration.schema import ConfigError, load_config, member_task, validate_names
+from meta_train.configuration.checks import member_task, validate_names
+from meta_train.configuration.engine import ConfigError
+from meta_train.configuration.schema import load_config
 from meta_train.estimators import make_estimator, meta_step_gradient
 from meta_train.evaluation.suites import Case, parse_suite, resolve_cases
 from meta_train.inner_loop.families import AugmentationSpec, AugmentedSampler, draw_run

@@ -8,16 +8,15 @@ import pytest
 import torch
 import yaml
 
+from meta_train.configuration.checks import validate_names
+from meta_train.configuration.engine import ConfigError, parse_override
 from meta_train.configuration.schema import (
-    ConfigError,
     MetaTrainConfig,
     all_keys,
     available_configs,
     config_from_dict,
     load_config,
-    parse_override,
     resolve_config_path,
-    validate_names,
 )
 
 SHIPPED = ["default", "paper", "relu_bn", "tiny"]

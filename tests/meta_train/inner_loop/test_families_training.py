@@ -11,12 +11,9 @@ from crash_run import train_until_crash
 
 import l2o.optimizers as lo
 from l2o.seeding import derive_seed
-from meta_train.configuration.schema import (
-    ConfigError,
-    config_from_dict,
-    load_config,
-    validate_names,
-)
+from meta_train.configuration.checks import validate_names
+from meta_train.configuration.engine import ConfigError
+from meta_train.configuration.schema import config_from_dict, load_config
 from meta_train.estimators import make_estimator
 from meta_train.inner_loop.families import AugmentedOptimizee, draw_run
 from meta_train.inner_loop.unroll import functional_optimizee

@@ -14,10 +14,12 @@ import pytest
 import yaml
 from sweep_fakes import command_config, fake_execute, write_checkpoint
 
-from meta_train import sweep as sweep_module
-from meta_train.configuration.schema import ConfigError, load_config
-from meta_train.sweep import LocalSweep, MetricMissing, main, read_metric, run_local
+from meta_train.configuration.engine import ConfigError
+from meta_train.configuration.schema import load_config
+from meta_train.sweep import main
+from meta_train.sweeps import engine as sweep_module
 from meta_train.sweeps import spec as sweep_spec
+from meta_train.sweeps.engine import LocalSweep, MetricMissing, read_metric, run_local
 from meta_train.sweeps.spec import (
     PROGRAM,
     agent_arg,

@@ -13,9 +13,10 @@ import pytest
 import yaml
 from sweep_fakes import fake_execute
 
-from meta_train import sweep as sweep_module
-from meta_train.configuration.schema import ConfigError, load_config
+from meta_train.configuration.engine import ConfigError
+from meta_train.configuration.schema import load_config
 from meta_train.sweep import main
+from meta_train.sweeps import engine as sweep_module
 from meta_train.sweeps import spec as sweep_spec
 from meta_train.sweeps.metrics import check_metric, logged_metrics
 from meta_train.sweeps.spec import PROGRAM, check_sweep, parse_parameter

@@ -18,9 +18,10 @@ import pytest
 import yaml
 from sweep_fakes import command_config, fake_execute, fake_metric, write_checkpoint
 
-from meta_train import sweep as sweep_module
-from meta_train.sweep import LocalSweep, main
+from meta_train.sweep import main
+from meta_train.sweeps import engine as sweep_module
 from meta_train.sweeps import spec as sweep_spec
+from meta_train.sweeps.engine import LocalSweep
 from meta_train.sweeps.process import folder_holder
 from meta_train.sweeps.spec import PROGRAM, load_sweep
 from meta_train.training import checkpointing as ckpt

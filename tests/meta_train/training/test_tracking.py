@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from meta_train.configuration.schema import WandbConfig
+from meta_train.configuration.sections import WandbConfig
 from meta_train.training.tracking import METRICS_FILE, SUMMARY_FILE, Tracker, read_metrics
 
 

@@ -6,7 +6,8 @@ import pytest
 
 import l2o.optimizers as lo
 from l2o.training import train_optimizee
-from meta_train.configuration.schema import ConfigError, load_config
+from meta_train.configuration.engine import ConfigError
+from meta_train.configuration.schema import load_config
 from meta_train.evaluation.criteria import final_window
 from meta_train.training.trainer import Trainer
 
