@@ -361,6 +361,15 @@ std::vector<at::Tensor> lstm_sequence_backward(const at::Tensor& xs, const at::T
       double* dhd = dhead.data_ptr<double>() + blk * (hidden + 1);
       auto p = pre.narrow(0, 0, n);
       auto dp = dpre.narrow(0, 0, n);
+      auto dh0 = dh[0].narrow(0, 0, n);
+      std::vector<at::Tensor> zs, zts, dws, dzs;  // per layer, the block's views (made once)
+      for (int64_t l = 0; l < num_layers; ++l) {
+        const int64_t width = layers.in_features(l) + hidden;
+        zs.push_back(z.narrow(0, 0, n * width).view({n, width}));
+        zts.push_back(zs.back().t());
+        dws.push_back(dwt[l][blk]);
+        dzs.push_back(dz.narrow(0, 0, n * width).view({n, width}));
+      }
       for (int64_t t = steps - 1; t >= 0; --t) {
         // the head: u = scale * (head_w . h_top + head_b), h_top = hs[t + 1][L - 1]
         const float* ct = COT + t * rows + r0;
@@ -384,15 +393,14 @@ std::vector<at::Tensor> lstm_sequence_backward(const at::Tensor& xs, const at::T
                                     : HS + (t + 1) * step_rows + (l - 1) * layer_rows + r0 * hidden;
           const float* h_prev = HS + t * step_rows + l * layer_rows + r0 * hidden;
           const float* c_prev = CS + t * step_rows + l * layer_rows + r0 * hidden;
-          auto zl = z.narrow(0, 0, n * width).view({n, width});
+          const auto& zl = zs[l];
           concat_rows(inp, f, h_prev, hidden, zl.data_ptr<float>(), n);
           at::addmm_out(p, layers.b[l], zl, layers.wt[l]);
           float* dhl = DH + l * kRows * hidden;
           float* dcl = DC + l * kRows * hidden;
           cell_backward_rows(p.data_ptr<float>(), c_prev, dhl, dcl, dp.data_ptr<float>(), dcl, n,
                              hidden, scratch.data());
-          auto dw_blk = dwt[l][blk];
-          dw_blk.addmm_(zl.t(), dp);
+          dws[l].addmm_(zts[l], dp);
           float* dbl = db[l].data_ptr<float>() + blk * 4 * hidden;  // += dp.sum(0), no temporary
           const float* DPB = dp.data_ptr<float>();
           for (int64_t r = 0; r < n; ++r) {
@@ -400,11 +408,10 @@ std::vector<at::Tensor> lstm_sequence_backward(const at::Tensor& xs, const at::T
             for (int64_t j = 0; j < 4 * hidden; ++j) dbl[j] += DPB[r * 4 * hidden + j];
           }
           if (l == 0) {  // the input needs no gradient: only the recurrent part
-            auto dh0 = dh[0].narrow(0, 0, n);
             at::mm_out(dh0, dp, w_hh0);
             continue;
           }
-          auto dzl = dz.narrow(0, 0, n * width).view({n, width});
+          auto& dzl = dzs[l];
           at::mm_out(dzl, dp, w[l]);
           const float* DZ = dzl.data_ptr<float>();
           float* below = DH + (l - 1) * kRows * hidden;
