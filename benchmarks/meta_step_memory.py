@@ -21,7 +21,7 @@ from meta_train.configuration.schema import load_config
 from meta_train.estimators import meta_step_gradient
 from meta_train.inner_loop.unroll import init_inner_state
 from meta_train.training.memory import meta_step_bytes
-from meta_train.training.trainer import make_task
+from meta_train.training.parts import make_task
 
 
 class Slices:

@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 from meta_train.configuration.schema import load_config
-from meta_train.training.trainer import Trainer, preflight
+from meta_train.training.parts import preflight
+from meta_train.training.trainer import Trainer
 
 
 def rss_mb() -> tuple[float, float]:

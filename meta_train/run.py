@@ -182,7 +182,7 @@ def prepare(
         _refuse_existing_run(run_dir)
     if args.print_config:
         return cfg, run_dir, payload, None
-    from meta_train.training.trainer import preflight
+    from meta_train.training.parts import preflight
 
     preflight(cfg)
     if not args.resume:

@@ -7,11 +7,10 @@ each ``meta_train`` module it imports and to the packages above that module (who
 ``if TYPE_CHECKING:`` never run and are left out."""
 
 import ast
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from python_process import run_python
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "meta_train"
@@ -123,12 +122,5 @@ def test_meta_train_imports_have_no_cycle():
 
 @pytest.mark.parametrize("name", sorted(modules()))
 def test_every_module_imports_first_and_alone(name):
-    done = subprocess.run(
-        [sys.executable, "-c", f"import {name}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_python("-c", f"import {name}", cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

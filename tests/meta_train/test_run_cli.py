@@ -16,8 +16,8 @@ import l2o.optimizers as lo
 from meta_train.configuration.schema import load_config
 from meta_train.run import main
 from meta_train.training import memory
+from meta_train.training.parts import make_task, preflight
 from meta_train.training.tracking import read_metrics
-from meta_train.training.trainer import make_task, preflight
 
 RUN_PY = Path(__file__).resolve().parents[2] / "meta_train" / "run.py"
 

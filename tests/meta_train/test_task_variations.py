@@ -19,7 +19,7 @@ from meta_train.estimators import make_estimator, meta_step_gradient
 from meta_train.evaluation.suites import Case, parse_suite, resolve_cases
 from meta_train.inner_loop.families import AugmentationSpec, AugmentedSampler, draw_run
 from meta_train.inner_loop.unroll import UnrollConfig, functional_optimizee, init_inner_state
-from meta_train.training.trainer import make_family, make_task, preflight, run_seeds
+from meta_train.training.parts import make_family, make_task, preflight, run_seeds
 
 VARIED = [
     "task.input=raw",

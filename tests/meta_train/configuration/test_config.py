@@ -191,7 +191,7 @@ def test_every_schema_key_is_settable():
 
 def test_regularization_section_builds_the_regularizer():
     from l2o.regularization import NormRegularizer, SymmetryRegularizer
-    from meta_train.training.trainer import make_regularizer, make_task
+    from meta_train.training.parts import make_regularizer, make_task
 
     cfg = load_config("relu_bn", ["regularization.kind=symmetry", "regularization.weights.scale=0"])
     reg = make_regularizer(cfg, make_task(cfg), torch.device("cpu"))

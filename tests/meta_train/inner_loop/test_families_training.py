@@ -18,8 +18,9 @@ from meta_train.estimators import make_estimator
 from meta_train.inner_loop.families import AugmentedOptimizee, draw_run
 from meta_train.inner_loop.unroll import functional_optimizee
 from meta_train.training import checkpointing as ckpt
+from meta_train.training.parts import make_family, make_task, run_seeds
 from meta_train.training.tracking import read_metrics
-from meta_train.training.trainer import Trainer, make_family, make_task, run_seeds
+from meta_train.training.trainer import Trainer
 
 # two members of different shapes (784-20-10 and 784-40-10), every augmentation on
 FAMILY = [

@@ -11,8 +11,9 @@ import l2o.optimizers as lo
 from meta_train.configuration.schema import load_config
 from meta_train.estimators import make_estimator
 from meta_train.training import checkpointing as ckpt
+from meta_train.training.parts import make_family, make_task, run_seeds
 from meta_train.training.rank_slots import RankSlots, pack, place_estimator, unpack
-from meta_train.training.trainer import Trainer, make_family, make_task, run_seeds
+from meta_train.training.trainer import Trainer
 
 FAMILY = [
     "task.family.members=[{name: mnist_mlp_sigmoid, weight: 2}, {name: mnist_mlp_sigmoid_h40}]",
