@@ -1,6 +1,6 @@
 """What the torchrun tests share: launching a test module as a 2-process gloo job on localhost
-(imported by the test modules: their folder is on ``sys.path`` under pytest's default import
-mode)."""
+(imported by the test modules: this folder is on ``sys.path`` through ``conftest.py``, and on
+the workers' ``PYTHONPATH``, since a worker is a test module run as a script from a subfolder)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+HELPERS = Path(__file__).resolve().parent  # crash_run, torchrun_jobs: shared by the subfolders
 
 
 def launch(
@@ -20,7 +21,7 @@ def launch(
     ``timeout_s``); returns the finished process and its wall time in seconds."""
     env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(HELPERS)]),
         "OMP_NUM_THREADS": "1",
         "WANDB_MODE": "disabled",
         "L2O_NATIVE": "0",  # no JIT compile of the native LSTM kernels in the workers
