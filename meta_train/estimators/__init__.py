@@ -3,7 +3,10 @@
 
 One module per estimator; each imports ``meta_train.inner_loop.unroll`` (the inner loop's types) and
 ``meta_train.estimators.base``, never the reverse. The built-in ones are listed in
-``_ESTIMATORS`` below; :func:`register_estimator` adds others (e.g. from a plug-in module)."""
+``_ESTIMATORS`` below; :func:`register_estimator` adds others (e.g. from a plug-in module).
+The package may import ``meta_train.configuration.engine`` and the inner loop
+(``inner_loop.unroll``, ``inner_loop.meta_losses``); the trainer, the family runner, the config's
+checks and ``inner_loop.truncation`` (for ``particles.particle_dims``) use it."""
 
 from __future__ import annotations
 
