@@ -49,13 +49,8 @@ from meta_train.evaluation.contenders import (
 from meta_train.evaluation.criteria import CRITERIA, DEFAULT_CRITERIA, check_criteria
 from meta_train.evaluation.partial import FILE as PROGRESS_FILE
 from meta_train.evaluation.partial import CaseStore, check_output_folder
-from meta_train.evaluation.report import (
-    format_table,
-    heldout_findings,
-    rows,
-    summary,
-    write_outputs,
-)
+from meta_train.evaluation.report import format_table, heldout_findings, write_outputs
+from meta_train.evaluation.rows import rows, summary
 from meta_train.evaluation.runner import FIRST_EVAL_SEED, FIRST_TUNE_SEED, run_suite
 from meta_train.evaluation.suites import available_suites, load_suite
 from meta_train.evaluation.tuning import LogGrid

@@ -23,15 +23,8 @@ from meta_train.evaluation.contenders import (
     check_baselines,
 )
 from meta_train.evaluation.criteria import final_window, score
-from meta_train.evaluation.report import (
-    ROW_FIELDS,
-    SUMMARY_FIELDS,
-    format_table,
-    rows,
-    summary,
-    to_json,
-    write_outputs,
-)
+from meta_train.evaluation.report import format_table, to_json, write_outputs
+from meta_train.evaluation.rows import ROW_FIELDS, SUMMARY_FIELDS, rows, summary
 from meta_train.evaluation.runner import disjoint_seeds, run_suite, train_runs
 from meta_train.evaluation.stats import geometric_mean, ratio_ci
 from meta_train.evaluation.suites import available_suites, load_suite, parse_suite
