@@ -17,6 +17,7 @@ from meta_train.configuration.engine import (
     require_non_negative,
     require_positive,
 )
+from meta_train.evaluation.contenders import DEFAULT_BASELINES
 from meta_train.evaluation.criteria import CRITERIA, VALIDATION_STEPS
 from meta_train.inner_loop.families import AugmentationSpec, FamilySpec
 
@@ -269,7 +270,7 @@ class MetaTestConfig:
     suites: list[str] = field(default_factory=lambda: ["indist", "long"])  # configs/eval/*.yaml
     quick: bool = True  # the suites' quick mode (fewer seeds and cases)
     seeds: int | None = None  # evaluation seeds per case; None: the suite's (quick) default
-    baselines: list[str] = field(default_factory=lambda: ["sgdm", "adam", "adamw_cosine"])
+    baselines: list[str] = field(default_factory=lambda: list(DEFAULT_BASELINES))  # 2026's set
     plot: bool = True
 
     def __post_init__(self) -> None:

@@ -240,6 +240,10 @@ def test_shipped_general_was_made_by_its_recipe():
     recipe = load_config("general").to_dict()
     for key in ("name", "run_dir"):
         recorded.pop(key), recipe.pop(key)
+    # The default contenders grew (muon_cosine, sf_adamw) after it was made; the recipe's
+    # meta-test is disabled, so that list never ran
+    assert recipe["meta_test"]["enabled"] is False
+    recorded["meta_test"].pop("baselines"), recipe["meta_test"].pop("baselines")
     assert recorded == recipe
 
 
