@@ -15,6 +15,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from l2o.symmetry import SymmetryStructure
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, width: int, heads: int) -> None:
@@ -73,3 +75,10 @@ class TransformerLM(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.head(self.ln_out(x))
+
+    def symmetry_structures(self) -> list:
+        """What ``l2o.symmetry`` cannot trace (the causal mask is data-dependent control flow for
+        ``torch.fx``), given by hand: the softmax's translation symmetry on the output head.
+        The MLPs' GELU is not positively homogeneous (no rescale symmetry), and no single weight
+        feeds a LayerNorm alone in a pre-LN block (the residual stream is a sum: no scale one)."""
+        return [SymmetryStructure.translation("head.weight", "head.bias")]
