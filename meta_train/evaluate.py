@@ -51,7 +51,7 @@ from meta_train.evaluation.partial import FILE as PROGRESS_FILE
 from meta_train.evaluation.partial import CaseStore, check_output_folder
 from meta_train.evaluation.report import format_table, heldout_findings, write_outputs
 from meta_train.evaluation.rows import rows, summary
-from meta_train.evaluation.runner import FIRST_EVAL_SEED, FIRST_TUNE_SEED, run_suite
+from meta_train.evaluation.runner import run_suite, suite_seeds
 from meta_train.evaluation.suites import available_suites, load_suite
 from meta_train.evaluation.tuning import LogGrid
 
@@ -181,13 +181,14 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:  # interrupted (Ctrl-C) or a bug: the log still says so
         heldout.end("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
         raise
-    print(format_table(ev))
+    table = rows(ev)  # the rows' bootstrap CIs, computed once for the table, files and log
+    print(format_table(ev, table))
     try:
-        paths = write_outputs(ev, out, plot=not args.no_plot)
+        paths = write_outputs(ev, out, plot=not args.no_plot, table=table)
     except OSError as exc:
         heldout.end("failed", error=str(exc))
         return _io_error(exc, out, "cannot write the outputs")
-    heldout.end("finished", out=str(out), **heldout_findings(ev))
+    heldout.end("finished", out=str(out), **heldout_findings(ev, table))
     print(f"written: {', '.join(str(p) for p in paths.values())}")
     return 0
 
@@ -202,14 +203,13 @@ class HeldoutRun:
     def start(cls, suite, learned, args, baselines, criteria, log) -> HeldoutRun:
         if not (suite.heldout and suite.source):
             return cls(None, None)
-        seeds = args.seeds or (suite.quick_seeds if args.quick else suite.seeds)
-        tune = args.tune_seeds or (suite.quick_tune_seeds if args.quick else suite.tune_seeds)
+        seeds, tune_seeds = suite_seeds(suite, args.quick, args.seeds, args.tune_seeds)
         entry = heldout_log.start_entry(
             suite.source,
             {lrn.name: lrn.source for lrn in learned},
             quick=args.quick,
-            seeds=list(range(FIRST_EVAL_SEED, FIRST_EVAL_SEED + seeds)),
-            tune_seeds=list(range(FIRST_TUNE_SEED, FIRST_TUNE_SEED + tune)),
+            seeds=seeds,
+            tune_seeds=tune_seeds,
             baselines=baselines,
             criteria=criteria,
         )

@@ -31,9 +31,9 @@ SCHEMA = "l2o.evaluation"
 SCHEMA_VERSION = 3  # 2: nominal contenders, ratio_nominal, measured_at; 3: summary_by_steps
 
 
-def heldout_findings(ev: Evaluation) -> dict[str, Any]:
+def heldout_findings(ev: Evaluation, table: list[dict] | None = None) -> dict[str, Any]:
     """What a held-out run's log entry records: the aggregates, overall and per run length."""
-    table = rows(ev)
+    table = rows(ev) if table is None else table
     keep = ("optimizer", "criterion", "cases", "geomean_ratio", "won", "geomean_ratio_nominal")
     keep += ("won_vs_nominal", "diverged_runs")
     return _clean(
@@ -243,13 +243,16 @@ def to_json(ev: Evaluation, table: list[dict] | None = None) -> dict[str, Any]:
     return _clean(payload)
 
 
-def write_outputs(ev: Evaluation, out_dir: str | Path, plot: bool = True) -> dict[str, Path]:
+def write_outputs(
+    ev: Evaluation, out_dir: str | Path, plot: bool = True, table: list[dict] | None = None
+) -> dict[str, Path]:
     """``summary.csv`` (the rows), ``overall.csv`` (the summary: geometric means and cases won,
     to the best tuned contender and to the nominal term), ``results.json``, ``table.txt`` and,
-    with ``plot``, ``loss_curves.png`` and ``ratios.png``."""
+    with ``plot``, ``loss_curves.png`` and ``ratios.png``; ``table``: the rows, when the caller
+    has them already (``rows(ev)``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = rows(ev)
+    table = rows(ev) if table is None else table
     paths = {"csv": out / "summary.csv", "json": out / "results.json", "txt": out / "table.txt"}
     paths["overall"] = out / "overall.csv"
     _write_csv(paths["csv"], ROW_FIELDS, table)

@@ -155,14 +155,7 @@ def run_suite(
     names = [lrn.name for lrn in learned]
     if len(set(names)) != len(names):
         raise ValueError(f"learned optimizers need distinct names, got {names}")
-    seed_list, tune_list = disjoint_seeds(
-        _seed_count("seeds", seeds, suite.quick_seeds if quick else suite.seeds),
-        _seed_count(
-            "tune_seeds", tune_seeds, suite.quick_tune_seeds if quick else suite.tune_seeds
-        ),
-        first_seed,
-        first_tune_seed,
-    )
+    seed_list, tune_list = suite_seeds(suite, quick, seeds, tune_seeds, first_seed, first_tune_seed)
     trained = {(lrn.task, lrn.dataset, lrn.horizon, lrn.pipeline) for lrn in learned}
     if len(trained) > 1 and any(c.task == "trained" or c.horizon for c in suite.cases):
         raise ValueError(
@@ -215,6 +208,26 @@ def run_suite(
             progress.save(result)
     evaluation.wall_s = time.perf_counter() - start
     return evaluation
+
+
+def suite_seeds(
+    suite: Suite,
+    quick: bool,
+    seeds: int | None = None,
+    tune_seeds: int | None = None,
+    first_seed: int = FIRST_EVAL_SEED,
+    first_tune_seed: int = FIRST_TUNE_SEED,
+) -> tuple[list[int], list[int]]:
+    """The evaluation and tuning seeds of a run of ``suite``: the given counts, else the suite's
+    (quick) defaults; disjoint."""
+    return disjoint_seeds(
+        _seed_count("seeds", seeds, suite.quick_seeds if quick else suite.seeds),
+        _seed_count(
+            "tune_seeds", tune_seeds, suite.quick_tune_seeds if quick else suite.tune_seeds
+        ),
+        first_seed,
+        first_tune_seed,
+    )
 
 
 def _seed_count(key: str, count: int | None, default: int) -> int:
