@@ -22,6 +22,20 @@ a dict of tensors, lists, strings and numbers read back with ``torch.load(weight
 Frames are appended as buffers fill (``chunk_mb``), so long runs never hold the whole recording;
 the file is written through ``l2o.io.atomic_open`` (a temporary beside ``PATH``, renamed when
 complete): a run killed mid-way leaves that temporary, whose frames up to the kill are readable.
+A file at ``PATH`` is therefore a finished run; :func:`reusable_recording` reuses it when its
+meta's ``settings`` (what determines the run, chosen by the caller) match, so an interrupted
+analysis continues where it stopped. The summary frame holds the run's own ``run_seconds``.
+
+What Δθ is for optimizers with more than one point (recorded as it is applied, nothing else):
+
+- schedule-free AdamW (``sf_adamw``) trains in train mode, where the model's parameters hold
+  ``y`` (where gradients are taken): θ_t is y_t and Δθ_t = y_{t+1} − y_t, the change of the
+  parameters the model trains with, not of the returned average ``x`` (the test metrics are at
+  ``x``: ``train_optimizee`` switches to eval mode after the last step). Probes clone the
+  optimizer in train mode, so they measure the same Δy;
+- Muon (``muon``, a composite baseline: Muon's orthogonalized step on the 2-D weight matrices,
+  AdamW on biases and other tensors) is one optimizer to the recorder: Δθ is the whole
+  parameter vector's change, the matrices' Muon steps and the rest's AdamW steps together.
 """
 
 from __future__ import annotations
@@ -30,6 +44,7 @@ import copy
 import io
 import os
 import struct
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -421,6 +436,7 @@ def record_run(
     }
     writer = RecordingWriter(path, info, chunk_mb=plan.chunk_mb)
     recorder = Recorder(task, writer, plan, data, template)
+    start = time.perf_counter()
     try:
         result = train_optimizee(
             task,
@@ -436,8 +452,37 @@ def record_run(
             test_loss=float(result.test_loss),
             test_acc=float(result.test_acc),
             diverged=bool(result.diverged),
+            run_seconds=time.perf_counter() - start,
         )
     except BaseException:
         writer.abort()
         raise
     return result, writer.close()
+
+
+def reusable_recording(path: str | os.PathLike, settings: str) -> Recording | None:
+    """The finished recording at ``path`` if its meta's ``settings`` equal ``settings``; None
+    when there is none, it was made with other settings, or it cannot be read (then the caller
+    records the run again, replacing it)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        meta = next(iter_frames(path))
+        if meta.get("kind") != "meta" or meta.get("settings") != settings:
+            return None
+        rec = load_recording(path)
+    except (OSError, ValueError, RuntimeError, StopIteration, EOFError):
+        return None
+    return rec if "run_seconds" in rec.summary else None
+
+
+def recorded_result(rec: Recording) -> TrainResult:
+    """The training result a finished recording's summary holds."""
+    s = rec.summary
+    return TrainResult(
+        train_losses=torch.as_tensor(s["train_losses"]),
+        test_loss=float(s["test_loss"]),
+        test_acc=float(s["test_acc"]),
+        diverged=bool(s["diverged"]),
+    )

@@ -1,11 +1,17 @@
 """Figure 5: L2Os meta-trained with the symmetry regularizer at several strengths, meta-tested.
 
 Meta-training goes through the ``meta_train/run.py`` command line (analysis never imports
-``meta_train``); each run's ``best.pt`` is then recorded on the task it was trained on.
+``meta_train``); each run's ``best.pt`` is then recorded on the task it was trained on. The run
+folders are ``OUT/fig5_runs/reg_mul=R``: a finished run (its ``summary.json`` exists) is reused,
+an unfinished one (``last.pt`` but no ``summary.json``) is continued with ``--resume``, both only
+if its ``config.yaml`` holds the values the settings ask for (else a one-line error).
 """
 
 from __future__ import annotations
 
+import itertools
+import json
+import math
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -14,7 +20,14 @@ from pathlib import Path
 import torch
 import yaml
 
-from analysis.figures.runs import Context, eval_seeds, lopt_factory, symmetry_run, task_for
+from analysis.figures.runs import (
+    Context,
+    SettingsMismatch,
+    eval_seeds,
+    lopt_factory,
+    symmetry_run,
+    task_for,
+)
 from analysis.figures.stats import mean_std
 from analysis.symmetry_traces import by_kind
 
@@ -59,7 +72,9 @@ SETTINGS = {
     ),
     "full": Fig5Settings(
         reg_muls=(0.0, 1e-3, 1.0),
-        overrides=("--config=relu_bn",),
+        # the paper meta-trains 50 epochs; 3 meta-trainings of 50 epochs do not fit one
+        # session on 2 CPU cores, 20 epochs is the most that does
+        overrides=("--config=relu_bn", "schedule.epochs=20"),
         steps=500,
         seeds=5,
         dataset=None,
@@ -143,17 +158,16 @@ def run_py() -> list[str]:
     )
 
 
-def meta_train_with_regularization(ctx: Context, s: Fig5Settings, reg_mul: float) -> Path:
-    """Meta-train through the CLI (reusing a finished run); returns its ``best.pt``."""
-    run_dir = ctx.out / f"fig5_runs/reg_mul={reg_mul:g}"
-    best = run_dir / "best.pt"
-    if best.exists():
-        return best
+#: Keys that do not change what a meta-training computes: not compared with a run's config.
+IGNORED_KEYS = ("threads", "logging.", "wandb.", "run_dir")
+PAUSE_SECONDS = 1800.0  # a gap this long between two metrics lines is a pause, not work
+
+
+def meta_train_args(s: Fig5Settings, reg_mul: float) -> list[str]:
+    """The ``meta_train/run.py`` arguments of one regularization strength (no run folder)."""
     kind = "symmetry" if reg_mul > 0 else "none"
     args = [
-        *run_py(),
         *s.overrides,
-        f"--run-dir={run_dir}",
         f"regularization.kind={kind}",
         "meta_test.enabled=false",  # this figure meta-tests the result itself
         "wandb.mode=disabled",
@@ -163,13 +177,81 @@ def meta_train_with_regularization(ctx: Context, s: Fig5Settings, reg_mul: float
         args.append(f"regularization.reg_mul={reg_mul}")
     if s.dataset and not any(a.startswith("task.dataset=") for a in args):
         args.append(f"task.dataset={s.dataset}")
-    log = ctx.path(f"fig5_runs/reg_mul={reg_mul:g}.log")
-    with open(log, "w") as f:
-        proc = subprocess.run(args, stdout=f, stderr=subprocess.STDOUT, check=False)
-    if proc.returncode != 0 or not best.exists():
-        tail = log.read_text()[-2000:]
-        raise RuntimeError(f"meta-training failed ({' '.join(args)}), log {log}:\n{tail}")
+    return args
+
+
+def meta_train_with_regularization(ctx: Context, s: Fig5Settings, reg_mul: float) -> Path:
+    """Meta-train through the CLI, reusing a finished run and continuing an unfinished one
+    (module docstring); returns its ``best.pt``. Its compute time is added to ``ctx``."""
+    run_dir = ctx.out / f"fig5_runs/reg_mul={reg_mul:g}"
+    best = run_dir / "best.pt"
+    args = meta_train_args(s, reg_mul)
+    if (run_dir / "config.yaml").exists():
+        check_run_config(run_dir, args)
+    if not (run_dir / "summary.json").exists():
+        if (run_dir / "last.pt").exists():
+            command = [*run_py(), f"--resume={run_dir}"]
+        else:  # new, or stopped before its first checkpoint: meta_train starts it afresh
+            command = [*run_py(), *args, f"--run-dir={run_dir}"]
+        log = ctx.path(f"fig5_runs/reg_mul={reg_mul:g}.log")
+        with open(log, "a") as f:
+            proc = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, check=False)
+        if proc.returncode != 0 or not (run_dir / "summary.json").exists():
+            tail = log.read_text()[-2000:]
+            raise RuntimeError(f"meta-training failed ({' '.join(command)}), log {log}:\n{tail}")
+    if not best.exists():
+        raise RuntimeError(f"meta-training {run_dir} finished without a best.pt")
+    ctx.compute_seconds += meta_training_seconds(run_dir / "metrics.jsonl")
     return best
+
+
+def check_run_config(run_dir: Path, args: list[str]) -> None:
+    """Raise ``SettingsMismatch`` (one line) when the run's ``config.yaml`` differs from a value
+    ``args`` set (``--config=NAME`` is the config's ``name``; ``IGNORED_KEYS`` are skipped)."""
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    for arg in args:
+        if arg.startswith("--config="):
+            key, wanted = "name", arg.split("=", 1)[1]
+        elif arg.startswith("--"):
+            continue
+        else:
+            key, wanted = arg.split("=", 1)
+        if key.startswith(IGNORED_KEYS):
+            continue
+        found = cfg
+        for part in key.split("."):
+            found = found.get(part) if isinstance(found, dict) else None
+        if not same_value(found, wanted):
+            raise SettingsMismatch(
+                f"fig5: existing run {run_dir} has {key}={found}, the settings ask for "
+                f"{key}={wanted}; move it away or use another --out"
+            )
+
+
+def same_value(found, wanted: str) -> bool:
+    """Does a config value equal an override's text (numbers by value: 1e-3 == 0.001)?"""
+    value = yaml.safe_load(wanted)
+    if found == value:
+        return True
+    try:
+        return float(found) == float(wanted)
+    except (TypeError, ValueError):
+        return str(found) == str(wanted)
+
+
+def meta_training_seconds(metrics: Path) -> float:
+    """A meta-training's compute time from its ``metrics.jsonl`` timestamps: the sum of the gaps
+    between consecutive lines, leaving out pauses (a gap over ``PAUSE_SECONDS``: the run was
+    stopped and resumed later). Time before the first line is not counted."""
+    if not metrics.exists():
+        return 0.0
+    times = []
+    for line in metrics.read_text().splitlines():
+        if line.strip():
+            t = json.loads(line).get("time")
+            if isinstance(t, (int, float)) and math.isfinite(t):
+                times.append(float(t))
+    return sum(b - a for a, b in itertools.pairwise(times) if 0 <= b - a <= PAUSE_SECONDS)
 
 
 def run_task(run_dir: Path) -> str:

@@ -9,10 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import baselines
-from analysis.figures.runs import Context, OptimizerFactory, eval_seeds, symmetry_run, task_for
+from analysis.figures.runs import (
+    Context,
+    OptimizerFactory,
+    baseline_factory,
+    eval_seeds,
+    symmetry_run,
+    task_for,
+)
 from analysis.figures.stats import spearman
-from analysis.figures.tuning import TUNING, Tuning, tuned_lr
+from analysis.figures.tuning import TUNING, Tuning
 from analysis.recording import Recording
 from analysis.symmetry_traces import by_kind
 from l2o.training import TrainResult
@@ -66,8 +72,8 @@ def compute(ctx: Context, s: Fig7Settings) -> Fig7Data:
     if s.paper_lrs:
         lr_sgd, lr_lion = PAPER_LRS
     else:
-        lr_sgd = tuned_lr(ctx.lr_cache, task, "sgd", s.tuning, ctx.device, momentum=MOMENTUM)
-        lr_lion = tuned_lr(ctx.lr_cache, task, "lion", s.tuning, ctx.device)
+        lr_sgd = ctx.tuned_lr(task, "sgd", s.tuning, momentum=MOMENTUM)
+        lr_lion = ctx.tuned_lr(task, "lion", s.tuning)
     rows = []
     for alpha in s.alphas:
         factory = lion_sgd_factory(alpha, lr_lion, lr_sgd)
@@ -84,9 +90,7 @@ def compute(ctx: Context, s: Fig7Settings) -> Fig7Data:
 
 
 def lion_sgd_factory(alpha: float, lr_lion: float, lr_sgd: float) -> OptimizerFactory:
-    return lambda params: baselines.create(
-        "lion_sgd", params, alpha=alpha, lr=lr_lion, sgd_lr=lr_sgd, momentum=MOMENTUM
-    )
+    return baseline_factory("lion_sgd", lr_lion, alpha=alpha, sgd_lr=lr_sgd, momentum=MOMENTUM)
 
 
 def run_row(alpha: float, seed: int, rec: Recording, result: TrainResult) -> dict:

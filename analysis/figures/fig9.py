@@ -1,4 +1,5 @@
-"""Figure 9: histograms of |Δθ| at several steps of training, for the L2O, Adam and SGD."""
+"""Figure 9: histograms of |Δθ| at several steps of training, for the L2Os, Adam and SGD, and
+2026's Muon and schedule-free AdamW."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from analysis.distributions import UpdateHistogram, histograms_over_training, log_bins
-from analysis.figures.fig8 import TASK
+from analysis.figures.fig8 import NEW_BASELINES, TASK
 from analysis.figures.runs import EVAL_SEED0, Context, optimizers_for, recorded_run, task_for
 from analysis.figures.tuning import TUNING, Tuning
 from analysis.recording import RecordingPlan
@@ -48,7 +49,9 @@ def compute(ctx: Context, s: Fig9Settings) -> Fig9Data:
     plan = RecordingPlan(trajectory_steps=s.hist_steps, symmetry=False)
     steps = max(s.hist_steps) + 1
     hists = {}
-    for name, factory in optimizers_for(ctx, task, s.tuning, ["sgd", "adam"]).items():
+    for name, factory in optimizers_for(
+        ctx, task, s.tuning, ["sgd", "adam"], NEW_BASELINES
+    ).items():
         rec, _ = recorded_run(
             ctx, f"fig9/{name}-seed{s.seed}.rec", task, factory, steps, plan, s.seed
         )

@@ -7,6 +7,7 @@ seeds ``0, 1, …`` disjoint from the evaluation seeds); ``l2o.training.grid_sea
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,21 +36,35 @@ TUNING = {
 
 @dataclass
 class LrCache:
-    """Best learning rates by (task, dataset, optimizer, hyperparameters, grid), in a JSON file."""
+    """Best learning rates by (task, dataset, optimizer, hyperparameters, grid), in a JSON file.
+
+    Each entry is ``{"lr": …, "seconds": …}``: the grid search's own run time, so that a figure
+    whose tuning was cached by an earlier (interrupted) invocation still reports the total work.
+    An entry of an older cache is the bare learning rate (its time unknown, counted as 0).
+    """
 
     path: Path
-    entries: dict[str, float] = field(default_factory=dict)
+    entries: dict[str, dict | float] = field(default_factory=dict)
     loaded: bool = False
 
-    def get(self, key: str) -> float | None:
+    def _entry(self, key: str) -> dict | float | None:
         if not self.loaded:
             if self.path.exists():
                 self.entries.update(json.loads(self.path.read_text()))
             self.loaded = True
         return self.entries.get(key)
 
-    def put(self, key: str, lr: float) -> None:
-        self.entries[key] = lr
+    def get(self, key: str) -> float | None:
+        entry = self._entry(key)
+        return entry["lr"] if isinstance(entry, dict) else entry
+
+    def seconds(self, key: str) -> float:
+        """The grid search's run time (0 for an entry without one)."""
+        entry = self._entry(key)
+        return float(entry.get("seconds", 0.0)) if isinstance(entry, dict) else 0.0
+
+    def put(self, key: str, lr: float, seconds: float = 0.0) -> None:
+        self.entries[key] = {"lr": lr, "seconds": seconds}
         atomic_write(self.path, json.dumps(self.entries, indent=1))
 
 
@@ -65,6 +80,7 @@ def tuned_lr(
     key = cache_key(task, name, tuning, hp)
     lr = cache.get(key)
     if lr is None:
+        start = time.perf_counter()
         lr, _ = grid_search_lr(
             task,
             lambda params, lr: baselines.create(name, params, lr=lr, **hp),
@@ -73,5 +89,5 @@ def tuned_lr(
             seeds=tuple(range(tuning.seeds)),
             device=device,
         )
-        cache.put(key, lr)
+        cache.put(key, lr, time.perf_counter() - start)
     return float(lr)

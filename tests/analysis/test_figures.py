@@ -85,7 +85,7 @@ def test_fig8_tiny(tmp_path, lopt_path):
 def test_fig9_tiny(tmp_path, lopt_path):
     figures.main(["fig9", "--tiny", "--out", str(tmp_path), "--lopt", lopt_path])
     rows = _check_outputs(tmp_path, "fig9", {"optimizer", "step", "bin_low", "fraction"})
-    assert {r["optimizer"] for r in rows} == {"L2O", "SGD", "Adam"}
+    assert {r["optimizer"] for r in rows} == {"L2O", "SGD", "Adam", "muon", "sf_adamw"}
 
 
 @pytest.mark.slow
