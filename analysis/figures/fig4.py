@@ -18,7 +18,15 @@ from analysis.figures.runs import (
     symmetry_run,
     task_for,
 )
-from analysis.figures.stats import mean_std, smooth, window_mean
+from analysis.figures.stats import (
+    entirely_below,
+    mean_std,
+    ratio_interval,
+    side_of_one,
+    smooth,
+    t_interval,
+    window_mean,
+)
 from analysis.figures.tuning import TUNING, Tuning
 from analysis.recording import Recording
 from analysis.symmetry_traces import by_kind
@@ -123,9 +131,20 @@ def add_run(curves: Curves, task_name: str, name: str, seed: int, rec: Recording
     return rows
 
 
+def seed_scalars(runs: list[tuple[torch.Tensor, ...]]) -> dict[str, list[float]]:
+    """Per seed (in run order): mean update magnitude and relative deviation over the steps, and
+    the final loss (mean of the last 10 steps), the numbers the summary's intervals are over."""
+    return {
+        "magnitude": [float(r[0].double().mean()) for r in runs],
+        "relative": [float(r[1].double().mean()) for r in runs],
+        "final_loss": [float(r[3][-10:].double().mean()) for r in runs],
+    }
+
+
 def summarize(curves: Curves, steps: int) -> dict:
-    """Per curve: mean deviations, early vs later, loss, and their correlation; a verdict line
-    per (task, kind) comparing L2O and Lion with Adam."""
+    """Per curve: mean deviations, early vs later, loss, and their correlation, with 95%
+    intervals over seeds (Student-t; ratios to Adam by paired percentile bootstrap); a verdict
+    line per (task, kind) comparing L2O and Lion with Adam; ``questions`` (``questions``)."""
     early = max(1, steps // 10)
     table = {}
     for (task_name, kind, name), runs in curves.items():
@@ -148,6 +167,18 @@ def summarize(curves: Curves, steps: int) -> dict:
         if drop.numel() > 10:
             d, r = smooth(drop), smooth(mag[:-1])
             entry["corr_deviation_vs_loss_drop"] = float(torch.corrcoef(torch.stack([d, r]))[0, 1])
+        per_seed = seed_scalars(runs)
+        entry["mean_magnitude_ci95"] = t_interval(per_seed["magnitude"])["ci95"]
+        entry["mean_relative_ci95"] = t_interval(per_seed["relative"])["ci95"]
+        entry["final_loss_ci95"] = t_interval(per_seed["final_loss"])["ci95"]
+        entry["seeds"] = len(runs)
+        adam_runs = curves.get((task_name, kind, "Adam"))
+        if adam_runs is not None and len(adam_runs) == len(runs):
+            adam = seed_scalars(adam_runs)
+            for key in ("magnitude", "relative"):
+                ratio = ratio_interval(per_seed[key], adam[key])
+                entry[f"{key}_ratio_to_adam"] = ratio["mean"]
+                entry[f"{key}_ratio_to_adam_ci95"] = ratio["ci95"]
         table[f"{task_name}/{kind}/{name}"] = entry
     verdict = []
     for task_name, kind in sorted({(t, k) for t, k, _ in curves}):
@@ -167,4 +198,72 @@ def summarize(curves: Curves, steps: int) -> dict:
         if sgd is not None:
             parts.append(f"SGD relative {sgd['mean_relative']:.1e}")
         verdict.append(f"{task_name}/{kind}: " + "; ".join(parts))
-    return {"per_curve": table, "verdict": verdict}
+    answers = questions(curves)
+    verdict += [f"{task_name}: {a['answer']}" for task_name, a in answers.items()]
+    return {"per_curve": table, "questions": answers, "verdict": verdict}
+
+
+def questions(curves: Curves) -> dict:
+    """Per task: do the optimizers that beat tuned Adam (final-loss 95% interval entirely below
+    Adam's) break the symmetries more or less than Adam? For each optimizer, its final loss and
+    symmetry deviation (relative deviation of −Δθ averaged over steps and structure kinds) as
+    ratios to Adam's, with paired-bootstrap intervals over seeds; "more"/"less" when the
+    deviation ratio's interval lies above/below 1."""
+    out = {}
+    for task_name in sorted({t for t, _, _ in curves}):
+        names = list(dict.fromkeys(n for t, _, n in curves if t == task_name))
+        kinds = sorted({k for t, k, _ in curves if t == task_name})
+        if "Adam" not in names:
+            continue
+        scalars = {}
+        for name in names:
+            by_kind_seed = [seed_scalars(curves[(task_name, k, name)]) for k in kinds]
+            scalars[name] = {
+                "final_loss": by_kind_seed[0]["final_loss"],  # one run: the same for each kind
+                "deviation": [
+                    sum(vals) / len(vals)
+                    for vals in zip(*(s["relative"] for s in by_kind_seed), strict=True)
+                ],
+            }
+        adam = scalars["Adam"]
+        adam_loss = t_interval(adam["final_loss"])
+        per_optimizer = {}
+        for name in names:
+            if name == "Adam" or len(scalars[name]["final_loss"]) != len(adam["final_loss"]):
+                continue
+            loss = t_interval(scalars[name]["final_loss"])
+            dev_ratio = ratio_interval(scalars[name]["deviation"], adam["deviation"])
+            per_optimizer[name] = {
+                "final_loss": loss,
+                "final_loss_ratio_to_adam": ratio_interval(
+                    scalars[name]["final_loss"], adam["final_loss"]
+                ),
+                "deviation_ratio_to_adam": dev_ratio,
+                "beats_adam": entirely_below(loss, adam_loss),
+                "breaks_symmetries_vs_adam": side_of_one(dev_ratio),
+            }
+        out[task_name] = {
+            "adam_final_loss": adam_loss,
+            "per_optimizer": per_optimizer,
+            "answer": answer(per_optimizer),
+        }
+    return out
+
+
+def answer(per_optimizer: dict[str, dict]) -> str:
+    """The question's answer in one line, from ``questions``' entries of one task."""
+    if not per_optimizer:
+        return "beats tuned Adam? nothing to compare: no optimizer ran Adam's seeds"
+    if any(e["beats_adam"] is None for e in per_optimizer.values()):
+        return "beats tuned Adam? undetermined: the intervals need at least 2 seeds"
+    winners = [n for n, e in per_optimizer.items() if e["beats_adam"]]
+    if not winners:
+        return "no optimizer beats tuned Adam (final-loss 95% interval entirely below Adam's)"
+    groups = {side: [] for side in ("more", "less", "unclear")}
+    for name in winners:
+        groups[per_optimizer[name]["breaks_symmetries_vs_adam"]].append(name)
+    return (
+        f"beat tuned Adam: {', '.join(winners)}; of them break the symmetries more than Adam: "
+        f"{', '.join(groups['more']) or 'none'}; less: {', '.join(groups['less']) or 'none'}; "
+        f"not clearly either: {', '.join(groups['unclear']) or 'none'}"
+    )

@@ -55,8 +55,53 @@ def test_fig4_summary(figures):
     assert adam["final_loss"] == pytest.approx(float(loss[-10:].mean()))
     assert math.isnan(adam["corr_deviation_vs_loss_drop"])  # a constant deviation
     assert summary["verdict"] == [
-        "t/scale: L2O/Adam magnitude ×2, relative 0.5 vs 0.3; SGD relative 0.0e+00"
+        "t/scale: L2O/Adam magnitude ×2, relative 0.5 vs 0.3; SGD relative 0.0e+00",
+        "t: beats tuned Adam? nothing to compare: no optimizer ran Adam's seeds",
     ]
+
+
+def test_fig4_questions_compare_the_optimizers_that_beat_adam_with_adam(figures):
+    """Synthetic runs (3 seeds): "fast" beats Adam and breaks the symmetries more, "tidy" beats
+    it and breaks them less, "slow" does not beat it; the answer is computed from intervals."""
+    steps = 20
+    ones = torch.ones(steps)
+
+    def runs(final: list[float], rel: float) -> list[tuple[torch.Tensor, ...]]:
+        # seed i: relative deviation rel·(1 + 0.01 i) in every kind, loss ending at final[i]
+        return [
+            (ones, rel * (1 + 0.01 * i) * ones, ones, torch.linspace(3.0, f, steps))
+            for i, f in enumerate(final)
+        ]
+
+    kinds = ("rescale", "scale")
+    per_name = {
+        "Adam": runs([1.0, 1.1, 0.9], 0.3),
+        "fast": runs([0.5, 0.55, 0.45], 0.6),
+        "tidy": runs([0.6, 0.62, 0.58], 0.1),
+        "slow": runs([2.0, 2.1, 1.9], 0.9),
+    }
+    curves = {("t", k, n): r for k in kinds for n, r in per_name.items()}
+    summary = figures["fig4"].summarize(curves, steps)
+    q = summary["questions"]["t"]
+    fast = q["per_optimizer"]["fast"]
+    assert fast["beats_adam"] is True and fast["breaks_symmetries_vs_adam"] == "more"
+    assert fast["deviation_ratio_to_adam"]["mean"] == pytest.approx(2.0)
+    assert fast["final_loss_ratio_to_adam"]["ci95"][1] < 1.0
+    assert q["per_optimizer"]["tidy"]["breaks_symmetries_vs_adam"] == "less"
+    assert q["per_optimizer"]["slow"]["beats_adam"] is False
+    assert q["answer"] == (
+        "beat tuned Adam: fast, tidy; of them break the symmetries more than Adam: fast; "
+        "less: tidy; not clearly either: none"
+    )
+    assert summary["verdict"][-1] == f"t: {q['answer']}"
+    curve = summary["per_curve"]["t/scale/fast"]
+    assert curve["relative_ratio_to_adam"] == pytest.approx(2.0)
+    low, high = curve["final_loss_ci95"]
+    assert low < curve["final_loss"] < high and curve["seeds"] == 3
+    # one seed each: no interval, no answer
+    single = {key: r[:1] for key, r in curves.items()}
+    answer = figures["fig4"].summarize(single, steps)["questions"]["t"]["answer"]
+    assert "undetermined" in answer
 
 
 def test_fig5_summary_compares_the_strongest_regularization_with_none(figures):
