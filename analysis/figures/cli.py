@@ -74,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
-        "--seeds", type=int, default=None, help="evaluation seeds per optimizer (fig9 runs one)"
+        "--seeds",
+        type=int,
+        default=None,
+        help="evaluation seeds per optimizer (fig9 draws the first seed's histograms)",
     )
     parser.add_argument(
         "--paper-lrs",

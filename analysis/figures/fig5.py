@@ -28,7 +28,7 @@ from analysis.figures.runs import (
     symmetry_run,
     task_for,
 )
-from analysis.figures.stats import mean_std
+from analysis.figures.stats import mean_std, t_interval
 from analysis.symmetry_traces import by_kind
 
 USES_LOPT = False  # it trains its own
@@ -122,8 +122,14 @@ def compute(ctx: Context, s: Fig5Settings) -> Fig5Data:
     return Fig5Data(rows, curves, summarize(curves, s.reg_muls, task.name if task else "?"))
 
 
+def seed_ci95(curves: list[torch.Tensor]) -> list[float]:
+    """The 95% interval over seeds of each seed's mean of its curve."""
+    return t_interval([float(c.double().mean()) for c in curves])["ci95"]
+
+
 def summarize(curves: Curves, reg_muls: tuple[float, ...], task_name: str) -> dict:
-    """Loss and deviations per ``reg_mul``; the verdict compares the first and the last."""
+    """Loss and deviations per ``reg_mul`` with 95% Student-t intervals over seeds; the verdict
+    compares the first and the last."""
     summary = {}
     for reg_mul, runs in curves.items():
         loss, _ = mean_std([r[0] for r in runs])
@@ -134,6 +140,10 @@ def summarize(curves: Curves, reg_muls: tuple[float, ...], task_name: str) -> di
             "mean_loss": float(loss.mean()),
             "mean_magnitude_deviation": float(mag.mean()),
             "mean_relative_deviation": float(dev.mean()),
+            "final_loss_ci95": seed_ci95([r[0][-10:] for r in runs]),
+            "mean_magnitude_deviation_ci95": seed_ci95([r[2] for r in runs]),
+            "mean_relative_deviation_ci95": seed_ci95([r[1] for r in runs]),
+            "seeds": len(runs),
         }
     keys = [f"{r:g}" for r in reg_muls]
     unreg, strongest = summary[keys[0]], summary[keys[-1]]

@@ -17,7 +17,7 @@ from analysis.figures.runs import (
     symmetry_run,
     task_for,
 )
-from analysis.figures.stats import spearman
+from analysis.figures.stats import spearman, t_interval
 from analysis.figures.tuning import TUNING, Tuning
 from analysis.recording import Recording
 from analysis.symmetry_traces import by_kind
@@ -116,7 +116,8 @@ def run_row(alpha: float, seed: int, rec: Recording, result: TrainResult) -> dic
 
 
 def summarize(rows: list[dict]) -> dict:
-    """Means over seeds per α, and the rank correlation of deviation with final loss."""
+    """Means over seeds per α (with 95% Student-t intervals over seeds), and the rank
+    correlation of deviation with final loss."""
     points: dict[float, list[dict]] = {}
     for row in rows:
         points.setdefault(row["alpha"], []).append(row)
@@ -124,6 +125,9 @@ def summarize(rows: list[dict]) -> dict:
 
     def mean(key: str) -> list[float]:
         return [sum(r[key] for r in points[a]) / len(points[a]) for a in alphas]
+
+    def ci95(key: str) -> list[list[float]]:
+        return [t_interval([r[key] for r in points[a]])["ci95"] for a in alphas]
 
     dev, fin, mloss = mean("relative_deviation"), mean("final_loss"), mean("mean_loss")
     rank = spearman(dev, fin) if len(alphas) > 2 else float("nan")
@@ -137,6 +141,9 @@ def summarize(rows: list[dict]) -> dict:
         "relative_deviation": dev,
         "final_loss": fin,
         "mean_loss": mloss,
+        "relative_deviation_ci95": ci95("relative_deviation"),
+        "final_loss_ci95": ci95("final_loss"),
+        "seeds": [len(points[a]) for a in alphas],
         "spearman_deviation_vs_final_loss": rank,
         "verdict": verdict,
     }

@@ -13,7 +13,7 @@ import torch
 
 from analysis.covariance import covariance_stats
 from analysis.figures.runs import Context, eval_seeds, optimizers_for, recorded_run, task_for
-from analysis.figures.stats import finite_mean
+from analysis.figures.stats import finite_mean, t_interval
 from analysis.figures.tuning import TUNING, Tuning
 from analysis.heavy_tail import tail_index
 from analysis.recording import RecordingPlan
@@ -80,7 +80,12 @@ def compute(ctx: Context, s: Fig8Settings) -> Fig8Data:
                 rows.append(probe_row(name, seed, step, probe["grads"][i], probe["updates"][i]))
     names = list(dict.fromkeys(r["optimizer"] for r in rows))
     agg = aggregate(rows, names)
-    return Fig8Data(rows, names, agg, {"per_optimizer": agg, "verdict": verdict(agg, names)})
+    summary = {
+        "per_optimizer": agg,
+        "per_optimizer_ci95": intervals(rows, names),
+        "verdict": verdict(agg, names),
+    }
+    return Fig8Data(rows, names, agg, summary)
 
 
 def probe_row(name: str, seed: int, step: int, grads: torch.Tensor, updates: torch.Tensor) -> dict:
@@ -108,6 +113,21 @@ def aggregate(rows: list[dict], names: list[str]) -> dict[str, dict[str, float]]
         }
         for n in names
     }
+
+
+def intervals(rows: list[dict], names: list[str]) -> dict[str, dict[str, list[float]]]:
+    """Per optimizer and measure, the 95% Student-t interval over seeds of each seed's mean over
+    the probe steps (defined values only, as ``aggregate``; a seed with none makes it NaN)."""
+    keys = [k for k in rows[0] if k.startswith(("alpha", "cov"))]
+    out = {}
+    for n in names:
+        seeds = sorted({r["seed"] for r in rows if r["optimizer"] == n})
+        by_seed = [[r for r in rows if r["optimizer"] == n and r["seed"] == s] for s in seeds]
+        out[n] = {
+            k: t_interval([finite_mean([r[k] for r in runs]) for runs in by_seed])["ci95"]
+            for k in keys
+        }
+    return out
 
 
 def verdict(agg: dict[str, dict[str, float]], names: list[str]) -> list[str]:

@@ -112,6 +112,11 @@ def test_fig5_summary_compares_the_strongest_regularization_with_none(figures):
     summary = figures["fig5"].summarize(curves, (0.0, 1.0), "t")
     assert summary["per_reg_mul"]["1"]["final_loss"] == pytest.approx(3.0)
     assert summary["per_reg_mul"]["1"]["mean_relative_deviation"] == pytest.approx(0.2)
+    # seeds' final losses 2 and 4: 3 ± t(0.975, 1) · √2 / √2
+    assert summary["per_reg_mul"]["1"]["final_loss_ci95"] == pytest.approx(
+        [3 - 12.7062, 3 + 12.7062]
+    )
+    assert all(math.isnan(v) for v in summary["per_reg_mul"]["0"]["final_loss_ci95"])  # 1 seed
     assert summary["verdict"].startswith("task t: final loss reg_mul=0 1 vs reg_mul=1 3;")
     assert summary["verdict"].endswith("Regularization hurts: True")
 

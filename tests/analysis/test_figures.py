@@ -86,6 +86,9 @@ def test_fig9_tiny(tmp_path, lopt_path):
     figures.main(["fig9", "--tiny", "--out", str(tmp_path), "--lopt", lopt_path])
     rows = _check_outputs(tmp_path, "fig9", {"optimizer", "step", "bin_low", "fraction"})
     assert {r["optimizer"] for r in rows} == {"L2O", "SGD", "Adam", "muon", "sf_adamw"}
+    summary = json.loads((tmp_path / "fig9_summary.json").read_text())
+    low, high = summary["median_abs_update_ci95"]["Adam"]["1"]  # tiny runs 2 seeds
+    assert low <= high and summary["seeds"] == 2
 
 
 @pytest.mark.slow
