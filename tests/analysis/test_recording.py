@@ -221,3 +221,31 @@ def test_offline_symmetry_traces_match_the_online_ones(task, data, tmp_path):
     assert set(rel) == {"rescale", "translation"} and rel["rescale"].shape == (2, 2)
     rows = table_to_rows(torch.tensor([1, 4]), online, rec.meta["structures"]["labels"], kinds)
     assert len(rows) == 2 * 2 * 2 and {r["quantity"] for r in rows} == {"update", "gradient"}
+
+
+@pytest.mark.parametrize("name", ["sf_adamw", "muon"])
+def test_2026_baselines_record_the_change_of_the_trained_parameters(task, data, tmp_path, name):
+    """Schedule-free AdamW stays in train mode during the run: θ is y and Δθ its change (θ_{t+1}
+    = θ_t + Δθ_t holds between consecutive recorded steps); Muon's update is recorded whole:
+    its orthogonalized steps on the matrices and AdamW's on the biases."""
+    import baselines
+
+    def make(params):
+        return baselines.create(name, params, lr=0.01)
+
+    plan = RecordingPlan(trajectory_steps=[1, 2, 3], probe_steps=[2], probe_batches=2)
+    result, path = record_run(task, make, STEPS, tmp_path / f"{name}.rec", plan, data=data)
+    rec = load_recording(path)
+    traj = rec.streams["trajectory"]
+    for t in range(2):
+        torch.testing.assert_close(traj["params"][t + 1], traj["params"][t] + traj["updates"][t])
+    torch.testing.assert_close(rec.streams["symmetry"]["loss"], result.train_losses)
+    updates = rec.unflatten(traj["updates"][0])
+    for pname, update in updates.items():
+        assert update.abs().sum() > 0, pname
+    assert torch.isfinite(rec.streams["probe"]["updates"]).all()
+    if name == "muon":  # a matrix's update is near orthogonal: its singular values are similar
+        matrix = next(u for u in updates.values() if u.dim() == 2)
+        singular = torch.linalg.svdvals(matrix.double())
+        top = singular[: min(matrix.shape) // 2]
+        assert top.max() / top.min() < 3
