@@ -131,5 +131,5 @@ def test_pauses_between_sessions_are_not_compute(tmp_path):
 
 
 def test_full_settings_meta_train_twenty_epochs():
-    assert "schedule.epochs=20" in fig5.SETTINGS["full"].overrides
+    assert "schedule.epochs=10" in fig5.SETTINGS["full"].overrides
     assert fig5.run_py()[0] == sys.executable  # the CLI runs with this interpreter
