@@ -6,6 +6,7 @@
     python analysis/figures.py fig8 --quick     # tail index and update covariance
     python analysis/figures.py fig9 --quick     # |Δθ| histograms over training
     python analysis/figures.py all --quick      # (or python -m analysis.figures, or l2o-figures)
+    python analysis/figures.py redraw --out out/figures  # every PNG again, from its CSV
 
 ``--quick`` runs in minutes on 2 CPU cores (fewer steps, seeds and probes); without it the
 paper's settings are used (hours for fig5). ``--tiny`` is a seconds-long smoke mode for tests.
@@ -19,8 +20,11 @@ losses over the first steps, on seeds disjoint from the evaluation seeds), cache
 Layout: one module per figure (``fig4`` … ``fig9``: its settings per size, the runs, and the
 numbers — rows, summary, verdict — as functions that need no matplotlib); shared helpers in
 ``tuning`` (learning-rate grid search and its cache), ``runs`` (optimizers, recorded runs, the
-output folder), ``output`` (CSV and summary files) and ``stats``; every matplotlib call in
-``plots``; the command line in ``cli``.
+output folder), ``output`` (CSV and summary files) and ``stats``; the drawing in ``plots``
+(one function per figure) and ``plot_style`` (colors, bands, PNG files), which read a figure's
+files back through ``tables`` and average seeds with ``bands``, so that ``python
+analysis/figures.py redraw`` (``redraw``) draws a finished figure again without recomputing it;
+the command line in ``cli``.
 """
 
 from analysis.figures.cli import main

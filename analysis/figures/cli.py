@@ -1,4 +1,5 @@
-"""The figures' command line: ``python analysis/figures.py figN|all [--quick|--tiny] …``."""
+"""The figures' command line: ``python analysis/figures.py figN|all [--quick|--tiny] …``, and
+``python analysis/figures.py redraw [--out DIR]`` (each figure in DIR drawn from its files)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from analysis.figures import fig4, fig5, fig7, fig8, fig9, plots
 from analysis.figures.output import write_csv, write_summary
+from analysis.figures.redraw import draw_figure, redraw_folder
 from analysis.figures.runs import Context, SettingsMismatch, resolve_lopts
 
 #: Each figure's module (settings per size, ``compute``) and its plot.
@@ -33,14 +35,16 @@ def run_figure(ctx: Context, fig: str, settings) -> dict:
     ctx.start_figure()
     data = module.compute(ctx, settings)
     write_csv(ctx.path(f"{fig}.csv"), data.rows)
-    plot(data, ctx.path(f"{fig}.png"))
     lopt = ctx.lopt if module.USES_LOPT else None
     timing = {
         "wall_seconds": round(time.perf_counter() - start, 1),
         "compute_seconds": round(ctx.compute_seconds, 1),
     }
     summary = {**data.summary, **timing}
-    path = write_summary(ctx.path(f"{fig}_summary.json"), fig, ctx.size, lopt, summary)
+    path = write_summary(
+        ctx.path(f"{fig}_summary.json"), fig, ctx.size, lopt, summary, dataclasses.asdict(settings)
+    )
+    draw_figure(ctx.out, fig, module, plot)  # from the files just written, as redraw does
     return json.loads(path.read_text())
 
 
@@ -60,7 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         prog="python analysis/figures.py",
         description="Reproduce the paper's figures (PNG + CSV + summary JSON per figure).",
     )
-    parser.add_argument("figure", choices=[*FIGURES, "all"])
+    parser.add_argument(
+        "figure",
+        choices=[*FIGURES, "all", "redraw"],
+        help="a figure, all of them, or redraw: draw every figure in --out again from its "
+        "CSV and summary (nothing recomputed)",
+    )
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="minutes on 2 CPU cores")
     size.add_argument("--tiny", action="store_true", help="seconds: a smoke test of the pipeline")
@@ -85,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         help="fig7: the paper's fixed learning rates (SGD 0.5, Lion 0.005) instead of tuned ones",
     )
     args = parser.parse_args(argv)
+    if args.figure == "redraw":
+        return redraw_folder(Path(args.out), FIGURES)
     if args.seeds is not None and args.seeds < 1:
         parser.error("--seeds must be ≥ 1")
     size = "quick" if args.quick else "tiny" if args.tiny else "full"

@@ -24,7 +24,19 @@ def write_csv(path: Path, rows: Sequence[dict]) -> Path:
     return atomic_write(path, write, text=True)
 
 
-def write_summary(path: Path, fig: str, size: str, lopt: str | None, summary: dict) -> Path:
-    """``summary`` headed by the figure, the size (as ``mode``) and the learned optimizer used."""
+def write_summary(
+    path: Path,
+    fig: str,
+    size: str,
+    lopt: str | None,
+    summary: dict,
+    settings: dict | None = None,
+) -> Path:
+    """``summary`` headed by the figure, the size (as ``mode``) and the learned optimizer used,
+    ending with the figure's ``settings`` (with the command line's overrides) when given: the
+    plots read steps, seeds, dataset and the tuning grid from there, so a redraw needs no
+    defaults that may have changed since."""
     summary = {"figure": fig, "mode": size, "lopt": lopt, **summary}
+    if settings is not None:
+        summary["settings"] = settings
     return atomic_write(path, json.dumps(summary, indent=2, default=float))
