@@ -138,7 +138,11 @@ def fig5(files: FigureFiles, path: Path) -> Path:
         shade = 0.0 if len(reg_muls) == 1 else i / (len(reg_muls) - 1)
         color = "black" if reg_mul == 0 else cmap(0.15 + 0.65 * shade)
         styles[reg_mul] = {"color": color, "ls": "-", "lw": 1.5}
-        test = [r["test_loss"] for r in rows if r["reg_mul"] == reg_mul and "test_loss" in r]
+        test = [
+            r["test_loss"]
+            for r in rows
+            if r["reg_mul"] == reg_mul and isinstance(r.get("test_loss"), float)
+        ]
         test_text = f", test loss {sum(test) / len(test):.3g}" if test else ""
         none = " (none)" if reg_mul == 0 else ""
         labels[reg_mul] = f"reg_mul = {reg_mul:g}{none}{test_text}"
