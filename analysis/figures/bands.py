@@ -1,16 +1,14 @@
 """Mean curves over seeds with their 95% confidence bands, and when a log axis fits the data.
 
 Numbers only (torch and math): the plots draw them, the tests check them without matplotlib.
-The band is the Student-t interval of the mean over seeds, exact for any number of seeds (the
-t quantile comes from the closed-form distribution function of integer degrees of freedom,
-Abramowitz & Stegun 26.7.3–4, so no scipy is needed). On a log axis the mean and its interval
+The band is the Student-t interval of the mean over seeds (the same as the summaries'
+``stats.t_interval``). On a log axis the mean and its interval
 are taken of the logarithms (a geometric mean): an arithmetic interval over a few seeds of a
 quantity spanning decades reaches below zero, which a log axis cannot show.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -21,34 +19,13 @@ import torch
 LOG_SPAN = 100.0
 
 
-def prob_abs_t_below(t: float, df: int) -> float:
-    """P(|T| < t) for Student's t with ``df`` (integer ≥ 1) degrees of freedom."""
-    theta = math.atan(t / math.sqrt(df))
-    cos2, sin = math.cos(theta) ** 2, math.sin(theta)
-    if df % 2 == 0:  # sinθ (1 + ½cos²θ + (1·3)/(2·4)cos⁴θ + …), df/2 terms
-        total, term = 0.0, 1.0
-        for j in range(df // 2):
-            total += term
-            term *= cos2 * (2 * j + 1) / (2 * j + 2)
-        return sin * total
-    # odd: (2/π)(θ + sinθ (cosθ + (2/3)cos³θ + …)), (df − 1)/2 terms
-    total, term = 0.0, math.cos(theta)
-    for j in range((df - 1) // 2):
-        total += term
-        term *= cos2 * (2 * j + 2) / (2 * j + 3)
-    return 2 / math.pi * (theta + sin * total)
-
-
-@functools.cache
 def t_quantile_975(df: int) -> float:
-    """The 97.5% quantile of Student's t (the 95% interval's multiplier), by bisection."""
+    """The 97.5% quantile of Student's t (the 95% interval's multiplier)."""
     if df < 1:
         raise ValueError(f"degrees of freedom: {df}, must be ≥ 1")
-    lo, hi = 0.0, 1e3  # df = 1 needs 12.7
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if prob_abs_t_below(mid, df) < 0.95 else (lo, mid)
-    return (lo + hi) / 2
+    from scipy.stats import t as student_t
+
+    return float(student_t.ppf(0.975, df))
 
 
 @dataclass

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import torch
 
+from analysis.figures.bands import t_quantile_975
+
 
 def mean_std(curves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and standard deviation over runs (std 0 for a single run), in float64."""
@@ -51,9 +53,7 @@ def t_interval(values: Sequence[float]) -> dict:
     mean = float(x.mean())
     if n < 2 or not math.isfinite(mean):
         return {"mean": mean, "ci95": [math.nan, math.nan], "n": n}
-    from scipy.stats import t as student_t
-
-    half = float(student_t.ppf(0.975, n - 1)) * float(x.std(unbiased=True)) / math.sqrt(n)
+    half = t_quantile_975(n - 1) * float(x.std(unbiased=True)) / math.sqrt(n)
     return {"mean": mean, "ci95": [mean - half, mean + half], "n": n}
 
 
