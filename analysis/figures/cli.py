@@ -23,7 +23,7 @@ FIGURES = {
     "fig8": (fig8, plots.fig8),
     "fig9": (fig9, plots.fig9),
 }
-DEFAULT_LOPT = "lstm-mnist"
+DEFAULT_LOPT = "lstm-paper,general"
 
 
 def run_figure(ctx: Context, fig: str, settings) -> dict:
