@@ -277,7 +277,7 @@ def test_redraw_without_matplotlib_says_how_to_get_it(tmp_path, no_compute, monk
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
-    """``python analysis/figures.py all --tiny`` (the default --lopt: lstm-paper as L2O, general)."""
+    """``figures.py all --tiny`` with the default --lopt (lstm-paper as L2O, and general)."""
     out = tmp_path_factory.mktemp("figures")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("L2O_COMPILE", "0")
