@@ -19,9 +19,10 @@ Settings (``unroll.estimator_kwargs``; ``ESOptions``): ``sigma``, ``num_pairs`` 
 ``train``, the ``unroll.meta_loss`` of the truncation's training losses, or ``final_val``, the
 loss on a held-out batch at the truncation's end (drawn from the test split of
 ``held_out_data``, which the trainer sets, by a seed of the optimizee and its step: stateless,
-so resumes are exact). The perturbations come from the meta-step's ``seed`` (the estimator
-contract). Metrics (``UnrollResult.metrics``): the estimate's norm, mean |L⁺ − L⁻|, the fraction
-of clipped pairs, the particle steps taken.
+so resumes are exact), weighted by where the truncation lies in its run with
+``unroll.meta_loss_tail`` < 1 (``run_tail_weights``). The perturbations come from the
+meta-step's ``seed`` (the estimator contract). Metrics (``UnrollResult.metrics``): the
+estimate's norm, mean |L⁺ − L⁻|, the fraction of clipped pairs, the particle steps taken.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from l2o.seeding import derive_seed
 from meta_train.configuration.engine import ConfigError
 from meta_train.estimators import particles as pt
 from meta_train.estimators.base import Estimator
-from meta_train.inner_loop.meta_losses import meta_loss
+from meta_train.inner_loop.meta_losses import meta_loss, tail_weights
 from meta_train.inner_loop.unroll import InnerState, UnrollConfig, UnrollResult, next_batches
 
 if TYPE_CHECKING:
@@ -145,6 +146,18 @@ def truncation_meta_losses(
         return optimizee.loss(pop.params, pop.buffers, x, y)
 
 
+def run_tail_weights(inner: InnerState, cfg: UnrollConfig) -> torch.Tensor:
+    """Each task's ``tail_weights`` ``[T]`` for the truncation that starts at ``inner``: its
+    run's step and length are the optimizer state's ``t`` and ``horizon`` (per task)."""
+    state = inner.opt_state
+    if "t" not in state or "horizon" not in state:
+        raise ConfigError(
+            "unroll.meta_loss_tail < 1 needs an optimizer whose state has each run's step 't' "
+            f"and 'horizon' (e.g. general); this one's state has {sorted(state)}"
+        )
+    return tail_weights(state["t"], state["horizon"], cfg.length, cfg.meta_loss_tail)
+
+
 class ParticleEstimator(Estimator):
     """What ``es`` and ``pes`` share: settings, the perturbations, one truncation of all
     particles, the estimate and its metrics. Subclasses decide where particles start from and
@@ -222,6 +235,10 @@ class ParticleEstimator(Estimator):
             held_out = (x.to(device), y.to(device))
         metas = truncation_meta_losses(optimizee, pop, losses, self.cfg.meta_loss, held_out)
         finite = finite & torch.isfinite(losses).all(1) & torch.isfinite(metas)
+        if self.cfg.meta_loss_tail < 1:
+            metas = metas * run_tail_weights(inner, self.cfg).to(metas).index_select(
+                0, pop.task_index
+            )
         return losses, metas, finite
 
     def _estimate(

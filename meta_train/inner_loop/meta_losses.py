@@ -8,6 +8,12 @@
   and across the horizon, so late truncations (small losses) weigh as much as early ones.
 * ``mean_log``: Σ_k log l_k / K (Metz et al.): every step's *relative* progress counts, which
   weighs the low-loss steps near the end of a truncation more than ``log_sum`` does.
+
+``tail_weights`` puts the meta-loss on the end of each run (``unroll.meta_loss_tail``): a
+truncation's meta-loss is weighted by the fraction of its steps that lie in the last ``tail``
+fraction of its run, so the early truncations (weight 0), whose losses the evaluation's final loss
+never sees, stop pulling the optimizer towards a fast start. With PES the late truncations' loss
+differences still credit the perturbations of the whole run.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+
+from meta_train.configuration.engine import ConfigError
 
 _EPS = 1e-12
 
@@ -46,6 +54,28 @@ META_LOSSES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 def check_meta_loss(kind: str) -> None:
     if kind not in META_LOSSES:
         raise ValueError(f"unknown meta_loss {kind!r}; available: {sorted(META_LOSSES)}")
+
+
+def check_meta_loss_tail(tail: float) -> None:
+    """``tail`` is a fraction of a run in (0, 1] (1: every step counts, no weighting)."""
+    ok = isinstance(tail, int | float) and not isinstance(tail, bool) and 0 < tail <= 1
+    if not ok:
+        raise ConfigError(f"unroll.meta_loss_tail must be a fraction in (0, 1], got {tail!r}")
+
+
+def tail_weights(
+    start: torch.Tensor, horizon: torch.Tensor, length: int, tail: float
+) -> torch.Tensor:
+    """Each truncation's weight: the fraction of its ``length`` steps ``start .. start +
+    length - 1`` that lie in the last ``tail`` of its run, steps ``ceil((1 - tail) · horizon)
+    .. horizon - 1``. ``start``, ``horizon``: any shape, one entry per truncation (float64
+    out; the tail's first step is rounded to 1e-6 first, so 0.9 · 200 is step 180, not 181)."""
+    check_meta_loss_tail(tail)
+    start = start.to(torch.float64)
+    horizon = horizon.to(torch.float64)
+    first = torch.maximum(start, torch.ceil(torch.round((1.0 - tail) * horizon, decimals=6)))
+    end = torch.minimum(start + length, horizon)
+    return (end - first).clamp_min(0.0) / length
 
 
 def meta_loss(losses: torch.Tensor, kind: str) -> torch.Tensor:

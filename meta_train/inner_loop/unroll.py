@@ -33,7 +33,10 @@ from torch.func import functional_call, grad_and_value, vmap
 from l2o.optimizers.base import LearnedOptimizerNet, ParamSpec, State
 from l2o.training import make_optimizee
 from meta_train.configuration.engine import require, require_non_negative, require_positive
-from meta_train.inner_loop.meta_losses import META_LOSSES, meta_loss
+from meta_train.inner_loop.meta_losses import META_LOSSES, check_meta_loss_tail, meta_loss
+
+#: the estimators that apply ``unroll.meta_loss_tail`` (the particle estimators)
+TAIL_ESTIMATORS = ("es", "pes")
 
 Regularizer = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], torch.Tensor]
 
@@ -46,6 +49,11 @@ class UnrollConfig:
     Attributes:
         length: K, inner steps per truncation (one meta-gradient per K steps).
         meta_loss: ``sum`` | ``mean`` | ``log_sum`` | ``mean_log`` (see ``meta_losses``).
+        meta_loss_tail: a fraction in (0, 1]: weight each truncation's meta-loss by the
+            fraction of its steps in the last ``meta_loss_tail`` of its run
+            (``meta_losses.tail_weights``; 1, the default: no weighting). Needs a particle
+            estimator (``es``/``pes``) and an optimizer state with each run's step ``t`` and
+            ``horizon`` (``general``).
         estimator: the meta-gradient estimator's registered name (``meta_train.estimators``):
             ``first``: the optimizer's inputs (gradients, parameter values) are constants, the
             paper's default; exact and cheap (no optimizee graph).
@@ -64,6 +72,7 @@ class UnrollConfig:
 
     length: int = 20
     meta_loss: str = "log_sum"
+    meta_loss_tail: float = 1.0
     estimator: str = "first"
     estimator_kwargs: dict[str, Any] = field(default_factory=dict)
     checkpoint_every: int = 0
@@ -79,6 +88,13 @@ class UnrollConfig:
         )
         require(
             bool(self.estimator), "unroll.estimator", "must be a non-empty name", self.estimator
+        )
+        check_meta_loss_tail(self.meta_loss_tail)
+        require(
+            self.meta_loss_tail == 1 or self.estimator in TAIL_ESTIMATORS,
+            "unroll.estimator",
+            f"must be one of {list(TAIL_ESTIMATORS)} with unroll.meta_loss_tail < 1",
+            self.estimator,
         )
         require_non_negative("unroll.checkpoint_every", self.checkpoint_every)
         require_non_negative("unroll.chunk_size", self.chunk_size)
