@@ -98,7 +98,7 @@ def compute(ctx: Context, s: Fig4Settings) -> Fig4Data:
     curves: Curves = {}
     for task_name in s.tasks:
         task = task_for(task_name, s.dataset)
-        for name, factory in optimizers_for(ctx, task, s.tuning, BASE, extra).items():
+        for name, factory in optimizers_for(ctx, task, s.steps, s.tuning, BASE, extra).items():
             for seed in eval_seeds(s.seeds):
                 rec, _ = symmetry_run(ctx, "fig4", task, name, factory, seed, s.steps)
                 rows += add_run(curves, task_name, name, seed, rec)

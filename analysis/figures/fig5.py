@@ -99,7 +99,7 @@ def compute(ctx: Context, s: Fig5Settings) -> Fig5Data:
         task = task_for(run_task(best.parent), s.dataset)
         for seed in eval_seeds(s.seeds):
             rec, result = symmetry_run(
-                ctx, "fig5", task, f"reg{reg_mul:g}", lopt_factory(best), seed, s.steps
+                ctx, "fig5", task, f"reg{reg_mul:g}", lopt_factory(best, s.steps), seed, s.steps
             )
             sym = rec.streams["symmetry"]
             kinds = rec.meta["structures"]["kinds"]

@@ -69,7 +69,9 @@ def compute(ctx: Context, s: Fig8Settings) -> Fig8Data:
     task = task_for(TASK, s.dataset)
     plan = RecordingPlan(probe_steps=s.probe_steps, probe_batches=s.probe_batches, symmetry=False)
     rows = []
-    optimizers = optimizers_for(ctx, task, s.tuning, ["sgd", "adam", "lion"], NEW_BASELINES)
+    optimizers = optimizers_for(
+        ctx, task, max(s.probe_steps), s.tuning, ["sgd", "adam", "lion"], NEW_BASELINES
+    )
     for name, factory in optimizers.items():
         for seed in eval_seeds(s.seeds):
             rec, _ = recorded_run(

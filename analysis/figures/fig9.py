@@ -57,7 +57,7 @@ def compute(ctx: Context, s: Fig9Settings) -> Fig9Data:
     plan = RecordingPlan(trajectory_steps=s.hist_steps, symmetry=False)
     steps = max(s.hist_steps) + 1
     hists, seed_medians = {}, {}
-    optimizers = optimizers_for(ctx, task, s.tuning, ["sgd", "adam"], NEW_BASELINES)
+    optimizers = optimizers_for(ctx, task, steps, s.tuning, ["sgd", "adam"], NEW_BASELINES)
     for name, factory in optimizers.items():
         for seed in range(s.seed, s.seed + s.seeds):
             rec, _ = recorded_run(

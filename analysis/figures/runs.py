@@ -26,7 +26,7 @@ from analysis.recording import (
 )
 from l2o.optimizers import LearnedOptimizer
 from l2o.optimizers.checkpoint_io import load_learned_optimizer
-from l2o.optimizers.wrapper import available_pretrained, pretrained_path
+from l2o.optimizers.wrapper import available_pretrained, pretrained_path, takes_total_steps
 from l2o.tasks import Task, get_task
 from l2o.training import TrainResult
 
@@ -165,12 +165,20 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def lopt_factory(path: str | os.PathLike) -> OptimizerFactory:
-    """A learned optimizer loaded from the checkpoint at ``path`` for each run (identified by
-    the checkpoint's SHA-256, so a retrained one is recorded again)."""
+def lopt_factory(path: str | os.PathLike, total_steps: int) -> OptimizerFactory:
+    """A learned optimizer loaded from the checkpoint at ``path`` for each run of
+    ``total_steps`` steps (identified by the checkpoint's SHA-256, so a retrained one is recorded
+    again). A network with training-progress inputs (``general``) is told the run's length, as
+    the evaluation does: left at its default it would decay its step to zero at step 200."""
+    net, _ = load_learned_optimizer(path)
+    if not takes_total_steps(net):
+        return OptimizerFactory(
+            lambda params: LearnedOptimizer(params, net),
+            {"learned_optimizer_sha256": file_sha256(path)},
+        )
     return OptimizerFactory(
-        lambda params: LearnedOptimizer(params, path),
-        {"learned_optimizer_sha256": file_sha256(path)},
+        lambda params: LearnedOptimizer(params, net, total_steps=total_steps),
+        {"learned_optimizer_sha256": file_sha256(path), "total_steps": total_steps},
     )
 
 
@@ -178,12 +186,20 @@ DISPLAY = {"sgd": "SGD", "adam": "Adam", "lion": "Lion"}
 
 
 def optimizers_for(
-    ctx: Context, task: Task, tuning: Tuning, names: Sequence[str], optional: Sequence[str] = ()
+    ctx: Context,
+    task: Task,
+    steps: int,
+    tuning: Tuning,
+    names: Sequence[str],
+    optional: Sequence[str] = (),
 ) -> dict[str, OptimizerFactory]:
-    """The learned optimizers (if any) and each baseline at its tuned learning rate. An
+    """The learned optimizers (if any, told the runs' ``steps``) and each baseline at its tuned
+    learning rate. An
     ``optional`` baseline whose every grid learning rate diverges (or that cannot train this
     task) is left out with a warning instead of stopping the figure."""
-    out: dict[str, OptimizerFactory] = {n: lopt_factory(p) for n, p in ctx.lopt_files.items()}
+    out: dict[str, OptimizerFactory] = {
+        n: lopt_factory(p, steps) for n, p in ctx.lopt_files.items()
+    }
 
     def tuned(name: str) -> OptimizerFactory:
         return baseline_factory(name, ctx.tuned_lr(task, name, tuning))

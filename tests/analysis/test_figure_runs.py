@@ -78,18 +78,30 @@ def test_an_unreadable_or_unfinished_file_is_recorded_again(tmp_path, task, coun
 
 
 def test_a_learned_optimizer_is_identified_by_its_checkpoint_bytes(tmp_path):
-    general = lopt_factory(pretrained_path("general"))
-    lstm = lopt_factory(pretrained_path("lstm-mnist"))
+    general = lopt_factory(pretrained_path("general"), STEPS)
+    lstm = lopt_factory(pretrained_path("lstm-mnist"), STEPS)
     assert general.identity != lstm.identity
     copy = tmp_path / "copy.pt"
     copy.write_bytes(pretrained_path("general").read_bytes())
-    assert lopt_factory(copy).identity == general.identity
+    assert lopt_factory(copy, STEPS).identity == general.identity
+
+
+def test_general_is_told_the_runs_length_and_the_lstm_is_not():
+    """Left at its default horizon (200), general's step would decay to zero at step 200 of a
+    500-step figure; a network without progress inputs is recorded the same for any length."""
+    param = [torch.nn.Parameter(torch.zeros(3))]
+    general = lopt_factory(pretrained_path("general"), 500)
+    assert general(param).total_steps == 500
+    assert general.identity != lopt_factory(pretrained_path("general"), 200).identity
+    lstm = lopt_factory(pretrained_path("lstm-paper"), 500)
+    assert lstm(param).total_steps is None
+    assert lstm.identity == lopt_factory(pretrained_path("lstm-paper"), 200).identity
 
 
 def test_the_shipped_general_optimizer_is_recorded(tmp_path, task):
     ctx = Context("tiny", tmp_path)
     plan = RecordingPlan(symmetry=True, trajectory_steps=(0, 2), probe_steps=(1,), probe_batches=2)
-    factory = lopt_factory(pretrained_path("general"))
+    factory = lopt_factory(pretrained_path("general"), STEPS)
     rec, result = recorded_run(ctx, "general.rec", task, factory, STEPS, plan, 100)
     assert rec.rows("symmetry") == STEPS and not result.diverged
     updates = rec.streams["trajectory"]["updates"]
