@@ -149,3 +149,29 @@ def test_tuning_time_counts_once_per_figure(tmp_path, task):
     fresh = Context("tiny", tmp_path)  # the cache on disk holds the search's time
     fresh.tuned_lr(task, "sgd", tuning)
     assert fresh.compute_seconds == pytest.approx(searched)
+
+
+def test_fig9_summary_gives_the_training_loss_at_the_papers_steps(tmp_path, monkeypatch):
+    """Figure 9's summary holds each optimizer's minibatch training loss at step 10 (the tiny
+    runs are 12 steps: 100 and 200 are left out), its mean and interval over the seeds' runs."""
+    from analysis.figures import fig9
+    from analysis.recording import load_recording
+
+    monkeypatch.setattr(fig9, "NEW_BASELINES", ())
+    settings = fig9.SETTINGS["tiny"]
+    data = fig9.compute(Context("tiny", tmp_path), settings)
+    at = data.summary["training_loss_at_step"]
+    assert set(at) == {"SGD", "Adam"} and all(set(by) == {10} for by in at.values())
+    seeds = range(settings.seed, settings.seed + settings.seeds)
+    recorded = [
+        float(
+            load_recording(tmp_path / f"recordings/fig9/Adam-seed{s}.rec").summary["train_losses"][
+                9
+            ]
+        )
+        for s in seeds
+    ]
+    assert at["Adam"][10]["n"] == settings.seeds
+    assert at["Adam"][10]["mean"] == pytest.approx(sum(recorded) / len(recorded))
+    low, high = at["Adam"][10]["ci95"]
+    assert low < at["Adam"][10]["mean"] < high
