@@ -166,6 +166,8 @@ class GeneralOptimizer(MLPOptimizer):
         exp(−(t−1) / early_boost_steps)`` (0: no boost).
     early_boost_steps: the boost's decay time, in steps.
     learned_schedule: learn ``log lr_t`` as a linear function of the time features.
+    learned_step_size: learn one constant factor on the nominal step size (``log_lr_offset``,
+        starting at 0): the learned schedule's bias alone, for a recipe without the schedule.
     normalize_output: divide the network's direction by its RMS over the tensor (Celo2); else
         ``r = d · exp(exp_mult · m)``.
     progress: feed the training-progress features (else only step-count features).
@@ -197,6 +199,7 @@ class GeneralOptimizer(MLPOptimizer):
         early_boost: float = 0.0,
         early_boost_steps: float = 20.0,
         learned_schedule: bool = True,
+        learned_step_size: bool = False,
         normalize_output: bool = True,
         progress: bool = True,
         factored: bool = False,
@@ -281,6 +284,8 @@ class GeneralOptimizer(MLPOptimizer):
             with torch.no_grad():
                 self.schedule.weight.zero_()
                 self.schedule.bias.zero_()
+        self.learned_step_size = bool(learned_step_size)
+        self.log_lr_offset = nn.Parameter(torch.zeros(())) if self.learned_step_size else None
 
     def config(self) -> dict[str, Any]:
         return {
@@ -304,6 +309,7 @@ class GeneralOptimizer(MLPOptimizer):
             "early_boost": self.early_boost,
             "early_boost_steps": self.early_boost_steps,
             "learned_schedule": self.learned_schedule,
+            "learned_step_size": self.learned_step_size,
             "normalize_output": self.normalize_output,
             "progress": self.progress,
             "factored": self.factored,
@@ -441,6 +447,8 @@ class GeneralOptimizer(MLPOptimizer):
         """``log lr_t [...]`` from the global features ``[..., G]`` and the log base schedule
         ``[...]`` (``log_base_schedule``)."""
         log_lr = self.base_log_lr + log_base.to(glob.dtype)
+        if self.log_lr_offset is not None:
+            log_lr = log_lr + self.log_lr_offset.to(glob.dtype)
         if self.schedule is None:
             return log_lr
         return log_lr + self.schedule(glob).squeeze(-1)
