@@ -1,21 +1,21 @@
 // CPU kernels of the learned optimizers (float32): the elementwise parts of an LSTM cell over
 // many independent rows, forward and backward, each one pass over memory; and the MLP
-// optimizer's whole deployment step. Built and loaded by l2o/optimizers/native.py (on first use,
-// or `python -m l2o.optimizers.native build`); without a compiler the same math runs as PyTorch
-// ops. Compiled WITHOUT -ffast-math: a NaN or infinity in the inputs reaches the outputs as it
-// does in PyTorch, so every clamp below is written to let a NaN through.
+// optimizer's whole deployment step (the LSTM's tape kernels: lstm_tape.cpp). Built and loaded
+// by l2o/optimizers/native (on first use, or `python -m l2o.optimizers.native build`); without a
+// compiler the same math runs as PyTorch ops. Compiled WITHOUT -ffast-math: a NaN or infinity in
+// the inputs reaches the outputs as it does in PyTorch, so every clamp below lets a NaN through.
 //
 // Layout: pre-activations [M, 4H] in gate order i, f, g, o (as torch.nn.LSTM); states [M, H].
 #include <torch/extension.h>
-#include <ATen/Parallel.h>
 
-#include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <cstdint>
 #include <cstring>
-#include <initializer_list>
-#include <vector>
+
+#include "fast_exp.h"
+#include "kernels.h"
+
+using l2o_kernels::check;
+using l2o_kernels::parallel_claim;
 
 namespace {
 
@@ -25,21 +25,12 @@ inline float clamp_keep_nan(float x, float lo, float hi) {
   return x > hi ? hi : x;
 }
 
-// exp(x) for x in [-87, 88] (Cody-Waite reduction and Cephes' degree-6 polynomial, ~2 ulp):
-// plain arithmetic and a bit shift, so loops over it vectorize into a few FMAs per value
-// (libm's expf is several times slower here). Arguments are clamped, so exp(±inf) is finite and
+// exp(x) for x in [-87, 88] (fast_exp.h) and a bit shift, so loops over it vectorize. Arguments are clamped, so exp(±inf) is finite and
 // the sigmoid/tanh below saturate as PyTorch's do; a NaN argument gives NaN.
 inline float fast_exp(float x) {
   x = clamp_keep_nan(x, -87.0f, 88.0f);
   const float k = std::floor(x * 1.44269504088896341f + 0.5f);
-  const float r = (x - k * 0.693359375f) + k * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
+  const float p = l2o_exp::exp_mantissa(x, k);
   const float kk = k == k ? k : 0.0f;  // NaN: p is NaN already; keep the int conversion defined
   const int32_t bits = (static_cast<int32_t>(kk) + 127) << 23;
   float scale;
@@ -51,14 +42,6 @@ inline float sigmoid(float x) { return 1.0f / (1.0f + fast_exp(-x)); }
 
 // tanh(x) = 2 sigmoid(2x) - 1: one exp, vectorizes like the sigmoid.
 inline float tanh_fast(float x) { return 2.0f / (1.0f + fast_exp(-2.0f * x)) - 1.0f; }
-
-void check(const at::Tensor& t, const char* name, int64_t rows, int64_t cols) {
-  TORCH_CHECK(t.device().is_cpu(), name, " must be on the CPU");
-  TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32");
-  TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols, name, " has shape ",
-              t.sizes(), ", expected [", rows, ", ", cols, "]");
-  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
-}
 
 constexpr int64_t kGrain = 512;  // rows per parallel task
 constexpr int64_t kBlock = 16;   // rows per vector block: the gates are gathered to be contiguous
@@ -139,55 +122,6 @@ void cell_backward_rows(const float* P, const float* CP, const float* DH, const 
   }
 }
 
-// The layers of a multi-layer LSTM as one GEMM each on [input | h]: wt[l] is [(F_l + H), 4H]
-// (= cat(W_ih, W_hh, dim=1).t(), contiguous), b[l] = b_ih + b_hh.
-struct Layers {
-  std::vector<at::Tensor> wt, b;
-  int64_t hidden = 0;
-  int64_t in_features(size_t l) const { return wt[l].size(0) - hidden; }
-};
-
-Layers check_layers(const std::vector<at::Tensor>& wt, const std::vector<at::Tensor>& b,
-                    int64_t hidden) {
-  TORCH_CHECK(!wt.empty() && wt.size() == b.size(), "one weight and one bias per layer");
-  Layers layers{wt, b, hidden};
-  for (size_t l = 0; l < wt.size(); ++l) {
-    check(wt[l], "wt", wt[l].size(0), 4 * hidden);
-    TORCH_CHECK(b[l].numel() == 4 * hidden && b[l].is_contiguous(), "bias must be [4H]");
-    if (l > 0) TORCH_CHECK(layers.in_features(l) == hidden, "layer ", l, " must take h");
-  }
-  return layers;
-}
-
-// rows x [n, F] and h [n, H] side by side into z [n, F + H].
-inline void concat_rows(const float* x, int64_t f, const float* h, int64_t hidden, float* z,
-                        int64_t n) {
-  for (int64_t r = 0; r < n; ++r) {
-    std::memcpy(z + r * (f + hidden), x + r * f, f * sizeof(float));
-    std::memcpy(z + r * (f + hidden) + f, h + r * hidden, hidden * sizeof(float));
-  }
-}
-
-constexpr int64_t kRows = 512;  // rows per GEMM block: the block's gates stay in L2
-// Rows per block of the forward step: its GEMMs reduce over features, not rows, so larger blocks
-// change no result and spare ATen calls (measured: the classic task's forward ~16% faster).
-constexpr int64_t kFwdRows = 2048;
-
-// Runs work(i) for every i in [0, count) on the ATen threads, each thread claiming the next index
-// from a shared counter (make_work() is called once per thread: its closure holds that thread's
-// scratch memory). Unlike a static split, a thread the OS deschedules on a busy machine holds up
-// only the block it is in: the others take the rest instead of waiting at the region's end.
-// Every index runs exactly once, so per-block results do not depend on the thread count.
-template <typename MakeWork>
-void parallel_claim(int64_t count, const MakeWork& make_work) {
-  std::atomic<int64_t> next{0};
-  const int64_t threads = std::min<int64_t>(count, at::get_num_threads());
-  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
-    auto work = make_work();
-    for (int64_t i = next.fetch_add(1); i < count; i = next.fetch_add(1)) work(i);
-  });
-}
-
 }  // namespace
 
 // Writes h and c of one cell into h_out, c_out (c_out may be c_prev itself: in place).
@@ -240,201 +174,6 @@ std::vector<at::Tensor> cell_backward(const at::Tensor& pre, const at::Tensor& c
                        end - begin, hidden, scratch.data());
   });
   return {dpre, dc_prev};
-}
-
-// One time step of all layers for M independent rows, without a graph: x [M, F]; h_in, c_in,
-// h_out, c_out [L, M, H] with contiguous rows (the outputs may be the inputs: in place). Writes (or, with accumulate,
-// adds) head_b + head_w . h_top into out [M]. Runs in cache-sized blocks of rows (kFwdRows), each
-// claimed by whichever thread is free (parallel_claim), each GEMM on one block.
-void lstm_step_forward(const at::Tensor& x, const at::Tensor& h_in, const at::Tensor& c_in,
-                       at::Tensor& h_out, at::Tensor& c_out, const std::vector<at::Tensor>& wt,
-                       const std::vector<at::Tensor>& b, const at::Tensor& head_w, double head_b,
-                       at::Tensor& out, bool accumulate) {
-  const int64_t num_layers = h_in.size(0), rows = x.size(0), hidden = h_in.size(2);
-  const Layers layers = check_layers(wt, b, hidden);
-  TORCH_CHECK(static_cast<int64_t>(wt.size()) == num_layers, "one weight per layer");
-  const int64_t f0 = layers.in_features(0);
-  check(x, "x", rows, f0);
-  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&h_in, &c_in, &h_out, &c_out}) {
-    TORCH_CHECK(t->dim() == 3 && t->size(0) == num_layers && t->size(1) == rows &&
-                    t->size(2) == hidden && t->stride(2) == 1 && t->stride(1) == hidden &&
-                    t->scalar_type() == at::kFloat,
-                "states must be float32 [L, M, H] with contiguous rows (e.g. a slice of rows)");
-  }
-  TORCH_CHECK(head_w.numel() == hidden && head_w.is_contiguous(), "head_w must be [H]");
-  TORCH_CHECK(out.numel() == rows && out.is_contiguous() && out.scalar_type() == at::kFloat,
-              "out must be contiguous float32 [M]");
-  const float* X = x.data_ptr<float>();
-  const float* HW = head_w.data_ptr<float>();
-  float* O = out.data_ptr<float>();
-  const float hb = static_cast<float>(head_b);
-  const int64_t sh_in = h_in.stride(0), sc_in = c_in.stride(0);  // layer strides
-  const int64_t sh_out = h_out.stride(0), sc_out = c_out.stride(0);
-  const float* Hin = h_in.data_ptr<float>();
-  const float* Cin = c_in.data_ptr<float>();
-  float* Hout = h_out.data_ptr<float>();
-  float* Cout = c_out.data_ptr<float>();
-  const int64_t blocks = (rows + kFwdRows - 1) / kFwdRows;
-  parallel_claim(blocks, [&] {
-    auto opts = at::TensorOptions().dtype(at::kFloat);
-    return [&, scratch = std::vector<float>(4 * kBlock * hidden),
-            z = at::empty({kFwdRows * (std::max(f0, hidden) + hidden)}, opts),
-            pre = at::empty({kFwdRows, 4 * hidden}, opts)](int64_t blk) mutable {
-      const int64_t r0 = blk * kFwdRows, n = std::min(kFwdRows, rows - r0);
-      for (int64_t l = 0; l < num_layers; ++l) {
-        const int64_t f = layers.in_features(l);
-        const float* inp = l == 0 ? X + r0 * f0 : Hout + (l - 1) * sh_out + r0 * hidden;
-        auto zl = z.narrow(0, 0, n * (f + hidden)).view({n, f + hidden});
-        concat_rows(inp, f, Hin + l * sh_in + r0 * hidden, hidden, zl.data_ptr<float>(), n);
-        auto p = pre.narrow(0, 0, n);
-        at::addmm_out(p, layers.b[l], zl, layers.wt[l]);
-        cell_forward_rows(p.data_ptr<float>(), Cin + l * sc_in + r0 * hidden,
-                          Hout + l * sh_out + r0 * hidden, Cout + l * sc_out + r0 * hidden, n,
-                          hidden, scratch.data());
-      }
-      const float* ht = Hout + (num_layers - 1) * sh_out + r0 * hidden;
-      for (int64_t r = 0; r < n; ++r) {
-        float s = hb;
-#pragma omp simd reduction(+ : s)
-        for (int64_t u = 0; u < hidden; ++u) s += HW[u] * ht[r * hidden + u];
-        O[r0 + r] = accumulate ? O[r0 + r] + s : s;
-      }
-    };
-  });
-}
-
-// The exact first-order meta-gradient of a truncation through the LSTM, from its tape: xs
-// [T, M, F] inputs, hs, cs [T + 1, L, M, H] states (hs[t] before step t), cot [T, M] the
-// cotangents of the updates u_t = scale * (head_w . h_top + head_b). Back-propagates through
-// time block by block of rows (each block's carries and gates stay in cache), recomputing the
-// pre-activations with one GEMM per layer and step. Returns per layer d wt [(F_l + H), 4H] and
-// d b [4H], then d head_w [H] and d head_b [1]. Each block accumulates its own partial sums,
-// added up in block order: the result does not depend on the thread count.
-std::vector<at::Tensor> lstm_sequence_backward(const at::Tensor& xs, const at::Tensor& hs,
-                                               const at::Tensor& cs, const at::Tensor& cot,
-                                               const std::vector<at::Tensor>& wt,
-                                               const std::vector<at::Tensor>& b,
-                                               const at::Tensor& head_w, double scale) {
-  const int64_t steps = xs.size(0), rows = xs.size(1), f0 = xs.size(2);
-  const int64_t num_layers = hs.size(1), hidden = hs.size(3);
-  const Layers layers = check_layers(wt, b, hidden);
-  TORCH_CHECK(static_cast<int64_t>(wt.size()) == num_layers && layers.in_features(0) == f0,
-              "weights do not match the tape");
-  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&xs, &hs, &cs, &cot}) {
-    TORCH_CHECK(t->is_contiguous() && t->scalar_type() == at::kFloat && t->is_cpu(),
-                "tape tensors must be contiguous float32 on the CPU");
-  }
-  TORCH_CHECK(hs.sizes() == cs.sizes() && hs.size(0) == steps + 1 && hs.size(2) == rows,
-              "hs, cs must be [T + 1, L, M, H]");
-  TORCH_CHECK(cot.dim() == 2 && cot.size(0) == steps && cot.size(1) == rows, "cot: [T, M]");
-  TORCH_CHECK(head_w.numel() == hidden, "head_w must be [H]");
-  const int64_t blocks = (rows + kRows - 1) / kRows;
-  auto opts = at::TensorOptions().dtype(at::kFloat);
-  std::vector<at::Tensor> w, dwt, db;  // w[l]: [4H, F_l + H]; partial sums per block
-  for (int64_t l = 0; l < num_layers; ++l) {
-    w.push_back(layers.wt[l].t().contiguous());
-    dwt.push_back(at::zeros({blocks, layers.wt[l].size(0), 4 * hidden}, opts));
-    db.push_back(at::zeros({blocks, 4 * hidden}, opts));
-  }
-  const auto w_hh0 = layers.wt[0].narrow(0, f0, hidden).t().contiguous();  // [4H, H]
-  auto dhead = at::zeros({blocks, hidden + 1}, at::TensorOptions().dtype(at::kDouble));
-  const float* X = xs.data_ptr<float>();
-  const float* HS = hs.data_ptr<float>();
-  const float* CS = cs.data_ptr<float>();
-  const float* COT = cot.data_ptr<float>();
-  auto hw_scaled = (head_w.reshape({hidden}).to(at::kFloat) * scale).contiguous();
-  const float* HW = hw_scaled.data_ptr<float>();
-  const int64_t layer_rows = rows * hidden, step_rows = num_layers * layer_rows;
-  const int64_t widest = std::max(f0, hidden) + hidden;
-  parallel_claim(blocks, [&] {
-    return [&, scratch = std::vector<float>(8 * kBlock * hidden),
-            head_step = std::vector<float>(hidden + 1), z = at::empty({kRows * widest}, opts),
-            dz = at::empty({kRows * widest}, opts), pre = at::empty({kRows, 4 * hidden}, opts),
-            dpre = at::empty({kRows, 4 * hidden}, opts),
-            dh = at::empty({num_layers, kRows, hidden}, opts),
-            dc = at::empty({num_layers, kRows, hidden}, opts)](int64_t blk) mutable {
-      const int64_t r0 = blk * kRows, n = std::min(kRows, rows - r0);
-      dh.zero_();
-      dc.zero_();
-      float* DH = dh.data_ptr<float>();
-      float* DC = dc.data_ptr<float>();
-      double* dhd = dhead.data_ptr<double>() + blk * (hidden + 1);
-      auto p = pre.narrow(0, 0, n);
-      auto dp = dpre.narrow(0, 0, n);
-      auto dh0 = dh[0].narrow(0, 0, n);
-      std::vector<at::Tensor> zs, zts, dws, dzs;  // per layer, the block's views (made once)
-      for (int64_t l = 0; l < num_layers; ++l) {
-        const int64_t width = layers.in_features(l) + hidden;
-        zs.push_back(z.narrow(0, 0, n * width).view({n, width}));
-        zts.push_back(zs.back().t());
-        dws.push_back(dwt[l][blk]);
-        dzs.push_back(dz.narrow(0, 0, n * width).view({n, width}));
-      }
-      for (int64_t t = steps - 1; t >= 0; --t) {
-        // the head: u = scale * (head_w . h_top + head_b), h_top = hs[t + 1][L - 1]
-        const float* ct = COT + t * rows + r0;
-        const float* htop = HS + (t + 1) * step_rows + (num_layers - 1) * layer_rows + r0 * hidden;
-        float* dtop = DH + (num_layers - 1) * kRows * hidden;
-        std::fill(head_step.begin(), head_step.end(), 0.0f);
-        float* hsum = head_step.data();
-        for (int64_t r = 0; r < n; ++r) {
-          const float cr = ct[r];
-          hsum[hidden] += cr;
-#pragma omp simd
-          for (int64_t u = 0; u < hidden; ++u) {
-            dtop[r * hidden + u] += cr * HW[u];
-            hsum[u] += cr * htop[r * hidden + u];
-          }
-        }
-        for (int64_t u = 0; u <= hidden; ++u) dhd[u] += hsum[u];
-        for (int64_t l = num_layers - 1; l >= 0; --l) {
-          const int64_t f = layers.in_features(l), width = f + hidden;
-          const float* inp = l == 0 ? X + (t * rows + r0) * f0
-                                    : HS + (t + 1) * step_rows + (l - 1) * layer_rows + r0 * hidden;
-          const float* h_prev = HS + t * step_rows + l * layer_rows + r0 * hidden;
-          const float* c_prev = CS + t * step_rows + l * layer_rows + r0 * hidden;
-          const auto& zl = zs[l];
-          concat_rows(inp, f, h_prev, hidden, zl.data_ptr<float>(), n);
-          at::addmm_out(p, layers.b[l], zl, layers.wt[l]);
-          float* dhl = DH + l * kRows * hidden;
-          float* dcl = DC + l * kRows * hidden;
-          cell_backward_rows(p.data_ptr<float>(), c_prev, dhl, dcl, dp.data_ptr<float>(), dcl, n,
-                             hidden, scratch.data());
-          dws[l].addmm_(zts[l], dp);
-          float* dbl = db[l].data_ptr<float>() + blk * 4 * hidden;  // += dp.sum(0), no temporary
-          const float* DPB = dp.data_ptr<float>();
-          for (int64_t r = 0; r < n; ++r) {
-#pragma omp simd
-            for (int64_t j = 0; j < 4 * hidden; ++j) dbl[j] += DPB[r * 4 * hidden + j];
-          }
-          if (l == 0) {  // the input needs no gradient: only the recurrent part
-            at::mm_out(dh0, dp, w_hh0);
-            continue;
-          }
-          auto& dzl = dzs[l];
-          at::mm_out(dzl, dp, w[l]);
-          const float* DZ = dzl.data_ptr<float>();
-          float* below = DH + (l - 1) * kRows * hidden;
-          for (int64_t r = 0; r < n; ++r) {
-#pragma omp simd
-            for (int64_t u = 0; u < hidden; ++u) {
-              dhl[r * hidden + u] = DZ[r * width + f + u];
-              below[r * hidden + u] += DZ[r * width + u];
-            }
-          }
-        }
-      }
-    };
-  });
-  std::vector<at::Tensor> out;
-  for (int64_t l = 0; l < num_layers; ++l) {
-    out.push_back(dwt[l].sum(0));
-    out.push_back(db[l].sum(0));
-  }
-  auto head = dhead.sum(0) * scale;
-  out.push_back(head.narrow(0, 0, hidden).to(at::kFloat));
-  out.push_back(head.narrow(0, hidden, 1).to(at::kFloat));
-  return out;
 }
 
 // The layers of an MLP optimizer as raw pointers: weights [out, in] row-major, biases [out].

@@ -1,4 +1,4 @@
-"""The learned optimizers' C++ kernels (``kernels.cpp``): build, cache and load.
+"""The learned optimizers' C++ kernels (``kernels.cpp``, ``lstm_tape.cpp``): build, cache and load.
 
     python -m l2o.optimizers.native build     # compile now (else: on first use, with a message)
     python -m l2o.optimizers.native status    # where the build lives, its flags, whether built
@@ -45,7 +45,10 @@ from l2o.io import atomic_write
 
 #: Rows from which the compiled kernels are used (tiny problems stay in PyTorch).
 NATIVE_MIN_ROWS = 2048
-SOURCE = Path(__file__).parents[1] / "kernels.cpp"
+#: The sources compiled into the module and the headers they include (all key the cache).
+_HERE = Path(__file__).parents[1]
+SOURCES = tuple(_HERE / name for name in ("kernels.cpp", "lstm_tape.cpp"))
+HEADERS = tuple(_HERE / name for name in ("kernels.h", "lstm_blocks.h", "fast_exp.h"))
 NAME = "l2o_kernels"
 #: IEEE-preserving optimization flags (see the module docstring).
 BASE_FLAGS = (
@@ -94,7 +97,7 @@ def build_dir() -> Path:
     )
     key = hashlib.sha256()
     for part in (
-        SOURCE.read_bytes(),
+        *(path.read_bytes() for path in (*SOURCES, *HEADERS)),
         " ".join(compile_flags()).encode(),
         torch.__version__.encode(),
         sys.version.encode(),
@@ -130,7 +133,7 @@ def _compile(folder: Path, verbose: bool):
     folder.mkdir(parents=True, exist_ok=True)
     return cpp_extension.load(
         NAME,
-        [str(SOURCE)],
+        [str(path) for path in SOURCES],
         extra_cflags=compile_flags(),
         extra_ldflags=["-fopenmp"],
         build_directory=str(folder),
