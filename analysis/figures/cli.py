@@ -40,7 +40,7 @@ def run_figure(ctx: Context, fig: str, settings) -> dict:
         "wall_seconds": round(time.perf_counter() - start, 1),
         "compute_seconds": round(ctx.compute_seconds, 1),
     }
-    summary = {**data.summary, **timing}
+    summary = {**data.summary, **timing, "data_used": ctx.data_used}
     path = write_summary(
         ctx.path(f"{fig}_summary.json"), fig, ctx.size, lopt, summary, dataclasses.asdict(settings)
     )

@@ -58,7 +58,8 @@ class Context:
     ``--lopt`` value as given and ``lopt_files`` the checkpoints it names by display name
     (``resolve_lopts``; the first is ``"L2O"``). ``compute_seconds`` adds up the work the
     current figure's numbers rest on (runs, tuning, meta-training), reused results included;
-    ``start_figure`` resets it.
+    ``start_figure`` resets it and ``data_used``, the data each task's runs trained on (what
+    the summary and the title report: a task's own ``mnist`` may have fallen back to ``mnist5k``).
     """
 
     size: str
@@ -68,6 +69,8 @@ class Context:
     device: str = "cpu"
     lr_cache: LrCache = field(init=False)
     compute_seconds: float = field(init=False, default=0.0)
+    #: task name → the dataset its runs actually trained on (full MNIST may fall back to mnist5k)
+    data_used: dict[str, str] = field(init=False, default_factory=dict)
     _tunings_counted: set = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
@@ -81,6 +84,7 @@ class Context:
 
     def start_figure(self) -> None:
         self.compute_seconds = 0.0
+        self.data_used = {}
         self._tunings_counted = set()
 
     def tuned_lr(self, task: Task, name: str, tuning: Tuning, **hp) -> float:
@@ -256,6 +260,7 @@ def recorded_run(
     else:
         result = recorded_result(rec)
     ctx.compute_seconds += float(rec.summary["run_seconds"])
+    ctx.data_used[task.name] = task.load_data(ctx.device).name  # cached: no second load
     return rec, result
 
 

@@ -185,7 +185,11 @@ class FigureFiles:
         return sorted(unique(self.rows, "seed")) if "seed" in self.rows[0] else []
 
     def dataset(self, task: str) -> str:
-        """The dataset the figure ran ``task`` on (its settings', else the task's own)."""
+        """The dataset the figure ran ``task`` on: the data its runs trained on (the summary's
+        ``data_used``, after any fallback), else its settings', else the task's own."""
+        used = self.summary.get("data_used")
+        if isinstance(used, dict) and isinstance(used.get(task), str):
+            return used[task]
         return self.settings.get("dataset") or self._task(task).dataset_name
 
     def _task(self, task: str):

@@ -4,6 +4,7 @@ one-line errors naming them; legends carry the baselines' tuned learning rates."
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import sys
@@ -208,6 +209,18 @@ def test_redraw_draws_every_figure_from_its_files_alone(tmp_path, no_compute, dr
     assert f"{TASK4} on mnist5k; 6 steps; mean of 2 seeds" in drawn["fig4"]["title"]
     assert "L2O = --lopt lstm-mnist" in drawn["fig4"]["title"].replace("\n", " ")
     assert "reg_mul = 0 (none), test loss 1.5" in drawn["fig5"]["legend"]
+
+
+def test_titles_name_the_data_the_runs_trained_on(tmp_path, no_compute, drawn):
+    """A figure whose task asked for full MNIST but trained on the mnist5k fallback says so."""
+    write_synthetic(tmp_path, figs=("fig9",))
+    path = tmp_path / "fig9_summary.json"
+    summary = json.loads(path.read_text())
+    summary["settings"]["dataset"] = "mnist"
+    summary["data_used"] = {fig8.TASK: "mnist5k"}
+    path.write_text(json.dumps(summary))
+    assert figures.main(["redraw", "--out", str(tmp_path)]) == 0
+    assert f"{fig8.TASK} on mnist5k" in drawn["fig9"]["title"]
 
 
 def test_absent_figures_are_skipped_with_a_line(tmp_path, no_compute, capsys):

@@ -175,3 +175,15 @@ def test_fig9_summary_gives_the_training_loss_at_the_papers_steps(tmp_path, monk
     assert at["Adam"][10]["mean"] == pytest.approx(sum(recorded) / len(recorded))
     low, high = at["Adam"][10]["ci95"]
     assert low < at["Adam"][10]["mean"] < high
+
+
+def test_the_data_a_task_trained_on_is_recorded_after_a_fallback(tmp_path, monkeypatch):
+    """A task on full MNIST that falls back to mnist5k (no MNIST under $L2O_DATA) is reported
+    as trained on mnist5k, reused recording or not."""
+    monkeypatch.setenv("L2O_DATA", str(tmp_path / "no-data-here"))
+    task = get_task("mnist_mlp_relu", dataset="mnist", batch_size=32)
+    for _ in range(2):  # recorded, then reused
+        ctx = Context("tiny", tmp_path)
+        with pytest.warns(UserWarning, match="falling back to 'mnist5k'"):
+            _run(ctx, task)
+        assert ctx.data_used == {"mnist_mlp_relu": "mnist5k"}
