@@ -146,6 +146,11 @@ def tail_index(
     if not drop_zeros and (x.norm(dim=1) == 0).any():
         x = x + torch.finfo(torch.float64).eps  # the paper's log(‖·‖ + eps), for comparison
     usable = [m for m in block_sizes if x.shape[0] // m >= 2]
+    given = samples.numel() if pool == "scalar" else samples.shape[0]
+    if not usable and any(given // m >= 2 for m in block_sizes):
+        # enough samples, but (nearly) all exactly zero or constant, e.g. the update at the end
+        # of a schedule that decays to zero: no noise, no tail index
+        return TailIndex(math.nan, {}, int(x.shape[0]), dropped)
     if not usable:
         raise ValueError(f"{x.shape[0]} samples are too few for block sizes {list(block_sizes)}")
     per_m = {m: alpha_estimator(x, m) for m in usable}

@@ -101,7 +101,10 @@ def probe_row(name: str, seed: int, step: int, grads: torch.Tensor, updates: tor
         row[f"cov_top_{label}"] = float(cov.top_eigenvalues[0])
         mean_sq = float(x.double().mean(0).pow(2).sum())
         # trace relative to the mean's energy: variability of the direction itself
-        row[f"cov_trace_rel_{label}"] = cov.trace / mean_sq if mean_sq > 0 else math.inf
+        # (no update at all, e.g. at the end of a schedule: undefined, not infinite)
+        row[f"cov_trace_rel_{label}"] = (
+            cov.trace / mean_sq if mean_sq > 0 else math.nan if cov.trace == 0 else math.inf
+        )
     return row
 
 

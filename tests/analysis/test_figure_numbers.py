@@ -154,6 +154,16 @@ def test_fig8_sgd_update_noise_has_the_gradient_noise_tail(figures):
     assert fig8.update_trace_by_step(rows, "SGD") == ([1], [pytest.approx(sgd["cov_trace_update"])])
 
 
+def test_fig8_a_zero_update_has_no_tail_index_or_relative_trace(figures):
+    """general's update at the end of its cosine schedule is exactly zero on every minibatch:
+    its α and its trace relative to the mean update are undefined (NaN), not an error or ∞."""
+    grads = torch.randn(32, 400, dtype=torch.float64)
+    row = figures["fig8"].probe_row("general", 0, 500, grads, torch.zeros(32, 400))
+    assert math.isnan(row["alpha_update_pooled"]) and math.isnan(row["alpha_update_standardized"])
+    assert row["cov_trace_update"] == 0 and math.isnan(row["cov_trace_rel_update"])
+    assert math.isfinite(row["alpha_grad_pooled"])
+
+
 def test_fig9_summary_tracks_the_l2o_median_against_adam(figures):
     fig9 = figures["fig9"]
     edges = log_bins(1e-9, 1e1, 60)

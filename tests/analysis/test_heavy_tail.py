@@ -67,6 +67,16 @@ def test_too_few_samples_is_a_clear_error():
         tail_index(torch.randn(3), center=False)
 
 
+def test_all_zero_noise_has_no_alpha_estimate():
+    """An update of exactly zero on every minibatch (a schedule decayed to zero at the end of
+    its run) has no noise: NaN, not an error; too few samples stay an error."""
+    est = tail_index(torch.zeros(128, 50))
+    assert math.isnan(est.alpha) and est.n_dropped_zeros == 128 * 50
+    assert math.isnan(tail_index(torch.zeros(128, 50), standardize=True).alpha)
+    with pytest.raises(ValueError, match="too few"):
+        tail_index(torch.zeros(3), center=False)
+
+
 def test_discrete_noise_has_no_alpha_estimate():
     """Sign-based updates (Lion) take few distinct values: block sums hit exactly 0."""
     g = torch.Generator().manual_seed(2)
