@@ -69,9 +69,14 @@ inline vf vscale2(vf p, vf k) {
 // exp(x) as kernels.cpp's fast_exp, lane by lane: the argument clamped to [-87, 88] (NaN kept),
 // then fast_exp.h's polynomial.
 inline vf vexp(vf x) {
+#if defined(__AVX512F__)
+  // max/min return their second operand where either is NaN: one instruction per bound
+  x = (vf)_mm512_min_ps(_mm512_set1_ps(88.0f), _mm512_max_ps(_mm512_set1_ps(-87.0f), (__m512)x));
+#else
   const vf lo = splat(-87.0f), hi = splat(88.0f);
   x = x < lo ? lo : x;
   x = x > hi ? hi : x;
+#endif
   const vf k = vfloor(x * 1.44269504088896341f + 0.5f);
   return vscale2(l2o_exp::exp_mantissa(x, k), k);
 }
