@@ -105,21 +105,22 @@ struct PackedLayer {
 };
 
 #if defined(__AVX512F__)
+// The 4 x 4 transposes inside each 128-bit block of v[0..3]: element j of v[k]'s block b <->
+// element k of v[j]'s block b (8 shuffles).
+inline void transpose4_blocks(__m512* v) {
+  const __m512 lo01 = _mm512_unpacklo_ps(v[0], v[1]), lo23 = _mm512_unpacklo_ps(v[2], v[3]);
+  const __m512 hi01 = _mm512_unpackhi_ps(v[0], v[1]), hi23 = _mm512_unpackhi_ps(v[2], v[3]);
+  v[0] = _mm512_shuffle_ps(lo01, lo23, 0x44);
+  v[1] = _mm512_shuffle_ps(lo01, lo23, 0xEE);
+  v[2] = _mm512_shuffle_ps(hi01, hi23, 0x44);
+  v[3] = _mm512_shuffle_ps(hi01, hi23, 0xEE);
+}
+
 // v[i][j] <-> v[j][i] for 16 vectors of 16 floats, in registers (64 shuffles).
 inline void transpose16(__m512 (&v)[16]) {
+  // v[4q + j], 128-bit block k: rows 4q..4q+3 of column 4k + j
+  for (int q = 0; q < 4; ++q) transpose4_blocks(v + 4 * q);
   __m512 t[16];
-#pragma GCC unroll 8
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]);
-  }
-#pragma GCC unroll 4
-  for (int q = 0; q < 4; ++q) {  // v[4q + j], 128-bit block k: rows 4q..4q+3 of column 4k + j
-    v[4 * q] = _mm512_shuffle_ps(t[4 * q], t[4 * q + 2], 0x44);
-    v[4 * q + 1] = _mm512_shuffle_ps(t[4 * q], t[4 * q + 2], 0xEE);
-    v[4 * q + 2] = _mm512_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0x44);
-    v[4 * q + 3] = _mm512_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0xEE);
-  }
 #pragma GCC unroll 4
   for (int j = 0; j < 4; ++j) {
     t[j] = _mm512_shuffle_f32x4(v[j], v[4 + j], 0x88);
@@ -140,6 +141,38 @@ inline __mmask16 first_lanes(int64_t n) {
 }
 #endif
 
+#if defined(__AVX512VL__)
+// move_rows for m <= 16 rows of w <= 4 columns: row 4b + k is block b of vector k, the 4 x 4
+// transposes inside the blocks make vector j column j (20 shuffles instead of a square's 64).
+template <bool ToLanes>
+inline void move_strip(float* rows, int64_t stride, int64_t m, int64_t w, float* lanes,
+                       int64_t ld) {
+  const __mmask8 cm = static_cast<__mmask8>((1u << w) - 1u);
+  __m512 v[4];
+  if (ToLanes) {
+    for (int k = 0; k < 4; ++k) {
+      __m128 b[4];
+      for (int blk = 0; blk < 4; ++blk) {
+        const int64_t i = 4 * blk + k;
+        b[blk] = i < m ? _mm_maskz_loadu_ps(cm, rows + i * stride) : _mm_setzero_ps();
+      }
+      v[k] = _mm512_insertf32x4(
+          _mm512_insertf32x4(_mm512_insertf32x4(_mm512_castps128_ps512(b[0]), b[1], 1), b[2], 2),
+          b[3], 3);
+    }
+    transpose4_blocks(v);
+    for (int64_t j = 0; j < w; ++j) _mm512_storeu_ps(lanes + j * ld, v[j]);
+  } else {
+    for (int j = 0; j < 4; ++j) v[j] = j < w ? _mm512_loadu_ps(lanes + j * ld) : _mm512_setzero_ps();
+    transpose4_blocks(v);
+    alignas(64) float block_rows[4][16];  // [k][4b + j]: row 4b + k, column j
+    for (int k = 0; k < 4; ++k) _mm512_store_ps(block_rows[k], v[k]);
+    for (int64_t i = 0; i < m; ++i)
+      _mm_mask_storeu_ps(rows + i * stride, cm, _mm_load_ps(&block_rows[i % 4][4 * (i / 4)]));
+  }
+}
+#endif
+
 // Rows [n, cols] (row stride `stride`) to lanes 0..n of the feature-major lanes [cols][ld]
 // (ToLanes), or back. With AVX-512, 16 x 16 squares are transposed in registers; a partial square
 // reads zeros for its missing rows (ToLanes then writes zeros into the padded lanes, never
@@ -152,6 +185,12 @@ inline void move_rows(float* rows, int64_t stride, int64_t n, int64_t cols, floa
     const int64_t m = std::min<int64_t>(kLanes, n - r0);
     for (int64_t c0 = 0; c0 < cols; c0 += kLanes) {
       const int64_t w = std::min<int64_t>(kLanes, cols - c0);
+#if defined(__AVX512VL__)
+      if (w <= 4) {  // a narrow strip (H = 20's last 4 columns, 2 input features): 4 vectors
+        move_strip<ToLanes>(rows + r0 * stride + c0, stride, m, w, lanes + c0 * ld + r0, ld);
+        continue;
+      }
+#endif
       const __mmask16 cm = first_lanes(w);
       __m512 v[16];
       for (int i = 0; i < 16; ++i) {
