@@ -7,6 +7,8 @@ millions of rows, 20 units), and autograd through ``LSTMCell`` writes and re-rea
 (``FusedLSTMStep``) that saves only its inputs and outputs; its backward recomputes the gate
 pre-activations with one GEMM per layer and runs ONE elementwise pass (C++ kernels in
 ``kernels.cpp``, see ``l2o.optimizers.native``, with plain PyTorch ops as the fallback).
+Meta-training's tape (``LSTMTape``, ``TapedUpdates``) runs ``lstm_tape.cpp`` instead: whole steps
+and the whole backward through time with rows in SIMD lanes, no autograd graph.
 
 ``fused_lstm(lstm, x, h0, c0)`` returns what ``lstm(x, (h0, c0))`` returns, for a plain
 ``nn.LSTM`` (weights in its order and gate layout i, f, g, o).
