@@ -72,11 +72,11 @@ class UnrollConfig:
 
     length: int = 20
     meta_loss: str = "log_sum"
-    meta_loss_tail: float = 1.0
     estimator: str = "first"
     estimator_kwargs: dict[str, Any] = field(default_factory=dict)
     checkpoint_every: int = 0
     chunk_size: int = 8192
+    meta_loss_tail: float = 1.0  # last: positional construction keeps its old meaning
 
     def __post_init__(self) -> None:
         require_positive("unroll.length", self.length)
