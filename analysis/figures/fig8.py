@@ -69,8 +69,9 @@ def compute(ctx: Context, s: Fig8Settings) -> Fig8Data:
     task = task_for(TASK, s.dataset)
     plan = RecordingPlan(probe_steps=s.probe_steps, probe_batches=s.probe_batches, symmetry=False)
     rows = []
+    # a probe at step k takes the update of step k + 1 from the state after k steps
     optimizers = optimizers_for(
-        ctx, task, max(s.probe_steps), s.tuning, ["sgd", "adam", "lion"], NEW_BASELINES
+        ctx, task, max(s.probe_steps) + 1, s.tuning, ["sgd", "adam", "lion"], NEW_BASELINES
     )
     for name, factory in optimizers.items():
         for seed in eval_seeds(s.seeds):
