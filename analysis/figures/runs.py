@@ -175,14 +175,12 @@ def lopt_factory(path: str | os.PathLike, total_steps: int) -> OptimizerFactory:
     again). A network with training-progress inputs (``general``) is told the run's length, as
     the evaluation does: left at its default it would decay its step to zero at step 200."""
     net, _ = load_learned_optimizer(path)
-    if not takes_total_steps(net):
-        return OptimizerFactory(
-            lambda params: LearnedOptimizer(params, net),
-            {"learned_optimizer_sha256": file_sha256(path)},
-        )
+    horizon = total_steps if takes_total_steps(net) else None  # None: recorded for any length
+    identity = {"learned_optimizer_sha256": file_sha256(path)}
+    if horizon is not None:
+        identity["total_steps"] = horizon
     return OptimizerFactory(
-        lambda params: LearnedOptimizer(params, net, total_steps=total_steps),
-        {"learned_optimizer_sha256": file_sha256(path), "total_steps": total_steps},
+        lambda params: LearnedOptimizer(params, net, total_steps=horizon), identity
     )
 
 
@@ -260,7 +258,8 @@ def recorded_run(
     else:
         result = recorded_result(rec)
     ctx.compute_seconds += float(rec.summary["run_seconds"])
-    ctx.data_used[task.name] = task.load_data(ctx.device).name  # cached: no second load
+    if task.name not in ctx.data_used:  # once per task and figure, not once per run
+        ctx.data_used[task.name] = task.load_data(ctx.device).name
     return rec, result
 
 

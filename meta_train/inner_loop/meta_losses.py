@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import torch
 
-from meta_train.configuration.engine import ConfigError
+from meta_train.configuration.engine import require
 
 _EPS = 1e-12
 
@@ -59,8 +59,7 @@ def check_meta_loss(kind: str) -> None:
 def check_meta_loss_tail(tail: float) -> None:
     """``tail`` is a fraction of a run in (0, 1] (1: every step counts, no weighting)."""
     ok = isinstance(tail, int | float) and not isinstance(tail, bool) and 0 < tail <= 1
-    if not ok:
-        raise ConfigError(f"unroll.meta_loss_tail must be a fraction in (0, 1], got {tail!r}")
+    require(ok, "unroll.meta_loss_tail", "must be a fraction in (0, 1]", tail)
 
 
 def tail_weights(
