@@ -70,7 +70,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Evaluate learned optimizers against baselines tuned for the reported "
         "criterion, on a suite of tasks and horizons.",
     )
-    p.add_argument("opts", nargs="*", metavar="OPT", help="pretrained name, checkpoint or run dir")
+    p.add_argument(
+        "opts",
+        nargs="*",
+        metavar="OPT",
+        help="pretrained name, checkpoint or run dir; untrained:OPT: that optimizer with its "
+        "learned parts at their init (a general's nominal term at the recipe's step size)",
+    )
     p.add_argument(
         "--suite",
         default="indist",

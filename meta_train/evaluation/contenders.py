@@ -14,6 +14,7 @@ term already does.
 from __future__ import annotations
 
 import difflib
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -32,6 +33,8 @@ from meta_train.inner_loop.truncation import HorizonSchedule
 DEFAULT_BASELINES = ("sgdm", "adam", "adamw_cosine", "muon_cosine", "sf_adamw")
 COSINE = "_cosine"
 NOMINAL = "nominal"
+#: the prefix of a learned optimizer spec (and name) evaluated before meta-training
+UNTRAINED = "untrained:"
 # The config key of each nominal kind's step size (``mix`` scales its SGD step size along).
 NOMINAL_LR_KEYS = {"adam": "nominal_lr", "sgdm": "sgdm_lr", "lars": "lars_lr", "mix": "nominal_lr"}
 # Where a contender's reported losses are measured, where that is not simply "the parameters".
@@ -132,26 +135,51 @@ class Learned:
         if self.net.nominal == "mix":
             config["sgdm_lr"] *= lr / config["nominal_lr"]
         config[key] = lr
-        with torch.random.fork_rng(devices=[]):  # the residual net's init: unused, and no draw
-            torch.manual_seed(0)  # from the caller's generator
-            net = lo.create(self.net.arch, **config).eval()
-        return replace(self, net=net).factory(steps)
+        return replace(self, net=_fresh_net(self.net.arch, config)).factory(steps)
+
+    def untrained(self) -> Learned:
+        """The same optimizer before meta-training: its kwargs, the learned parts at their
+        init (with a nominal term: residual gain 0, learned schedule 0, so the nominal term
+        alone at the recipe's own step size): an ablation's "untrained" row."""
+        net = _fresh_net(self.net.arch, self.net.config())
+        return replace(self, name=f"{UNTRAINED}{self.name}", net=net)
+
+    @property
+    def nominal_identity(self) -> str | None:
+        """What the nominal contender depends on (the architecture and every kwarg), None
+        without a nominal term: learned optimizers with equal identities share one."""
+        if self.nominal_lr_key is None:
+            return None
+        return json.dumps([self.net.arch, self.net.config()], sort_keys=True, default=str)
 
 
-def nominal_contenders(learned: Sequence[Learned]) -> dict[str, str]:
-    """``nominal`` (``nominal:<name>`` when several learned optimizers are evaluated) -> the
-    learned optimizer's name, for each one with a nominal term."""
-    several = len(learned) > 1
-    return {
-        f"{NOMINAL}:{lrn.name}" if several else NOMINAL: lrn.name
-        for lrn in learned
-        if lrn.nominal_lr_key is not None
-    }
+def _fresh_net(arch: str, config: dict[str, Any]) -> lo.LearnedOptimizerNet:
+    """``lo.create(arch, **config)`` at a fixed seed, without a draw from the caller's generator
+    (the learned parts' init: unused by a nominal term, or the untrained row's)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return lo.create(arch, **config).eval()
+
+
+def nominal_contenders(learned: Sequence[Learned]) -> dict[str, list[str]]:
+    """Nominal contender -> the learned optimizers it is the nominal term of, the first of
+    which builds it. Optimizers whose nominal terms are identical (``nominal_identity``: an
+    ablation's variants, a checkpoint and its untrained self) share one, tuned once. Named
+    ``nominal`` when there is one, else ``nominal:<first name>``."""
+    groups: dict[str, list[str]] = {}
+    for lrn in learned:
+        if lrn.nominal_identity is not None:
+            groups.setdefault(lrn.nominal_identity, []).append(lrn.name)
+    several = len(groups) > 1
+    return {f"{NOMINAL}:{names[0]}" if several else NOMINAL: names for names in groups.values()}
 
 
 def resolve_learned(spec: str, name: str | None = None) -> Learned:
     """A pretrained name, a ``best.pt``/``last.pt``-style checkpoint or a run folder (its
-    ``best.pt``, else ``last.pt``)."""
+    ``best.pt``, else ``last.pt``); ``untrained:SPEC``: that optimizer before meta-training."""
+    if spec.startswith(UNTRAINED):
+        base = resolve_learned(spec[len(UNTRAINED) :]).untrained()
+        return base if name is None else replace(base, name=name)
     path = Path(spec)
     if spec in lo.available_pretrained():
         path = lo.wrapper.pretrained_path(spec)

@@ -95,8 +95,8 @@ def _header(ev: Evaluation) -> list[str]:
     ]
     for name, learned in ev.nominals.items():
         lines.append(
-            f"  {name}: {learned}'s nominal term, untrained, its step size tuned like a "
-            "baseline's lr and told the run's length"
+            f"  {name}: {' = '.join(learned)}'s nominal term, untrained, its step size tuned "
+            "like a baseline's lr and told the run's length"
         )
     for crit in ev.criteria:
         lines.append(f"  {crit}: {CRITERIA[crit][1]}")

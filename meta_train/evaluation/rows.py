@@ -116,7 +116,7 @@ def _row(case: CaseResult, criterion: str, name: str, kind: str, lr, runs: Runs)
 def rows(ev: Evaluation) -> list[dict[str, Any]]:
     """The table's rows (see ``ROW_FIELDS``), per case, criterion, then optimizer."""
     out = []
-    nominal_of = {learned: name for name, learned in ev.nominals.items()}
+    nominal_of = ev.nominal_of()
     for case in ev.cases:
         for criterion in ev.criteria:
             group = [
@@ -171,7 +171,7 @@ def summary(ev: Evaluation, table: list[dict[str, Any]]) -> list[dict[str, Any]]
     (ratio < 1; significantly: the whole interval below 1), to the best tuned contender and,
     for an optimizer with a nominal term, to that term (``nominal`` empty and NaN without)."""
     out = []
-    nominal_of = {learned: name for name, learned in ev.nominals.items()}
+    nominal_of = ev.nominal_of()
     for name in ev.learned:
         for criterion in ev.criteria:
             mine = [r for r in table if r["optimizer"] == name and r["criterion"] == criterion]

@@ -84,7 +84,12 @@ class Evaluation:
     cases: list[CaseResult] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     wall_s: float = 0.0
-    nominals: dict[str, str] = field(default_factory=dict)  # nominal contender -> learned name
+    #: nominal contender -> the learned optimizers it is the nominal term of (the first builds it)
+    nominals: dict[str, list[str]] = field(default_factory=dict)
+
+    def nominal_of(self) -> dict[str, str]:
+        """Learned optimizer name -> its nominal contender."""
+        return {lrn: name for name, names in self.nominals.items() for lrn in names}
 
 
 def disjoint_seeds(count: int, tune_count: int, first: int, first_tune: int) -> tuple[list, list]:
@@ -250,7 +255,7 @@ def _run_case(case, task, data, learned, ev: Evaluation, log) -> CaseResult:
     results = {}
     by_name = {lrn.name: lrn for lrn in learned}
     tuned = [(name, partial(baseline_factory, name)) for name in ev.baselines]
-    tuned += [(name, by_name[of].nominal_factory) for name, of in ev.nominals.items()]
+    tuned += [(name, by_name[of[0]].nominal_factory) for name, of in ev.nominals.items()]
     for name, make in tuned:
         t0 = time.perf_counter()
 

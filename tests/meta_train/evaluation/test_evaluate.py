@@ -425,7 +425,7 @@ def test_nominal_is_tuned_per_case_like_a_baseline(with_nominal):
     from l2o.tasks import get_task
 
     ev, learned, calls = with_nominal
-    assert ev.nominals == {"nominal": "gen"}
+    assert ev.nominals == {"nominal": ["gen"]}
     assert {seed for _, seed, with_test in calls if not with_test} == {0, 1}
     grids = []
     for case in ev.cases:
@@ -471,7 +471,7 @@ def test_report_gives_the_ratio_to_the_best_of_all_and_to_nominal(with_nominal):
     assert "ratio to nominal [95% CI]" in text
     assert "OVERALL gen [final] vs nominal: geometric-mean ratio" in text
     assert "nominal: gen's nominal term, untrained" in text
-    assert to_json(ev)["nominals"] == {"nominal": "gen"}
+    assert to_json(ev)["nominals"] == {"nominal": ["gen"]}
 
 
 def test_several_learned_optimizers_name_their_nominals():
@@ -479,10 +479,54 @@ def test_several_learned_optimizers_name_their_nominals():
 
     gen = Learned("gen", lo.create("general", nominal="sgdm"), "memory", None, None, None)
     lstm = Learned("l2o", lo.create("lstm", hidden_size=4), "memory", None, None, None)
-    assert nominal_contenders([gen]) == {"nominal": "gen"}
-    assert nominal_contenders([gen, lstm]) == {"nominal:gen": "gen"}
+    assert nominal_contenders([gen]) == {"nominal": ["gen"]}
+    assert nominal_contenders([gen, lstm]) == {"nominal": ["gen"]}
+    other = Learned("adam", lo.create("general", nominal="adam"), "memory", None, None, None)
+    assert nominal_contenders([gen, lstm, other]) == {
+        "nominal:gen": ["gen"],
+        "nominal:adam": ["adam"],
+    }
     none = Learned("plain", lo.create("general", nominal="none"), "memory", None, None, None)
     assert nominal_contenders([none]) == {}
+
+
+def test_variants_with_the_same_nominal_term_share_one_contender():
+    """An ablation's checkpoints (same kwargs, other weights) and an untrained copy share one
+    nominal contender, tuned once; a kwarg that changes the nominal term splits them."""
+    from meta_train.evaluation.contenders import nominal_contenders
+
+    def gen(name, seed, **kwargs):
+        torch.manual_seed(seed)
+        net = lo.create("general", nominal="lars", base_schedule="cosine", **kwargs)
+        with torch.no_grad():
+            net.residual_gain.fill_(0.3 * seed)
+        return Learned(name, net, "memory", None, None, None)
+
+    a, b, c = gen("a", 1), gen("b", 2), gen("c", 1, lars_lr=0.01)
+    assert nominal_contenders([a, b, a.untrained()]) == {"nominal": ["a", "b", "untrained:a"]}
+    assert nominal_contenders([a, c, b]) == {"nominal:a": ["a", "b"], "nominal:c": ["c"]}
+
+
+def test_untrained_is_the_same_optimizer_before_meta_training():
+    """``untrained:SPEC``: the checkpoint's kwargs with its learned parts at their init, so a
+    ``general`` runs exactly its nominal term at the recipe's own step size."""
+    from meta_train.evaluation.contenders import resolve_learned
+
+    shipped = resolve_learned("general")
+    untrained = resolve_learned("untrained:general")
+    assert untrained.name == "untrained:general"
+    assert untrained.net.config() == shipped.net.config()
+    assert untrained.net.residual_gain.item() == 0.0 and shipped.net.residual_gain.item() != 0.0
+    assert resolve_learned("untrained:general", name="u").name == "u"
+    from l2o.tasks import get_task
+
+    task = get_task("mnist_mlp_sigmoid", dataset="mnist5k", batch_size=32)
+    lr = shipped.net.config()["lars_lr"]
+    nominal = train_optimizee(task, shipped.nominal_factory(lr, 8), 8, seed=3)
+    plain = train_optimizee(task, untrained.factory(8), 8, seed=3)
+    assert torch.equal(nominal.train_losses, plain.train_losses)
+    with pytest.raises(ValueError, match="neither a pretrained name"):
+        resolve_learned("untrained:no-such-optimizer")
 
 
 def test_sf_adamw_says_where_its_losses_are_measured(evaluation):

@@ -97,7 +97,16 @@ def _launch_sweep(path: Path, folder: Path, *args: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # the test's signal reaches the sweep alone, as `kill PID` does
+        preexec_fn=_as_in_a_terminal,
     )
+
+
+def _as_in_a_terminal() -> None:
+    """SIGINT at its default in the sweep, as in a terminal's foreground job. pytest started in
+    the background (`pytest &`, nohup) has SIGINT ignored, a disposition children inherit and
+    Python then keeps (no KeyboardInterrupt): the ctrl-c case would wait for a trial of many
+    minutes."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_for_trial(process: subprocess.Popen, run_dir: Path) -> None:
