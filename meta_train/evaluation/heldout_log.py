@@ -12,6 +12,7 @@ what it found. The log is committed with the results it backs; a reader counts t
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import hashlib
 import json
 import subprocess
@@ -78,12 +79,16 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
 
 def append_entry(path: str | Path, entry: dict[str, Any]) -> Path:
     """Append ``entry`` as one JSON line, rewriting the whole log atomically (a crash mid-write
-    leaves the old log, never half a line)."""
+    leaves the old log, never half a line), under an ``flock`` on a file beside it: evaluations
+    running side by side each read the other's lines before writing, and none is lost."""
     path = Path(path)
-    old = path.read_text(encoding="utf-8") if path.is_file() else ""
-    if old and not old.endswith("\n"):
-        old += "\n"
-    return atomic_write(path, old + json.dumps(entry, sort_keys=True) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or its holder dies
+        old = path.read_text(encoding="utf-8") if path.is_file() else ""
+        if old and not old.endswith("\n"):
+            old += "\n"
+        return atomic_write(path, old + json.dumps(entry, sort_keys=True) + "\n")
 
 
 def start_entry(

@@ -118,6 +118,29 @@ def test_design_and_history_runs_are_not_logged(tmp_path):
     assert not heldout_log.log_path(suite).exists()
 
 
+def test_evaluations_side_by_side_lose_no_log_line(tmp_path):
+    """Every append reads the log, adds a line and replaces the file: without the lock, two
+    writers that read the same old log keep only one of their lines."""
+    import threading
+
+    log, start = tmp_path / "eval" / "suite.runs.jsonl", threading.Barrier(8)
+
+    def writer(k: int) -> None:
+        start.wait()
+        for i in range(5):
+            heldout_log.append_entry(log, {"writer": k, "i": i})
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    entries = heldout_log.read_log(log)
+    assert sorted((e["writer"], e["i"]) for e in entries) == [
+        (k, i) for k in range(8) for i in range(5)
+    ]
+
+
 def test_a_corrupt_log_line_is_an_error_naming_the_line(tmp_path):
     log = tmp_path / "x.runs.jsonl"
     log.write_text('{"status": "started"}\n{not json\n')
