@@ -146,8 +146,9 @@ class Learned:
 
     @property
     def nominal_identity(self) -> str | None:
-        """What the nominal contender depends on (the architecture and every kwarg), None
-        without a nominal term: learned optimizers with equal identities share one."""
+        """What the nominal contender depends on (the architecture and every kwarg, a kwarg of
+        the learned parts included: equal identities are identical nominal terms, not the
+        reverse), None without a nominal term: learned optimizers with equal ones share one."""
         if self.nominal_lr_key is None:
             return None
         return json.dumps([self.net.arch, self.net.config()], sort_keys=True, default=str)

@@ -23,6 +23,8 @@ from typing import Any
 from l2o.io import atomic_write
 
 LOG_SUFFIX = ".runs.jsonl"
+#: ``git status`` pathspecs: the whole checkout but the run logs
+NOT_LOGS = ("--", ":(top)", f":(top,exclude,glob)**/*{LOG_SUFFIX}")
 
 
 def log_path(suite_source: str | Path) -> Path:
@@ -40,7 +42,9 @@ def file_sha256(path: str | Path) -> str:
 
 
 def git_revision(folder: Path) -> str | None:
-    """``<commit>`` or ``<commit>+dirty`` of the checkout holding ``folder``; None outside git."""
+    """``<commit>`` or ``<commit>+dirty`` of the checkout holding ``folder``; None outside git.
+    The run logs themselves do not count as dirt: a run beside another one, whose ``started``
+    line is not committed yet, runs the same code."""
     try:
         head = subprocess.run(
             ["git", "-C", str(folder), "rev-parse", "HEAD"],
@@ -50,7 +54,7 @@ def git_revision(folder: Path) -> str | None:
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no", *NOT_LOGS],
             capture_output=True,
             text=True,
             timeout=10,

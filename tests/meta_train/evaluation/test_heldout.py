@@ -118,6 +118,29 @@ def test_design_and_history_runs_are_not_logged(tmp_path):
     assert not heldout_log.log_path(suite).exists()
 
 
+def test_the_run_log_is_not_dirt_but_code_is(tmp_path):
+    """A second run started while the first one's ``started`` line is uncommitted runs the
+    same code: the commit is recorded clean; an edited tracked file makes it ``+dirty``."""
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    suite = tmp_path / "configs" / "eval" / "heldout.yaml"
+    suite.parent.mkdir(parents=True)
+    suite.write_text("name: heldout\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    heldout_log.append_entry(heldout_log.log_path(suite), {"status": "finished"})
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    heldout_log.append_entry(heldout_log.log_path(suite), {"status": "started"})
+    clean = heldout_log.git_revision(suite.parent)
+    assert clean is not None and not clean.endswith("+dirty")
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert heldout_log.git_revision(suite.parent) == clean + "+dirty"
+
+
 def test_evaluations_side_by_side_lose_no_log_line(tmp_path):
     """Every append reads the log, adds a line and replaces the file: without the lock, two
     writers that read the same old log keep only one of their lines."""
