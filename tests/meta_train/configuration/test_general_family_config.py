@@ -19,3 +19,17 @@ def test_general_family_recipe_loads_and_spans_its_axes():
     assert tuple(augment.input_scale) == (0.25, 4.0) and tuple(augment.init_scale) == (0.5, 2.0)
     assert cfg.optimizer.name == "general" and cfg.unroll.estimator == "pes"
     assert cfg.threads == 1
+
+
+def test_the_one_task_ablation_is_the_shipped_recipe_without_the_family():
+    """`general_one_task` (the held-out ablation's "without the family" row) differs from
+    `general` in its name and task section only: one task, no members, no augmentations."""
+    from dataclasses import asdict, replace
+
+    shipped, one_task = load_config("general"), load_config("general_one_task")
+    validate_names(one_task)
+    assert not one_task.task.family.enabled and shipped.task.family.enabled
+    assert one_task.task.name == shipped.task.name == "mnist_mlp_sigmoid"
+    assert one_task.schedule.meta_batch == shipped.schedule.meta_batch
+    same = replace(one_task, name=shipped.name, task=shipped.task)
+    assert asdict(same) == asdict(shipped)
