@@ -11,6 +11,7 @@ temporary is created ``0o600``).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import stat
 import tempfile
@@ -79,6 +80,21 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs: Any) -> Ite
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_file: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_file`` (created, with its folder) for the block,
+    waiting for any other holder. The kernel releases it when its holder dies, so a killed
+    process never leaves a lock behind."""
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def atomic_write(

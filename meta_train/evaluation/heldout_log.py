@@ -12,7 +12,6 @@ what it found. The log is committed with the results it backs; a reader counts t
 from __future__ import annotations
 
 import datetime as _dt
-import fcntl
 import hashlib
 import json
 import subprocess
@@ -20,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from l2o.io import atomic_write
+from l2o.io import atomic_write, exclusive_lock
 
 LOG_SUFFIX = ".runs.jsonl"
 #: ``git status`` pathspecs: the whole checkout but the run logs
@@ -86,9 +85,7 @@ def append_entry(path: str | Path, entry: dict[str, Any]) -> Path:
     leaves the old log, never half a line), under an ``flock`` on a file beside it: evaluations
     running side by side each read the other's lines before writing, and none is lost."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or its holder dies
+    with exclusive_lock(path.with_name(f".{path.name}.lock")):
         old = path.read_text(encoding="utf-8") if path.is_file() else ""
         if old and not old.endswith("\n"):
             old += "\n"

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from l2o.io import atomic_write, stale_temporaries
+from l2o.io import atomic_write, exclusive_lock, stale_temporaries
 
 
 def test_writes_bytes_text_and_callables(tmp_path):
@@ -71,3 +71,26 @@ def test_the_first_bytes_tell_a_text_file_from_a_torch_file(tmp_path):
     assert "text file (it begins 'task:" in not_a_torch_file(tmp_path / "config.yaml")
     assert "begins with the bytes" in not_a_torch_file(tmp_path / "blob")
     assert "empty" in not_a_torch_file(tmp_path / "empty")
+
+
+def test_exclusive_lock_makes_a_second_holder_wait(tmp_path):
+    """The second holder enters only after the first leaves; the lock file's folder is made."""
+    import threading
+    import time
+
+    lock, events = tmp_path / "new" / ".x.lock", []
+    inside = threading.Event()
+
+    def second():
+        inside.wait()
+        with exclusive_lock(lock):
+            events.append("second in")
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    with exclusive_lock(lock):
+        inside.set()
+        time.sleep(0.2)  # the second thread is waiting on the lock by now
+        events.append("first out")
+    thread.join()
+    assert events == ["first out", "second in"]

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import hashlib
 import importlib.util
 import json
@@ -41,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from l2o.io import atomic_write
+from l2o.io import atomic_write, exclusive_lock
 
 #: Rows from which the compiled kernels are used (tiny problems stay in PyTorch).
 NATIVE_MIN_ROWS = 2048
@@ -150,14 +149,9 @@ def _exclusive_build(folder: Path):
     every later process hangs in its first optimizer step. An ``flock`` dies with its holder, so
     whoever holds it knows that any ``lock`` file it finds is stale, and removes it.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / _BUILD_LOCK, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            (folder / _TORCH_BATON).unlink(missing_ok=True)
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with exclusive_lock(folder / _BUILD_LOCK):
+        (folder / _TORCH_BATON).unlink(missing_ok=True)
+        yield
 
 
 def build(verbose: bool = False):
