@@ -37,10 +37,12 @@ def test_roles_are_validated_and_default_to_history():
 
 
 def test_shipped_suites_have_the_roles_the_docs_give():
-    roles = {name: load_suite(name).role for name in ("design", "heldout", "indist", "long")}
+    names = ("design", "heldout", "heldout2", "indist", "long")
+    roles = {name: load_suite(name).role for name in names}
     assert roles == {
         "design": "design",
         "heldout": "heldout",
+        "heldout2": "heldout",
         "indist": "history",
         "long": "history",
     }
@@ -53,8 +55,9 @@ def _pipelines(name: str) -> set[tuple]:
     return {(c.task, c.dataset, c.variation) for c in resolve_cases(suite, False, *trained, None)}
 
 
-def test_heldout_is_disjoint_from_design_and_meta_training_in_tasks_and_pipelines():
-    heldout, design = _pipelines("heldout"), _pipelines("design")
+@pytest.mark.parametrize("suite", ["heldout", "heldout2"])
+def test_heldout_is_disjoint_from_design_and_meta_training_in_tasks_and_pipelines(suite):
+    heldout, design = _pipelines(suite), _pipelines("design")
     meta_training = {("mnist_mlp_sigmoid", "mnist5k", TaskVariation())}
     for shipped in ("general", "lstm-mnist", "mlp-mnist"):
         learned = resolve_learned(shipped)
@@ -67,10 +70,20 @@ def test_heldout_is_disjoint_from_design_and_meta_training_in_tasks_and_pipeline
     assert heldout_settings.isdisjoint(design_settings), heldout_settings & design_settings
 
 
-def test_heldout_lengths_are_1x_5x_10x_the_shipped_horizon():
-    lengths = {c.steps for c in load_suite("heldout").cases}
+@pytest.mark.parametrize("suite", ["heldout", "heldout2"])
+def test_heldout_lengths_are_1x_5x_10x_the_shipped_horizon(suite):
+    lengths = {c.steps for c in load_suite(suite).cases}
     assert lengths == {200, 1000, 2000}
     assert resolve_learned("general").horizon == 200
+
+
+def test_the_second_heldout_suite_holds_no_case_of_an_earlier_suite():
+    """Fixed before its first run to report what the first one's findings chose: none of its
+    cases (task, data and pipeline together) was ever evaluated by another suite."""
+    earlier = set().union(
+        *(_pipelines(name) for name in ("heldout", "design", "generalization", "indist", "long"))
+    )
+    assert _pipelines("heldout2").isdisjoint(earlier)
 
 
 def test_a_heldout_run_is_logged_with_its_date_commit_and_findings(tmp_path, capsys):
