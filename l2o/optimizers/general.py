@@ -23,11 +23,19 @@ horizon, from design elements of the field (each an option):
     which is what lets one lr transfer across activations, widths and architectures where
     SGD's lr does not (``lars_lr`` 0.04 with a cosine ``base_schedule`` is near the tuned
     baselines' final loss on every ``generalization`` case; README);
+  - ``orthogonal``: ``lars`` with Muon's direction on matrices (Jordan et al. 2024; Celo2's
+    orthogonalized updates, Moudgil et al. 2025): for each tensor of ≥ 2 dims, viewed as
+    ``[shape[0], prod(rest)]``, the Nesterov momentum ``β m_t + (1-β) g_t`` is orthogonalized by
+    five Newton–Schulz iterations (all its singular values near 1: every direction of the
+    matrix moves at the same rate, whatever the conditioning of the gradient), then scaled as
+    ``lars`` scales the momentum, to RMS ``max(RMS(p), lars_floor)``; 1-D tensors keep ``lars``.
+    So ``lars_lr`` keeps its meaning (the relative change of a tensor per step) and the whole
+    schedule of ``lars`` carries over; the tensors' shapes come from ``init_state``'s ``spec``;
   - ``none``: no nominal term (the residual gain then starts at 1).
 
-  With ``sgdm``, ``lars`` and ``mix`` the residual is scaled by the nominal step's RMS over each
-  tensor (SGD's direction has the gradient's units, not Adam's O(1)), so a residual of gain 1
-  moves a tensor as far as the nominal step does;
+  With ``sgdm``, ``lars``, ``orthogonal`` and ``mix`` the residual is scaled by the nominal
+  step's RMS over each tensor (SGD's direction has the gradient's units, not Adam's O(1)), so
+  a residual of gain 1 moves a tensor as far as the nominal step does;
 * **training-progress inputs** (VeLO, Metz et al. 2022): the fraction of the horizon completed
   (``features.progress_features``), next to the ``tanh`` step-count features; the horizon is
   ``total_steps``, or ``init_state(..., total_steps=N)`` for a run of another length;
@@ -66,6 +74,7 @@ with ``sgdm`` / ``mix`` (``ρ`` = RMS of ``n`` over the tensor), ``lr_t · gain 
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any, ClassVar
 
 import torch
@@ -96,6 +105,11 @@ OUTPUT_EPS = 1e-12
 #: The smallest momentum RMS that ``lars`` divides by (an all-zero momentum gives a zero step).
 LARS_TINY = 1e-30
 
+#: Muon's quintic Newton–Schulz coefficients (Jordan et al. 2024): five iterations take every
+#: singular value of a Frobenius-normalized matrix into roughly [0.7, 1.2].
+NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
+NEWTON_SCHULZ_STEPS = 5
+
 BASE_SCHEDULES = ("constant", "cosine")
 
 #: The nominal directions and the handcrafted directions each one needs (features, in order).
@@ -104,6 +118,7 @@ NOMINALS: dict[str, tuple[str, ...]] = {
     "sgdm": ("sgdm",),
     "mix": ("adam", "sgdm"),
     "lars": ("lars",),
+    "orthogonal": ("orthogonal",),
     "none": ("adam",),  # the layout of ``adam``: the direction is a feature, left unused
 }
 
@@ -135,6 +150,57 @@ def _rms(x: torch.Tensor) -> float:
     return float(tensor_rms(x, None, 1)[0])
 
 
+def matrix_layout(spec: ParamSpec | None, n: int) -> torch.Tensor:
+    """``[K, 3]`` int64 on the CPU: ``(offset, rows, cols)`` of each tensor of ≥ 2 dims in the
+    flat vector (``[shape[0], prod(rest)]``, as Muon views a convolution), in order; none
+    without a ``spec``. Kept on the CPU so that reading it is no device sync."""
+    if spec is None:
+        return torch.zeros(0, 3, dtype=torch.long)
+    if spec.numel != n:
+        raise ValueError(f"spec has {spec.numel} coordinates, params have {n}")
+    rows = [
+        (offset, shape[0], math.prod(shape[1:]))
+        for offset, shape in zip(spec.offsets, spec.shapes)
+        if len(shape) >= 2 and math.prod(shape) > 0
+    ]
+    return torch.tensor(rows, dtype=torch.long).reshape(-1, 3)
+
+
+#: ``id(matrix_layout tensor)`` → (a weak reference to it, its rows): a truncation reads its
+#: layout once, not per step (tensors compare elementwise, so no WeakKeyDictionary)
+_LAYOUT_ROWS: dict[int, tuple[weakref.ref, tuple[tuple[int, int, int], ...]]] = {}
+
+
+def layout_rows(layout: torch.Tensor) -> tuple[tuple[int, int, int], ...]:
+    """``matrix_layout``'s rows as Python ints: read once per layout tensor (a constant of the
+    state; the read is no device sync while it stays on the CPU, as ``init_state`` makes it)."""
+    key = id(layout)
+    cached = _LAYOUT_ROWS.get(key)
+    if cached is not None and cached[0]() is layout:
+        return cached[1]
+    rows = tuple(tuple(r) for r in layout.tolist())
+    _LAYOUT_ROWS[key] = (weakref.ref(layout, lambda _: _LAYOUT_ROWS.pop(key, None)), rows)
+    return rows
+
+
+def newton_schulz(matrix: torch.Tensor) -> torch.Tensor:
+    """Muon's orthogonalization of ``matrix [..., R, C]``: ``U Vᵀ`` of its SVD, approximately,
+    in ``NEWTON_SCHULZ_STEPS`` quintic iterations of matrix products (float32; a non-finite
+    entry makes the whole matrix non-finite, never a number)."""
+    a, b, c = NEWTON_SCHULZ
+    x = matrix.to(torch.float32)
+    tall = x.shape[-2] > x.shape[-1]
+    if tall:
+        x = x.transpose(-2, -1)
+    x = x / (torch.linalg.matrix_norm(x, keepdim=True) + 1e-7)
+    for _ in range(NEWTON_SCHULZ_STEPS):
+        gram = x @ x.transpose(-2, -1)
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    if tall:
+        x = x.transpose(-2, -1)
+    return x.to(matrix.dtype)
+
+
 def _network_direction(native, param, grad, m, v, weights, biases) -> torch.Tensor:
     """The network's direction ``d [n]`` for one tensor through the fused kernel, in one copy
     of the parameters: the kernel ADDS d to its input, so d = (param + d) - param, exact up to
@@ -149,16 +215,18 @@ class GeneralOptimizer(MLPOptimizer):
     """Args (the rest as ``MLPOptimizer``):
     total_steps: the horizon that the progress features count against, unless ``init_state``
         is given another.
-    nominal: ``adam`` | ``sgdm`` | ``mix`` | ``none`` (see the module docstring; a bool is
-        read as ``adam`` / ``none``). The residual gain starts at 0, at 1 with ``none``.
+    nominal: ``adam`` | ``sgdm`` | ``mix`` | ``lars`` | ``orthogonal`` | ``none`` (see the
+        module docstring; a bool is read as ``adam`` / ``none``). The residual gain starts at
+        0, at 1 with ``none``.
     nominal_lr: Adam's step size at the start of meta-training (``adam``, ``mix``; with
         ``none`` the residual's).
     adam_beta1: the momentum decay used as Adam's β₁ (one of ``momentum_decays``).
     adam_eps: Adam's ε.
     sgdm_lr: SGD + momentum's step size at the start of meta-training (``sgdm``, ``mix``).
-    sgdm_beta: its momentum, and that of ``lars`` (one of ``momentum_decays``).
+    sgdm_beta: its momentum, and that of ``lars`` and ``orthogonal`` (one of ``momentum_decays``).
     mix_init: ``mix``'s initial weight of Adam's direction, in (0, 1).
-    lars_lr: ``lars``'s relative step size per step at the start of meta-training.
+    lars_lr: the relative step size per step of ``lars`` and ``orthogonal`` at the start of
+        meta-training.
     lars_floor: the smallest parameter RMS ``lars`` scales by (zero-initialized biases move).
     base_schedule: ``constant`` | ``cosine`` (to zero over the run's horizon).
     horizon_power: the step size scales as ``(horizon / total_steps)^(−horizon_power)``.
@@ -266,6 +334,7 @@ class GeneralOptimizer(MLPOptimizer):
         self.base_log_lr = {
             "sgdm": math.log(self.sgdm_lr),
             "lars": math.log(self.lars_lr),
+            "orthogonal": math.log(self.lars_lr),
             "mix": 0.0,
         }.get(self.nominal, math.log(self.nominal_lr))
         self.learned_schedule = bool(learned_schedule)
@@ -352,7 +421,8 @@ class GeneralOptimizer(MLPOptimizer):
         """As ``MLPOptimizer``'s, plus ``"horizon" [...]``: ``total_steps`` (default: the
         constructor's) for the progress features; with ``factored`` the layout of
         ``factored.factored_layout`` (from ``spec``: the tensors' shapes) and the accumulators
-        ``"row" [..., R+1]``, ``"col" [..., C+1]``."""
+        ``"row" [..., R+1]``, ``"col" [..., C+1]``; with ``orthogonal`` the matrices of
+        ``matrix_layout(spec)``."""
         horizon = self.total_steps if total_steps is None else int(total_steps)
         if horizon <= 0:
             raise ValueError(f"total_steps must be positive, got {total_steps}")
@@ -361,6 +431,8 @@ class GeneralOptimizer(MLPOptimizer):
         if self.factored:
             layout = factored_layout(spec, flat_params.shape[-1], flat_params.device)
             state.update(layout, **init_accumulators(flat_params.shape[:-1], layout))
+        if self.nominal == "orthogonal":
+            state["matrix_layout"] = matrix_layout(spec, flat_params.shape[-1])
         return state
 
     def factored_v(self, state: State) -> torch.Tensor:
@@ -393,6 +465,33 @@ class GeneralOptimizer(MLPOptimizer):
         p_rms = tensor_rms(params, segment_ids, n_seg).clamp_min(self.lars_floor)
         return momentum * (p_rms / m_rms)
 
+    def orthogonal_direction(
+        self,
+        momentum: torch.Tensor,
+        grads: torch.Tensor,
+        params: torch.Tensor,
+        segment_ids: torch.Tensor | None,
+        n_seg: int,
+        layout: torch.Tensor,
+    ) -> torch.Tensor:
+        """``lars_direction`` with each matrix of ``layout`` (``matrix_layout``) replaced by its
+        orthogonalized Nesterov momentum at the RMS ``max(RMS(p), lars_floor)``, ``[..., N]``."""
+        lars = self.lars_direction(momentum, params, segment_ids, n_seg)
+        nesterov = self.sgdm_beta * momentum + (1 - self.sgdm_beta) * grads
+        pieces, end = [], 0
+        for offset, rows, cols in layout_rows(layout):
+            size = rows * cols
+            pieces.append(lars[..., end:offset])
+            matrix = nesterov[..., offset : offset + size].unflatten(-1, (rows, cols))
+            ortho = newton_schulz(matrix).flatten(-2)
+            o_rms = ortho.square().mean(-1, keepdim=True).sqrt().clamp_min(LARS_TINY)
+            p = params[..., offset : offset + size]
+            p_rms = p.square().mean(-1, keepdim=True).sqrt().clamp_min(self.lars_floor)
+            pieces.append(ortho * (p_rms / o_rms))
+            end = offset + size
+        pieces.append(lars[..., end:])
+        return torch.cat(pieces, dim=-1)
+
     def handcrafted_directions(
         self,
         m: torch.Tensor,
@@ -401,15 +500,21 @@ class GeneralOptimizer(MLPOptimizer):
         params: torch.Tensor | None = None,
         segment_ids: torch.Tensor | None = None,
         n_seg: int = 1,
+        grads: torch.Tensor | None = None,
+        layout: torch.Tensor | None = None,
     ):
         """``[..., N, D]``: the directions ``NOMINALS[nominal]`` from the accumulators ``m
         [..., N, M]``, ``v [..., N]`` (SGD + momentum's: ``m / (1-β)``, torch's buffer;
-        ``lars`` also needs the parameters and their tensors' ``segment_ids``)."""
+        ``lars`` also needs the parameters and their tensors' ``segment_ids``, ``orthogonal``
+        also the gradients and the state's ``matrix_layout``)."""
         dirs = {
             "adam": lambda: self.adam_direction(m[..., self.adam_index], v, t),
             "sgdm": lambda: m[..., self.sgdm_index] / (1 - self.sgdm_beta),
             "lars": lambda: self.lars_direction(
                 m[..., self.sgdm_index], params, segment_ids, n_seg
+            ),
+            "orthogonal": lambda: self.orthogonal_direction(
+                m[..., self.sgdm_index], grads, params, segment_ids, n_seg, layout
             ),
         }
         return torch.stack([dirs[k]() for k in NOMINALS[self.nominal]], dim=-1)
@@ -437,7 +542,14 @@ class GeneralOptimizer(MLPOptimizer):
             extra = normalize_per_segment(raw, new["segment_ids"], n_seg, NORM_EPS)
             normed = torch.cat((normed, extra), dim=-1)
         dirs = self.handcrafted_directions(
-            new["m"], new["v"], new["t"], params, new["segment_ids"], n_seg
+            new["m"],
+            new["v"],
+            new["t"],
+            params,
+            new["segment_ids"],
+            n_seg,
+            grads,
+            new.get("matrix_layout"),
         )
         base = self.log_base_schedule(new["t"], new["horizon"]).to(dirs.dtype)
         base = base[..., None, None].expand(*grads.shape, 1)
@@ -482,7 +594,7 @@ class GeneralOptimizer(MLPOptimizer):
         self, nominal: torch.Tensor, segment_ids: torch.Tensor | None, n_seg: int
     ) -> torch.Tensor | None:
         """``ρ [..., N]``: the RMS of the nominal direction over each tensor (``sgdm``, ``lars``,
-        ``mix``);
+        ``orthogonal``, ``mix``);
         None (1) for ``adam``, whose direction is already O(1), and ``none``."""
         if self.nominal in ("adam", "none"):
             return None
@@ -548,7 +660,9 @@ class GeneralOptimizer(MLPOptimizer):
                 grad = grad.contiguous()
                 self._momentum_update_(native, param, grad, m, v, weights, biases, log_lr)
                 continue
-            dirs = self.handcrafted_directions(m, v, state["t"], param)
+            dirs = self.handcrafted_directions(
+                m, v, state["t"], param, grads=grad, layout=state.get("matrix_layout")
+            )
             nominal = self.nominal_direction(dirs)
             scale = self.residual_scale(nominal, None, 1)
             if fused:

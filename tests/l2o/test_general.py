@@ -151,6 +151,98 @@ def test_untrained_general_lars_with_an_early_boost_is_boosted_lars_cosine(norma
     )
 
 
+def orthogonal_reference(params, lr, horizon, momentum, floor=1e-2):
+    """The reference for ``nominal="orthogonal"``, per tensor in a loop: an EMA momentum ``m``;
+    on a matrix the Nesterov momentum ``β m + (1-β) g`` through ``newton_schulz``, on a vector
+    ``m`` itself, rescaled to RMS ``max(RMS(p), floor)``; lr · ½(1 + cos(π k/T))."""
+    from l2o.optimizers.general import newton_schulz
+
+    params = list(params)
+    moms = [torch.zeros_like(p) for p in params]
+
+    class Reference:
+        k = 0
+
+        def zero_grad(self):
+            for p in params:
+                p.grad = None
+
+        @torch.no_grad()
+        def step(self):
+            step = lr * 0.5 * (1 + math.cos(math.pi * self.k / horizon))
+            for p, m in zip(params, moms):
+                m.lerp_(p.grad, 1 - momentum)
+                nesterov = momentum * m + (1 - momentum) * p.grad
+                d = newton_schulz(nesterov) if p.dim() >= 2 else m
+                scale = max(float(p.pow(2).mean().sqrt()), floor) / float(d.pow(2).mean().sqrt())
+                p.sub_(step * scale * d)
+            self.k += 1
+
+    return Reference()
+
+
+@pytest.mark.parametrize("normalize_output", [True, False])
+def test_untrained_general_orthogonal_is_lars_with_muons_direction_on_matrices(normalize_output):
+    net = create(
+        "general",
+        nominal="orthogonal",
+        lars_lr=0.04,
+        sgdm_beta=0.5,
+        base_schedule="cosine",
+        total_steps=20,
+        normalize_output=normalize_output,
+    )
+    run_pair(
+        lambda ps: LearnedOptimizer(ps, net),
+        lambda ps: orthogonal_reference(ps, 0.04, horizon=20, momentum=0.5),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+def test_newton_schulz_is_close_to_the_polar_factor_batched_and_keeps_nans():
+    from l2o.optimizers.general import newton_schulz
+
+    g = torch.randn(3, 12, 40, generator=torch.Generator().manual_seed(0))
+    for matrix in (g, g.transpose(-2, -1)):  # wide and tall
+        ortho = newton_schulz(matrix)
+        sv = torch.linalg.svdvals(ortho)
+        assert sv.min() > 0.6 and sv.max() < 1.25, sv
+        u, _, vh = torch.linalg.svd(matrix, full_matrices=False)
+        cosine = (ortho * (u @ vh)).sum((-2, -1)) / (ortho.norm(dim=(-2, -1)) * math.sqrt(12))
+        assert (cosine > 0.95).all(), cosine
+        torch.testing.assert_close(ortho[1], newton_schulz(matrix[1]))
+    bad = g.clone()
+    bad[0, 3, 5] = float("nan")
+    assert torch.isnan(newton_schulz(bad)[0]).all() and torch.isfinite(newton_schulz(bad)[1:]).all()
+
+
+def test_orthogonal_flat_step_orthogonalizes_each_matrix_of_the_spec():
+    """Over the flat vector of a whole model: each weight matrix's nominal direction has equal
+    singular values (up to Newton–Schulz), each vector's is the momentum; both at the
+    tensor's RMS; one layout row per matrix, a convolution viewed as ``[out, in·kh·kw]``."""
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten(), nn.Linear(4 * 3 * 3, 6))
+    spec = ParamSpec.from_module(model)
+    flat = spec.flatten(dict(model.named_parameters())).detach()
+    net = create("general", nominal="orthogonal", sgdm_beta=0.5)
+    state = net.init_state(flat, spec)
+    assert state["matrix_layout"].tolist() == [[0, 4, 18], [76, 6, 36]]
+    assert state["matrix_layout"].device.type == "cpu"
+    grads = torch.randn_like(flat)
+    features, _ = net.observe(grads, flat, state)
+    nominal = features[..., -2]
+    for (name, p), offset in zip(model.named_parameters(), spec.offsets):
+        d = nominal[offset : offset + p.numel()]
+        p_rms = max(float(p.detach().pow(2).mean().sqrt()), net.lars_floor)
+        torch.testing.assert_close(float(d.pow(2).mean().sqrt()), p_rms, rtol=1e-5, atol=0)
+        if p.dim() >= 2:
+            sv = torch.linalg.svdvals(d.view(p.shape[0], -1))
+            assert sv.max() / sv.min() < 2.0, (name, sv)
+        else:  # the first step's momentum is (1-β) g
+            g = grads[offset : offset + p.numel()]
+            torch.testing.assert_close(d / d.norm(), g / g.norm())
+
+
 def test_early_boost_factor_and_bad_values():
     net = create("general", early_boost=3.0, early_boost_steps=10.0, total_steps=100)
     t = torch.tensor([1.0, 11.0, 101.0])
@@ -213,14 +305,14 @@ def test_untrained_general_mix_is_the_weighted_sum():
     torch.testing.assert_close(upd, want)
 
 
-@pytest.mark.parametrize("nominal", ["adam", "sgdm", "lars", "mix", "none"])
+@pytest.mark.parametrize("nominal", ["adam", "sgdm", "lars", "orthogonal", "mix", "none"])
 @pytest.mark.parametrize("normalize_output", [True, False])
 @pytest.mark.parametrize("chunk_size", [7, 10_000])
 def test_deployment_equals_the_flat_step(nominal, normalize_output, chunk_size):
     _deployment_vs_flat_step(nominal, normalize_output, chunk_size, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("nominal", ["adam", "sgdm", "lars", "mix", "none"])
+@pytest.mark.parametrize("nominal", ["adam", "sgdm", "lars", "orthogonal", "mix", "none"])
 @pytest.mark.parametrize("normalize_output", [True, False])
 def test_deployment_through_the_fused_kernel_equals_the_flat_step(
     monkeypatch, nominal, normalize_output
@@ -289,7 +381,7 @@ def test_old_boolean_nominal_configs_load():
     assert create("general", nominal=False).residual_gain.item() == 1.0
 
 
-@pytest.mark.parametrize("nominal", ["adam", "mix", "lars"])
+@pytest.mark.parametrize("nominal", ["adam", "mix", "lars", "orthogonal"])
 def test_checkpoint_round_trip(tmp_path, nominal):
     net = trained_like(hidden_sizes=[4, 4], nominal_lr=3e-3, total_steps=50, nominal=nominal)
     path = save_learned_optimizer(tmp_path / "g.pt", net)

@@ -128,6 +128,8 @@ CASES = [
     ("mlp", {}, "es"),
     ("general", {"nominal": "lars"}, "first"),
     ("general", {"nominal": "lars"}, "pes"),
+    ("general", {"nominal": "orthogonal"}, "first"),
+    ("general", {"nominal": "orthogonal"}, "pes"),
     ("general", {"nominal": "adam", "factored": True}, "es"),
 ]
 
