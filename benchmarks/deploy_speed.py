@@ -1,10 +1,13 @@
 """Deployment speed: one full training step (zero_grad, forward, backward, optimizer step) of a
 1.86M-parameter MLP (784-1024-1024-10, ReLU, batch 128) with ``LearnedOptimizer`` (the shipped
 ``lstm-mnist``, ``mlp-mnist`` and ``general``) against ``torch.optim.Adam(foreach=True)``, on the
-CPU with 2 threads.
+CPU with 2 threads. ``--archs`` also takes checkpoint paths (``*.pt``) and ``muon``
+(``baselines.MuonAdamW``: torch's Muon on the matrices, AdamW on the rest), the handcrafted
+optimizer whose Newton–Schulz iterations the ``orthogonal`` nominal term shares.
 
     python benchmarks/deploy_speed.py
     python benchmarks/deploy_speed.py --chunk-size 16384 --repeats 9
+    python benchmarks/deploy_speed.py --archs general,muon,general-v2
 
 The optimizers run alternately, one timed step each per round, so they see the same machine
 load; per optimizer the median step time over rounds, and ``*_ratio`` is the median over rounds
@@ -42,7 +45,12 @@ def make_model(seed: int = 0) -> nn.Module:
 
 
 def make_net(arch: str):
-    """The shipped checkpoint if there is one (its config is what users deploy), else fresh."""
+    """The shipped checkpoint if there is one (its config is what users deploy), a checkpoint
+    file (``*.pt``), else fresh."""
+    if arch.endswith(".pt"):
+        from l2o.optimizers import load_learned_optimizer
+
+        return load_learned_optimizer(arch)[0], arch
     shipped = available_pretrained()
     name = next((n for n in (arch, f"{arch}-mnist") if n in shipped), None)
     if name is not None:
@@ -87,6 +95,12 @@ def main(argv: list[str] | None = None) -> dict:
     trainers = {"adam": Trainer(lambda p: torch.optim.Adam(p, lr=1e-3, foreach=True), x, y)}
     names = {}
     for arch in args.archs.split(","):
+        if arch == "muon":
+            import baselines
+
+            trainers[arch] = Trainer(lambda p: baselines.MuonAdamW(p, lr=1e-3), x, y)
+            names[arch] = "baselines.MuonAdamW"
+            continue
         net, names[arch] = make_net(arch)
         trainers[arch] = Trainer(
             lambda p, net=net: LearnedOptimizer(p, net, chunk_size=args.chunk_size), x, y
