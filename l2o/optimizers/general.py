@@ -658,9 +658,10 @@ class GeneralOptimizer(MLPOptimizer):
             m, v = state["m"], state["v"]
             fused = native is not None and param.dtype == torch.float32
             fused = fused and param.device.type == "cpu"
-            if fused and self.nominal in ("sgdm", "lars"):
+            if fused and self.nominal in ("sgdm", "lars", "orthogonal"):
                 grad = grad.contiguous()
-                self._momentum_update_(native, param, grad, m, v, weights, biases, log_lr)
+                column = self._nominal_column(m, grad, state)
+                self._momentum_update_(native, param, grad, m, v, weights, biases, log_lr, column)
                 continue
             dirs = self.handcrafted_directions(
                 m, v, state["t"], param, grads=grad, layout=state.get("matrix_layout")
@@ -681,18 +682,30 @@ class GeneralOptimizer(MLPOptimizer):
                 out = self._chunked_network(param, grad, m, v, vhat, weights, biases, chunk_size)
             param.add_(self.combine(self.residual(out, None, 1), nominal, log_lr, scale))
 
-    def _momentum_update_(self, native, param, grad, m, v, weights, biases, log_lr) -> None:
-        """The deployment step of ``sgdm`` and ``lars``: the nominal direction is a column of
-        the momenta times a per-tensor coefficient ``c`` (``1/(1-β)``; ``lars``: ``max(RMS(p),
-        floor) / RMS(m_β)``), the RMSs one float32 dot each (the finite-only float64 statistic
-        where that overflows or meets a NaN), measured before the step; one ``add_`` subtracts
-        ``lr·c·m_β``. Without output normalization the fused kernel adds ``lr·gain·ρ·r``
-        (``ρ = c·RMS(m_β)``) in place, with no temporary the size of the tensor; with it, the
+    def _nominal_column(self, m: torch.Tensor, grad: torch.Tensor, state: State) -> torch.Tensor:
+        """The unscaled nominal direction of one tensor in deployment: the momentum column
+        ``m_β``, or for a matrix with ``orthogonal`` its orthogonalized Nesterov momentum."""
+        column = m[:, self.sgdm_index]
+        rows = layout_rows(state["matrix_layout"]) if self.nominal == "orthogonal" else ()
+        if not rows:
+            return column
+        ((_, n_rows, n_cols),) = rows
+        nesterov = torch.lerp(grad, column, self.sgdm_beta)  # β m + (1-β) g
+        return newton_schulz(nesterov.view(n_rows, n_cols)).view(-1)
+
+    def _momentum_update_(
+        self, native, param, grad, m, v, weights, biases, log_lr, col: torch.Tensor
+    ) -> None:
+        """The deployment step of ``sgdm``, ``lars`` and ``orthogonal``: the nominal direction
+        is ``col`` (``_nominal_column``) times a per-tensor coefficient ``c`` (``1/(1-β)``;
+        ``lars``, ``orthogonal``: ``max(RMS(p), floor) / RMS(col)``), the RMSs one float32 dot
+        each (the finite-only float64 statistic where that overflows or meets a NaN), measured
+        before the step; one ``add_`` subtracts ``lr·c·col``. Without output normalization the
+        fused kernel adds ``lr·gain·ρ·r`` (``ρ = c·RMS(col)``) in place, with no temporary the size of the tensor; with it, the
         kernel writes the network's direction ``d`` into one copy of the parameters, and
         ``lr·gain·ρ·d/RMS(d)`` is added once its RMS is known."""
-        col = m[:, self.sgdm_index]
         col_rms = _rms(col)
-        if self.nominal == "lars":
+        if self.nominal in ("lars", "orthogonal"):
             coef = max(_rms(param), self.lars_floor) / max(col_rms, LARS_TINY)
         else:
             coef = 1.0 / (1.0 - self.sgdm_beta)
