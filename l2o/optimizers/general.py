@@ -702,8 +702,8 @@ class GeneralOptimizer(MLPOptimizer):
         each (the finite-only float64 statistic where that overflows or meets a NaN), measured
         before the step; one ``add_`` subtracts ``lr·c·col``. Without output normalization the
         fused kernel adds ``lr·gain·ρ·r`` (``ρ = c·RMS(col)``) in place, with no temporary the
-        size of the tensor; with it, the kernel writes the network's direction ``d`` into one copy of the parameters, and
-        ``lr·gain·ρ·d/RMS(d)`` is added once its RMS is known."""
+        size of the tensor; with it, the kernel writes the network's direction ``d`` into one
+        copy of the parameters, and ``lr·gain·ρ·d/RMS(d)`` is added once its RMS is known."""
         col_rms = _rms(col)
         if self.nominal in ("lars", "orthogonal"):
             coef = max(_rms(param), self.lars_floor) / max(col_rms, LARS_TINY)
