@@ -36,7 +36,13 @@ NOMINAL = "nominal"
 #: the prefix of a learned optimizer spec (and name) evaluated before meta-training
 UNTRAINED = "untrained:"
 # The config key of each nominal kind's step size (``mix`` scales its SGD step size along).
-NOMINAL_LR_KEYS = {"adam": "nominal_lr", "sgdm": "sgdm_lr", "lars": "lars_lr", "mix": "nominal_lr"}
+NOMINAL_LR_KEYS = {
+    "adam": "nominal_lr",
+    "sgdm": "sgdm_lr",
+    "lars": "lars_lr",
+    "orthogonal": "lars_lr",
+    "mix": "nominal_lr",
+}
 # Where a contender's reported losses are measured, where that is not simply "the parameters".
 MEASURED_AT = {
     "sf_adamw": "training losses (the criteria) at the point where the gradient is taken, y in "

@@ -539,3 +539,11 @@ def test_sf_adamw_says_where_its_losses_are_measured(evaluation):
         ev.baselines.remove("sf_adamw")
     assert "gradient is taken, y in train mode" in notes["sf_adamw"]
     assert "averaged point x" in notes["sf_adamw"]
+
+
+def test_every_nominal_kind_has_a_tuned_contender():
+    """A ``general`` nominal kind missing here would silently get no ``nominal`` row."""
+    from l2o.optimizers.general import NOMINALS
+    from meta_train.evaluation.contenders import NOMINAL_LR_KEYS
+
+    assert set(NOMINAL_LR_KEYS) == set(NOMINALS) - {"none"}
