@@ -127,6 +127,14 @@ class Learned:
         """The config key of the nominal term's step size; None without a nominal term."""
         return NOMINAL_LR_KEYS.get(getattr(self.net, "nominal", None))
 
+    @property
+    def nominal_lr(self) -> float:
+        """The nominal term's own step size (the recipe's), a point of its tuning grid."""
+        key = self.nominal_lr_key
+        if key is None:
+            raise ValueError(f"{self.name!r} has no nominal term")
+        return float(self.net.config()[key])
+
     def nominal_factory(self, lr: float, steps: int) -> Factory:
         """This optimizer's nominal term, untrained, at step size ``lr``, for a run of ``steps``.
 

@@ -254,9 +254,12 @@ def _run_case(case, task, data, learned, ev: Evaluation, log) -> CaseResult:
         log(f"  {lrn.name}: {time.perf_counter() - t0:.1f}s")
     results = {}
     by_name = {lrn.name: lrn for lrn in learned}
-    tuned = [(name, partial(baseline_factory, name)) for name in ev.baselines]
-    tuned += [(name, by_name[of[0]].nominal_factory) for name, of in ev.nominals.items()]
-    for name, make in tuned:
+    tuned = [(name, partial(baseline_factory, name), ()) for name in ev.baselines]
+    tuned += [
+        (name, by_name[of[0]].nominal_factory, (by_name[of[0]].nominal_lr,))
+        for name, of in ev.nominals.items()
+    ]
+    for name, make, extra in tuned:
         t0 = time.perf_counter()
 
         def run(lr: float, seed: int, make=make) -> torch.Tensor:
@@ -264,7 +267,7 @@ def _run_case(case, task, data, learned, ev: Evaluation, log) -> CaseResult:
                 task, make(lr, steps), steps, seed, data=data, evaluate_test=False
             ).train_losses
 
-        tunings = tune(run, ev.criteria, ev.tune_seeds, ev.grid)
+        tunings = tune(run, ev.criteria, ev.tune_seeds, ev.grid, extra)
         runs = {
             lr: train_runs(task, make(lr, steps), steps, ev.seeds, data)
             for lr in dict.fromkeys(t.lr for t in tunings.values() if not t.diverged)

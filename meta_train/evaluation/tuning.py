@@ -80,9 +80,16 @@ class Tuning:
 
 
 def tune(
-    run: RunFn, criteria: Sequence[str], seeds: Sequence[int], grid: LogGrid = DEFAULT_GRID
+    run: RunFn,
+    criteria: Sequence[str],
+    seeds: Sequence[int],
+    grid: LogGrid = DEFAULT_GRID,
+    extra: Sequence[float] = (),
 ) -> dict[str, Tuning]:
-    """The best lr per criterion: mean score over ``seeds``, a divergence anywhere scores +inf."""
+    """The best lr per criterion: mean score over ``seeds``, a divergence anywhere scores +inf.
+    ``extra`` lrs join every pass of the grid (a learned optimizer's own nominal step size, so
+    that its tuned nominal term is never a worse choice than the untrained one on these seeds;
+    the edges stay the grid's)."""
     if not seeds:
         raise ValueError("tuning needs at least one seed")
     curves: dict[float, torch.Tensor] = {}
@@ -101,7 +108,8 @@ def tune(
     widen = {"lo": 0, "hi": 0}
     notes: dict[str, list[str]] = {c: [] for c in criteria}
     while True:
-        lrs = grid.points(widen["lo"], widen["hi"])
+        edges = grid.points(widen["lo"], widen["hi"])
+        lrs = sorted({*edges, *(lr for lr in extra if edges[0] < lr < edges[-1])})
         table = {c: [point(c, lr) for lr in lrs] for c in criteria}
         best = {c: _argmin(table[c]) for c in criteria}
         span = f"[{lrs[0]:g}, {lrs[-1]:g}]"

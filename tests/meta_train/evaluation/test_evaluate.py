@@ -71,6 +71,19 @@ def test_an_edge_optimum_widens_the_grid_and_says_so():
     assert capped["final"].at_edge and "still at the lower edge" in capped["final"].notes[-1]
 
 
+def test_an_extra_point_joins_the_grid_inside_its_edges_only():
+    """The nominal term's own step size is tried beside the grid, so a tuned nominal term is
+    never worse than the untrained one on the tuning seeds; a point outside the grid does not
+    move its edges."""
+    tunings = tune(synthetic(0.04, 0.04), ["final"], seeds=[0], extra=(0.04, 50.0))
+    lrs = [p.lr for p in tunings["final"].grid]
+    assert 0.04 in lrs and 50.0 not in lrs and lrs == sorted(lrs)
+    assert tunings["final"].lr == 0.04 and not tunings["final"].notes
+    plain = tune(synthetic(0.04, 0.04), ["final"], seeds=[0])
+    assert plain["final"].lr != 0.04
+    assert [p.lr for p in plain["final"].grid] == [lr for lr in lrs if lr != 0.04]
+
+
 def test_seeds_are_disjoint():
     assert disjoint_seeds(3, 2, 1000, 0) == ([1000, 1001, 1002], [0, 1])
     with pytest.raises(ValueError, match="overlap"):
@@ -426,6 +439,10 @@ def test_nominal_is_tuned_per_case_like_a_baseline(with_nominal):
 
     ev, learned, calls = with_nominal
     assert ev.nominals == {"nominal": ["gen"]}
+    own = learned.nominal_lr
+    assert all(
+        own in [p.lr for p in c.baselines["nominal"].tunings["final"].grid] for c in ev.cases
+    )
     assert {seed for _, seed, with_test in calls if not with_test} == {0, 1}
     grids = []
     for case in ev.cases:
