@@ -433,10 +433,13 @@ def test_bad_configs_are_refused(kwargs, match):
         create("general", **kwargs)
 
 
-def test_shipped_general_is_lars_based_and_steps():
+@pytest.mark.parametrize(
+    "name, nominal", [("general", "orthogonal"), ("general-v2", "lars"), ("general-v1", "lars")]
+)
+def test_shipped_generals_have_their_nominal_terms_and_step(name, nominal):
     model, x, y = model_and_batch()
-    opt = LearnedOptimizer.from_pretrained("general", model.parameters())
-    assert opt.net.config()["nominal"] == "lars"
+    opt = LearnedOptimizer.from_pretrained(name, model.parameters())
+    assert opt.net.config()["nominal"] == nominal
     assert opt.net.config()["base_schedule"] == "cosine"
     before = [p.detach().clone() for p in model.parameters()]
     nn.functional.mse_loss(model(x), y).backward()
