@@ -12,7 +12,9 @@ C++ kernels on the CPU).
   covered.
 
 Not covered, so ``auto`` runs the PyTorch path for them: the ``lstm`` architecture, ``general``
-with ``factored: true`` (the factored second-moment features), networks of more than two hidden
+with ``factored: true`` (the factored second-moment features) or ``nominal: orthogonal`` (a
+Newton–Schulz iteration per matrix, which the kernels do not run: on the GPU the PyTorch path
+does it with cuBLAS products, as ``torch.optim.Muon`` does), networks of more than two hidden
 layers, and subclasses of ``MLPOptimizer`` / ``GeneralOptimizer`` (they may change the step).
 """
 
@@ -47,6 +49,8 @@ def uncovered(net: LearnedOptimizerNet) -> str | None:
         return f"the {net.arch!r} architecture ({type(net).__name__})"
     if getattr(net, "factored", False):
         return "general with factored=True"
+    if getattr(net, "nominal", None) == "orthogonal":
+        return "general with nominal='orthogonal' (a Newton-Schulz iteration per matrix)"
     if not 1 <= len(net.hidden_sizes) <= 2:
         return f"hidden_sizes={list(net.hidden_sizes)} (one or two hidden layers only)"
     if not all(isinstance(m, nn.Linear | nn.ReLU) for m in net.net):

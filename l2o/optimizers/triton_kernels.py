@@ -24,7 +24,8 @@ synchronization:
 The arithmetic is the PyTorch path's, IEEE throughout: a NaN or infinity reaches the update of
 its own coordinate as it does there (ReLU keeps NaN) and never enters another coordinate's
 statistics. Not covered (``deploy_backend.uncovered``; the PyTorch path runs them): ``factored``
-features, networks of more than two hidden layers, subclasses of the two architectures.
+features, the ``orthogonal`` nominal term, networks of more than two hidden layers, subclasses
+of the two architectures.
 """
 
 from __future__ import annotations

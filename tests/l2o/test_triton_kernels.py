@@ -60,10 +60,11 @@ def assert_equal_paths(runs: list[dict]) -> None:
 
 @needs_triton
 def test_shipped_checkpoints_every_dtype_under_the_interpreter():
+    """The shipped checkpoints the kernels cover (``general``'s orthogonal term is not)."""
     runs = interpreted("shipped")
     assert {(r["name"], r["dtype"]) for r in runs} == {
         (name, dtype)
-        for name in ("mlp-mnist", "general")
+        for name in ("mlp-mnist", "general-v2")
         for dtype in ("float32", "float64", "float16", "bfloat16")
     }
     assert_equal_paths(runs)
@@ -77,7 +78,7 @@ def test_other_covered_options_under_the_interpreter():
 
 
 def test_auto_chooses_triton_for_cuda_parameters_only(monkeypatch):
-    for name in ("general", "mlp-mnist"):
+    for name in ("general-v2", "mlp-mnist"):
         net = load_learned_optimizer(pretrained_path(name))[0]
         on_cuda = deploy_backend.uses_triton("auto", net, torch.device("cuda"))
         assert on_cuda == (deploy_backend.triton_kernels() is not None)
@@ -91,6 +92,7 @@ def test_auto_chooses_triton_for_cuda_parameters_only(monkeypatch):
     "net, reason",
     [
         (create("general", factored=True), "factored=True"),
+        (create("general", nominal="orthogonal"), "nominal='orthogonal'"),
         (create("mlp", hidden_sizes=(4, 4, 4)), "hidden_sizes=[4, 4, 4]"),
         (create("lstm"), "'lstm' architecture"),
     ],

@@ -363,7 +363,7 @@ def test_muon_cosine_decays_the_lr_of_both_halves():
 
 def test_nominal_factory_is_the_untrained_nominal_term_at_the_tuned_step_size():
     """At step size lr it is the shipped general created untrained from its own kwargs with
-    lars_lr = lr (LARS momentum with general's schedule: tests/l2o/test_general.py), told the
+    lars_lr = lr (its orthogonal term with general's schedule: tests/l2o/test_general.py), told the
     run's length (400 steps here, twice the meta-training horizon: cosine over 400, step size
     × (400/200)^−½). The first 12 steps are compared: the recipe's boosted steps make later
     losses chaotic in float rounding."""
@@ -372,7 +372,8 @@ def test_nominal_factory_is_the_untrained_nominal_term_at_the_tuned_step_size():
 
     general = resolve_learned("general")
     cfg = general.net.config()
-    assert general.nominal_lr_key == "lars_lr" and cfg["nominal"] == "lars"
+    assert general.nominal_lr_key == "lars_lr" and cfg["nominal"] == "orthogonal"
+    assert general.nominal_lr == cfg["lars_lr"]
     task = get_task(general.task, dataset=general.dataset)
     data = task.load_data("cpu")
     horizon = 400
