@@ -35,6 +35,8 @@ if __name__ == "__main__" and Path(sys.path[0]).resolve() == Path(__file__).reso
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
+import signal
+import threading
 from collections.abc import Callable
 
 import torch
@@ -129,8 +131,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="start no new case after this many minutes; the outputs cover the finished cases "
         "and the same command later continues with the rest",
     )
+    p.add_argument(
+        "--skip-cases",
+        type=lambda s: [int(x) for x in s.split(",") if x],
+        default=[],
+        metavar="N,...",
+        help="case numbers (1-based, as printed) not to run: listed as skipped; the finished "
+        "cases saved in --out stay valid",
+    )
     p.add_argument("--list-suites", action="store_true", help="list suites and exit")
     return p.parse_args(argv)
+
+
+def _interrupt(signum, frame) -> None:
+    """SIGTERM as Ctrl-C: a KeyboardInterrupt, which the held-out log records as interrupted."""
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,6 +176,19 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     torch.set_num_threads(args.threads)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
+    # a run in the background ignores Ctrl-C; `kill` (SIGTERM) then ends it as an interruption,
+    # so the held-out log still records it and the finished cases stay saved
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
+    try:
+        return _evaluate(args, suite, learned, baselines, criteria, grid, out, log)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _evaluate(args, suite, learned, baselines, criteria, grid, out, log) -> int:
+    """The evaluation of ``main``'s checked arguments: run, report, log."""
     heldout = HeldoutRun.start(suite, learned, args, baselines, criteria, log)
     try:
         ev = run_suite(
@@ -176,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             nominal=not args.no_nominal,
             progress=CaseStore(out, restart=args.restart),
             time_budget_s=None if args.time_budget is None else args.time_budget * 60,
+            skip_cases=args.skip_cases,
         )
     except ValueError as exc:
         heldout.end("failed", error=str(exc))

@@ -140,6 +140,7 @@ def run_suite(
     nominal: bool = True,
     progress: CaseStore | None = None,
     time_budget_s: float | None = None,
+    skip_cases: Sequence[int] = (),
 ) -> Evaluation:
     """Evaluate ``learned`` optimizers on every case of ``suite`` against tuned ``baselines``
     and (``nominal``) against their own nominal terms, tuned the same way.
@@ -149,7 +150,9 @@ def run_suite(
     finished case is saved there at once, and the cases a previous run with the same inputs
     finished are read from it instead of run. Every input is checked before the first case.
     ``time_budget_s``: no new case starts once that much time has passed; the cases left are
-    listed in ``skipped`` (the same command with ``progress`` continues with them)."""
+    listed in ``skipped`` (the same command with ``progress`` continues with them).
+    ``skip_cases``: 1-based numbers of cases not to run (listed in ``skipped``; a finished one is
+    still read back), for a case too costly for the time at hand; the saved cases stay valid."""
     start = time.perf_counter()
     grid = grid if grid is not None else (QUICK_GRID if quick else DEFAULT_GRID)
     suite = load_suite(suite) if isinstance(suite, str) else suite
@@ -187,11 +190,18 @@ def run_suite(
         log(f"continuing: {len(progress.cases)} finished case(s) read from {progress.path}")
     if time_budget_s is not None and not time_budget_s > 0:
         raise ValueError(f"the time budget must be a positive number of seconds: {time_budget_s}")
+    outside = sorted(set(skip_cases) - set(range(1, len(cases) + 1)))
+    if outside:
+        raise ValueError(f"--skip-cases {outside}: the suite has cases 1 to {len(cases)}")
     for i, case in enumerate(cases):
         finished = progress.finished(case) if progress is not None else None
         if finished is not None:
             log(f"[{i + 1}/{len(cases)}] {case.id}: finished before, read back")
             evaluation.cases.append(finished)
+            continue
+        if i + 1 in skip_cases:
+            log(f"[{i + 1}/{len(cases)}] {case.id}: not run (--skip-cases)")
+            evaluation.skipped.append({"case": case.id, "reason": "not run: --skip-cases"})
             continue
         if time_budget_s is not None and time.perf_counter() - start > time_budget_s:
             note = f"not run: the time budget of {time_budget_s:.0f}s was spent"

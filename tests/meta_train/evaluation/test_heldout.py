@@ -227,3 +227,38 @@ def test_the_table_aggregates_each_run_length_separately(tmp_path):
     for key, s in by_steps.items():
         assert s["cases"] == 1 and s["geomean_ratio"] == pytest.approx(rows[key]["ratio"])
     assert "4 steps: OVERALL mlp-mnist [final]" in (out / "table.txt").read_text()
+
+
+def test_sigterm_ends_a_heldout_run_as_interrupted(tmp_path, monkeypatch):
+    """A run in the background ignores Ctrl-C; ``kill`` (SIGTERM) must still leave its log
+    line, and the handler is the caller's again afterwards."""
+    import os
+    import signal
+
+    suite = _suite_file(tmp_path, "heldout", [{"task": "digits_mlp_relu", "steps": 4}])
+
+    def killed(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(cli, "run_suite", killed)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["mlp-mnist", "--suite", suite, *FAST, "--out", str(tmp_path / "out")])
+    statuses = [e["status"] for e in heldout_log.read_log(heldout_log.log_path(suite))]
+    assert statuses == ["started", "interrupted"]
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_skipped_cases_are_listed_and_the_saved_ones_stay_valid(tmp_path, capsys):
+    cases = [{"task": "digits_mlp_relu", "steps": 4}, {"task": "digits_mlp_tanh", "steps": 4}]
+    suite = _suite_file(tmp_path, "design", cases)
+    out = str(tmp_path / "out")
+    args = ["--suite", suite, *FAST, "--out", out]
+    assert cli.main([*args, "--skip-cases", "2"]) == 0
+    first = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [c["case"] for c in first["skipped"]] == ["digits_mlp_tanh@digits:4"]
+    assert len(first["cases"]) == 1
+    assert cli.main(args) == 0  # the same evaluation: case 1 read back, case 2 run
+    assert "finished before, read back" in capsys.readouterr().err
+    assert len(json.loads((tmp_path / "out" / "results.json").read_text())["cases"]) == 2
+    assert cli.main([*args, "--skip-cases", "3"]) == 2  # no case 3: a usage error
