@@ -130,10 +130,14 @@ class Learned:
     @property
     def nominal_lr(self) -> float:
         """The nominal term's own step size (the recipe's), a point of its tuning grid."""
+        return float(self.net.config()[self._nominal_key()])
+
+    def _nominal_key(self) -> str:
+        """``nominal_lr_key``, or a ``ValueError`` for an optimizer without a nominal term."""
         key = self.nominal_lr_key
         if key is None:
             raise ValueError(f"{self.name!r} has no nominal term")
-        return float(self.net.config()[key])
+        return key
 
     def nominal_factory(self, lr: float, steps: int) -> Factory:
         """This optimizer's nominal term, untrained, at step size ``lr``, for a run of ``steps``.
@@ -142,9 +146,7 @@ class Learned:
         zero init: the nominal term alone, with the same base schedule, boost and horizon
         scaling) and ``lr`` in place of the step size, told the run's length as the learned
         optimizer is. With ``mix``, ``lr`` is Adam's step size and SGD's scales along."""
-        key = self.nominal_lr_key
-        if key is None:
-            raise ValueError(f"{self.name!r} has no nominal term")
+        key = self._nominal_key()
         config = self.net.config()
         if self.net.nominal == "mix":
             config["sgdm_lr"] *= lr / config["nominal_lr"]
