@@ -37,12 +37,13 @@ def test_roles_are_validated_and_default_to_history():
 
 
 def test_shipped_suites_have_the_roles_the_docs_give():
-    names = ("design", "heldout", "heldout2", "indist", "long")
+    names = ("design", "heldout", "heldout2", "heldout3", "indist", "long")
     roles = {name: load_suite(name).role for name in names}
     assert roles == {
         "design": "design",
         "heldout": "heldout",
         "heldout2": "heldout",
+        "heldout3": "heldout",
         "indist": "history",
         "long": "history",
     }
@@ -55,7 +56,7 @@ def _pipelines(name: str) -> set[tuple]:
     return {(c.task, c.dataset, c.variation) for c in resolve_cases(suite, False, *trained, None)}
 
 
-@pytest.mark.parametrize("suite", ["heldout", "heldout2"])
+@pytest.mark.parametrize("suite", ["heldout", "heldout2", "heldout3"])
 def test_heldout_is_disjoint_from_design_and_meta_training_in_tasks_and_pipelines(suite):
     heldout, design = _pipelines(suite), _pipelines("design")
     meta_training = {("mnist_mlp_sigmoid", "mnist5k", TaskVariation())}
@@ -70,7 +71,7 @@ def test_heldout_is_disjoint_from_design_and_meta_training_in_tasks_and_pipeline
     assert heldout_settings.isdisjoint(design_settings), heldout_settings & design_settings
 
 
-@pytest.mark.parametrize("suite", ["heldout", "heldout2"])
+@pytest.mark.parametrize("suite", ["heldout", "heldout2", "heldout3"])
 def test_heldout_lengths_are_1x_5x_10x_the_shipped_horizon(suite):
     lengths = {c.steps for c in load_suite(suite).cases}
     assert lengths == {200, 1000, 2000}
@@ -84,6 +85,14 @@ def test_the_second_heldout_suite_holds_no_case_of_an_earlier_suite():
         *(_pipelines(name) for name in ("heldout", "design", "generalization", "indist", "long"))
     )
     assert _pipelines("heldout2").isdisjoint(earlier)
+
+
+def test_the_third_heldout_suite_holds_no_case_of_an_earlier_suite():
+    """Fixed before the recipe that heldout2's findings chose: none of its cases was evaluated
+    by another suite, heldout2 included."""
+    names = ("heldout", "heldout2", "design", "generalization", "indist", "long")
+    earlier = set().union(*(_pipelines(name) for name in names))
+    assert _pipelines("heldout3").isdisjoint(earlier)
 
 
 def test_a_heldout_run_is_logged_with_its_date_commit_and_findings(tmp_path, capsys):
