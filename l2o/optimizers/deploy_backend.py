@@ -51,6 +51,8 @@ def uncovered(net: LearnedOptimizerNet) -> str | None:
         return "general with factored=True"
     if getattr(net, "nominal", None) == "orthogonal":
         return "general with nominal='orthogonal' (a Newton-Schulz iteration per matrix)"
+    if getattr(net, "adaptive_step", False):
+        return "general with adaptive_step=True (a per-tensor step size from its alignment)"
     if not 1 <= len(net.hidden_sizes) <= 2:
         return f"hidden_sizes={list(net.hidden_sizes)} (one or two hidden layers only)"
     if not all(isinstance(m, nn.Linear | nn.ReLU) for m in net.net):

@@ -52,6 +52,17 @@ horizon, from design elements of the field (each an option):
   of the ``indist`` MLP by 7–17 % per step over its first 10 steps (``lars_lr`` 0.04: 4 %); a
   boost needs the momentum of ``lars`` low (``sgdm_beta`` 0.5: with 0.9 the large early steps
   overshoot, README);
+* **adaptive step size** (``adaptive_step``; hypergradient descent on the log step size,
+  Baydin et al. 2018, with a learned gain): per tensor a log factor ``s`` on the step size,
+  ``s_t = clamp(s_{t-1} + κ (c_t − b), −S, S)``, with ``c_t`` the cosine between the
+  tensor's gradient and its momentum before the step (the sign of the loss's derivative in the
+  step size: a gradient that still points along the last steps says the steps were short, one
+  that turns back says they overshot), ``κ`` and ``b`` learned (starting at 0: the untrained
+  optimizer is unchanged) and ``S`` = ``adaptive_bound`` (an integrator: where the run's
+  alignment settles at ``b``, the factor holds where it got). It is what a fixed schedule cannot
+  be: a step size that differs per run and per tensor, from what the run shows (the per-case
+  tuned step size of the nominal term is worth 8 % on ``heldout2``,
+  docs/general-experiments-2026-12-07.md);
 * **output normalization** (Celo2): the learned direction is divided by its RMS over the tensor,
   so the residual has the units of Adam's direction and cannot blow up the step;
 * the small_fc_lopt / adafac_mlp_lopt per-coordinate features of ``MLPOptimizer`` (gradient,
@@ -105,6 +116,10 @@ OUTPUT_EPS = 1e-12
 #: The smallest momentum RMS that ``lars`` divides by (an all-zero momentum gives a zero step).
 LARS_TINY = 1e-30
 
+#: The smallest product of squared norms the alignment cosine divides by (float64; a zero
+#: gradient or momentum gives a cosine of 0).
+ALIGN_TINY = 1e-300
+
 #: Muon's quintic Newton–Schulz coefficients (Jordan et al. 2024): five iterations take every
 #: singular value of a Frobenius-normalized matrix into roughly [0.7, 1.2].
 NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
@@ -139,6 +154,42 @@ def tensor_rms(x: torch.Tensor, segment_ids: torch.Tensor | None, n_seg: int) ->
     sums, counts = finite_square_sums(x.unsqueeze(-1), segment_ids, n_seg)
     rms = (sums / counts.clamp_min(1.0)).sqrt().to(x.dtype)[..., 0]
     return rms if segment_ids is None else rms.index_select(x.dim() - 1, segment_ids)
+
+
+def tensor_alignment(
+    a: torch.Tensor, b: torch.Tensor, segment_ids: torch.Tensor | None, n_seg: int
+) -> torch.Tensor:
+    """The cosine between ``a`` and ``b [..., N]`` over each coordinate's segment, ``[..., N]``
+    (``segment_ids`` None: one segment), from the pairs where both are finite (a bad
+    coordinate stays bad in its own update, not in its tensor's step size), in float64 (no
+    overflow); 0 where either is zero."""
+    finite = torch.isfinite(a) & torch.isfinite(b)
+    a64 = torch.where(finite, a.to(torch.float64), 0.0)
+    b64 = torch.where(finite, b.to(torch.float64), 0.0)
+    terms = torch.stack((a64 * b64, a64.square(), b64.square()), dim=-1)
+    coord_dim = a.dim() - 1
+    if segment_ids is None:
+        sums = terms.sum(coord_dim, keepdim=True)
+    else:
+        sums = terms.new_zeros(*a.shape[:-1], n_seg, 3).index_add(coord_dim, segment_ids, terms)
+    cos = _cosine(sums).to(a.dtype)
+    if segment_ids is None:
+        return cos.expand(a.shape)
+    return cos.index_select(coord_dim, segment_ids)
+
+
+def _cosine(sums: torch.Tensor) -> torch.Tensor:
+    """``Σab / √(Σa² Σb²)`` from float64 sums ``[..., 3]``."""
+    return sums[..., 0] * torch.rsqrt((sums[..., 1] * sums[..., 2]).clamp_min(ALIGN_TINY))
+
+
+def _alignment_of_one_tensor(grad: torch.Tensor, momentum: torch.Tensor) -> torch.Tensor:
+    """``tensor_alignment`` of one deployed tensor (0-dim): three float32 dots, or the
+    finite-only float64 statistic where they overflow or meet a non-finite entry."""
+    sums = torch.stack((grad.dot(momentum), grad.dot(grad), momentum.dot(momentum)))
+    if bool(torch.isfinite(sums).all()):
+        return _cosine(sums.double()).to(grad.dtype)
+    return tensor_alignment(grad, momentum, None, 1)[0]
 
 
 def _rms(x: torch.Tensor) -> float:
@@ -238,6 +289,10 @@ class GeneralOptimizer(MLPOptimizer):
     learned_schedule: learn ``log lr_t`` as a linear function of the time features.
     learned_step_size: learn one constant factor on the nominal step size (``log_lr_offset``,
         starting at 0): the learned schedule's bias alone, for a recipe without the schedule.
+    adaptive_step: learn a per-tensor log factor on the step size driven by the alignment of
+        each tensor's gradient with its momentum (module docstring; ``step_gain``,
+        ``step_target`` start at 0).
+    adaptive_bound: the largest ``|log factor|`` of ``adaptive_step``.
     normalize_output: divide the network's direction by its RMS over the tensor (Celo2); else
         ``r = d · exp(exp_mult · m)``.
     progress: feed the training-progress features (else only step-count features).
@@ -270,6 +325,8 @@ class GeneralOptimizer(MLPOptimizer):
         early_boost_steps: float = 20.0,
         learned_schedule: bool = True,
         learned_step_size: bool = False,
+        adaptive_step: bool = False,
+        adaptive_bound: float = 2.0,
         normalize_output: bool = True,
         progress: bool = True,
         factored: bool = False,
@@ -304,6 +361,7 @@ class GeneralOptimizer(MLPOptimizer):
             ("lars_lr", lars_lr),
             ("lars_floor", lars_floor),
             ("early_boost_steps", early_boost_steps),
+            ("adaptive_bound", adaptive_bound),
         ):
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be positive and finite, got {value}")
@@ -357,6 +415,14 @@ class GeneralOptimizer(MLPOptimizer):
                 self.schedule.bias.zero_()
         self.learned_step_size = bool(learned_step_size)
         self.log_lr_offset = nn.Parameter(torch.zeros(())) if self.learned_step_size else None
+        self.adaptive_step = bool(adaptive_step)
+        self.adaptive_bound = float(adaptive_bound)
+        if self.adaptive_step:
+            self.step_gain = nn.Parameter(torch.zeros(()))
+            self.step_target = nn.Parameter(torch.zeros(()))
+            # the per-tensor log factor is state that ``core`` carries from step to step
+            self.core_state_keys = ("log_step",)
+            self.state_coord_dims = {**MLPOptimizer.state_coord_dims, "log_step": -1}
 
     def config(self) -> dict[str, Any]:
         return {
@@ -381,6 +447,8 @@ class GeneralOptimizer(MLPOptimizer):
             "early_boost_steps": self.early_boost_steps,
             "learned_schedule": self.learned_schedule,
             "learned_step_size": self.learned_step_size,
+            "adaptive_step": self.adaptive_step,
+            "adaptive_bound": self.adaptive_bound,
             "normalize_output": self.normalize_output,
             "progress": self.progress,
             "factored": self.factored,
@@ -409,10 +477,11 @@ class GeneralOptimizer(MLPOptimizer):
 
     @property
     def num_features(self) -> int:
-        # the network's inputs, the handcrafted directions, and the log base schedule (one
-        # column, the same for every coordinate: ``core`` reads the time from its features
-        # only, so that it runs per step under vmap and over a sequence of steps)
-        return self.num_net_inputs + len(NOMINALS[self.nominal]) + 1
+        # the network's inputs, the handcrafted directions, (``adaptive_step``) the alignment of
+        # the coordinate's tensor, and the log base schedule (one column, the same for every
+        # coordinate: ``core`` reads the time from its features only, so that it runs per step
+        # under vmap and over a sequence of steps)
+        return self.num_net_inputs + len(NOMINALS[self.nominal]) + self.adaptive_step + 1
 
     def init_state(
         self,
@@ -424,7 +493,8 @@ class GeneralOptimizer(MLPOptimizer):
         constructor's) for the progress features; with ``factored`` the layout of
         ``factored.factored_layout`` (from ``spec``: the tensors' shapes) and the accumulators
         ``"row" [..., R+1]``, ``"col" [..., C+1]``; with ``orthogonal`` the matrices of
-        ``matrix_layout(spec)``."""
+        ``matrix_layout(spec)``; with ``adaptive_step`` the per-coordinate log factor
+        ``"log_step" [..., N]`` (the same for every coordinate of a tensor), 0."""
         horizon = self.total_steps if total_steps is None else int(total_steps)
         if horizon <= 0:
             raise ValueError(f"total_steps must be positive, got {total_steps}")
@@ -435,6 +505,8 @@ class GeneralOptimizer(MLPOptimizer):
             state.update(layout, **init_accumulators(flat_params.shape[:-1], layout))
         if self.nominal == "orthogonal":
             state["matrix_layout"] = matrix_layout(spec, flat_params.shape[-1])
+        if self.adaptive_step:
+            state["log_step"] = torch.zeros_like(flat_params)
         return state
 
     def factored_v(self, state: State) -> torch.Tensor:
@@ -554,8 +626,13 @@ class GeneralOptimizer(MLPOptimizer):
             new.get("matrix_layout"),
         )
         base = self.log_base_schedule(new["t"], new["horizon"]).to(dirs.dtype)
-        base = base[..., None, None].expand(*grads.shape, 1)
-        return torch.cat((normed, glob, dirs, base), dim=-1), new
+        columns = [normed, glob, dirs]
+        if self.adaptive_step:
+            momentum = state["m"][..., self.sgdm_index]  # before this step's gradient
+            align = tensor_alignment(grads, momentum, new["segment_ids"], n_seg)
+            columns.append(align.unsqueeze(-1))
+        columns.append(base[..., None, None].expand(*grads.shape, 1))
+        return torch.cat(columns, dim=-1), new
 
     def log_lr(self, glob: torch.Tensor, log_base: torch.Tensor) -> torch.Tensor:
         """``log lr_t [...]`` from the global features ``[..., G]`` and the log base schedule
@@ -582,6 +659,11 @@ class GeneralOptimizer(MLPOptimizer):
             cosine = 0.5 * (1 + torch.cos(math.pi * frac))
             out = out + torch.log(cosine.clamp_min(1e-30))
         return out
+
+    def advance_log_step(self, log_step: torch.Tensor, align: torch.Tensor) -> torch.Tensor:
+        """``s_t = clamp(s_{t-1} + κ (c_t − b), −S, S)`` (``adaptive_step``; a NaN stays NaN)."""
+        drive = self.step_gain * (align - self.step_target)
+        return (log_step + drive).clamp(-self.adaptive_bound, self.adaptive_bound)
 
     def residual(
         self, out: torch.Tensor, segment_ids: torch.Tensor | None, n_seg: int
@@ -623,14 +705,24 @@ class GeneralOptimizer(MLPOptimizer):
                 f"GeneralOptimizer expects {self.num_features} features, got {features.shape[-1]}"
             )
         x = features[..., : self.num_net_inputs]
-        nominal = self.nominal_direction(features[..., self.num_net_inputs : -1])
+        n_dirs = len(NOMINALS[self.nominal])
+        nominal = self.nominal_direction(
+            features[..., self.num_net_inputs : self.num_net_inputs + n_dirs]
+        )
         out = self.net(x)
         seg, n_seg = state["segment_ids"], state["segment_counts"].shape[0]
         r = self.residual(out, seg, n_seg)
         glob = x[..., 0, self.num_normalized_features :]  # the same for every coordinate
         scale = self.residual_scale(nominal, seg, n_seg)
         log_lr = self.log_lr(glob, features[..., 0, -1])
-        return self.combine(r, nominal, log_lr, scale), state
+        update = self.combine(r, nominal, log_lr, scale)
+        if not self.adaptive_step:
+            return update, state
+        log_steps, log_step = [], state["log_step"]
+        for align in features[..., -2].unbind(0):  # a recurrence: step by step
+            log_step = self.advance_log_step(log_step, align)
+            log_steps.append(log_step)
+        return update * torch.exp(torch.stack(log_steps)), {**state, "log_step": log_step}
 
     @torch.no_grad()
     def apply_updates_(
@@ -644,17 +736,27 @@ class GeneralOptimizer(MLPOptimizer):
         (the kernels build only ``MLPOptimizer``'s features), over each tensor's own ``v̂``."""
         f0 = self.num_normalized_features
         linears = [m for m in self.net if isinstance(m, nn.Linear)]
+        aligns = [None] * len(tensors)
+        if self.adaptive_step:  # with the momentum before this step's gradient
+            aligns = [
+                _alignment_of_one_tensor(grad, state["m"][:, self.sgdm_index])
+                for _, grad, state in tensors
+            ]
         scales, native = self.advance_and_scale_(tensors, chunk_size)
         vhats = [None] * len(tensors)
         if self.factored:
             native = None
             vhats, scales = self._advance_factored_(tensors, scales, chunk_size)
         first = linears[0]
-        for (param, grad, state), scale, vhat in zip(tensors, scales, vhats):
+        for (param, grad, state), scale, vhat, align in zip(tensors, scales, vhats, aligns):
             glob = self.global_features(state)
             weights = [first.weight[:, :f0] * scale, *(lin.weight for lin in linears[1:])]
             biases = [first.bias + first.weight[:, f0:] @ glob, *(lin.bias for lin in linears[1:])]
             log_lr = self.log_lr(glob, self.log_base_schedule(state["t"], state["horizon"]))
+            if align is not None:
+                log_step = self.advance_log_step(state["log_step"][:1], align)
+                state["log_step"].copy_(log_step.expand_as(state["log_step"]))
+                log_lr = log_lr + log_step[0]
             m, v = state["m"], state["v"]
             fused = native is not None and param.dtype == torch.float32
             fused = fused and param.device.type == "cpu"

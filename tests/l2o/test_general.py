@@ -564,3 +564,133 @@ def test_factored_meta_gradient_reaches_the_network():
     first = net.net[0].weight.grad  # the factored features' input weights learn too
     f1 = net.num_normalized_features - len(net.momentum_decays) - 2
     assert first[:, f1 : net.num_normalized_features].abs().sum() > 0
+
+
+def test_untrained_adaptive_step_leaves_the_optimizer_unchanged():
+    """``step_gain`` and ``step_target`` start at 0: the log factor stays 0, whatever the
+    alignment, and the steps are those without ``adaptive_step``."""
+    plain = create("general", nominal="lars", base_schedule="cosine")
+    adaptive = create("general", nominal="lars", base_schedule="cosine", adaptive_step=True)
+    adaptive.load_state_dict(plain.state_dict(), strict=False)
+    params = torch.randn(2, 13)
+    states = [net.init_state(params) for net in (plain, adaptive)]
+    for _ in range(4):
+        g = torch.randn(2, 13)
+        (a, states[0]), (b, states[1]) = (
+            net.step(g, params, st) for net, st in zip((plain, adaptive), states)
+        )
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        params = params + a
+    assert torch.equal(states[1]["log_step"], torch.zeros(2, 13))
+
+
+def test_tensor_alignment_is_each_tensors_cosine_over_its_finite_pairs():
+    from l2o.optimizers.general import tensor_alignment
+
+    spec = ParamSpec(("w", "b", "z"), ((3, 4), (5,), (2,)))
+    seg = spec.segment_ids(torch.device("cpu"))
+    a, b = torch.randn(2, spec.numel), torch.randn(2, spec.numel)
+    a[1, 0] = float("nan")  # left out of the first tensor's cosine, in both vectors
+    a[:, -2:] = 0.0  # a zero tensor: cosine 0, not NaN
+    got = tensor_alignment(a, b, seg, 3)
+    for row in range(2):
+        for lo, hi in ((0, 12), (12, 17), (17, 19)):
+            x, y = a[row, lo:hi], b[row, lo:hi]
+            keep = torch.isfinite(x)
+            want = nn.functional.cosine_similarity(x[keep], y[keep], dim=0, eps=1e-30)
+            torch.testing.assert_close(got[row, lo:hi], want.expand(hi - lo))
+    huge = torch.full((1, 4), 1e30)  # squares overflow float32, not the float64 statistic
+    torch.testing.assert_close(tensor_alignment(huge, -huge, None, 1), -torch.ones(1, 4))
+
+
+def test_adaptive_step_grows_along_a_steady_gradient_up_to_its_bound():
+    """A gradient that keeps its direction (cosine 1 with the momentum) drives the log factor
+    up by κ (1 − b) per step, up to the bound ``S``; one that keeps flipping (cosine −1) drives
+    it down as far; the step follows the factor."""
+    plain = create("general", nominal="lars")
+    net = create("general", nominal="lars", adaptive_step=True, adaptive_bound=1.5)
+    net.load_state_dict(plain.state_dict(), strict=False)
+    with torch.no_grad():
+        net.step_gain.fill_(0.4)
+        net.step_target.fill_(0.5)
+    for sign in (1.0, -1.0):
+        params = torch.ones(1, 6)
+        states = [plain.init_state(params), net.init_state(params)]
+        logs = []
+        with torch.no_grad():
+            for k in range(10):
+                g = torch.full((1, 6), sign**k)
+                (base, states[0]), (upd, states[1]) = (
+                    o.step(g, params, st) for o, st in zip((plain, net), states)
+                )
+                logs.append(float(states[1]["log_step"][0, 0]))
+                torch.testing.assert_close(upd, base * math.exp(logs[-1]))
+        want = [-0.4 * 0.5]  # the first step has no momentum: cosine 0
+        for _ in range(9):  # then 0.2 per step up, or 0.6 per step down
+            want.append(max(-1.5, min(1.5, want[-1] + 0.4 * (sign - 0.5))))
+        assert logs == pytest.approx(want, abs=1e-6)
+
+
+def test_adaptive_core_over_a_sequence_equals_step_by_step():
+    """The log factor is ``core`` state: a replay over T steps of features carries it as T
+    single steps do."""
+    net = trained_like(nominal="lars", adaptive_step=True, total_steps=8)
+    spec = ParamSpec(("w", "b"), ((2, 3), (3,)))
+    params = torch.randn(2, 9)
+    start = net.init_state(params, spec)
+    state, feats, singles = start, [], []
+    for _ in range(5):
+        f, state = net.observe(torch.randn(2, 9), params, state)
+        feats.append(f)
+        upd, state = net.core(f.unsqueeze(0), state)
+        singles.append(upd[0])
+    together, end = net.core(torch.stack(feats), {**state, "log_step": start["log_step"]})
+    torch.testing.assert_close(together, torch.stack(singles))
+    torch.testing.assert_close(end["log_step"], state["log_step"])
+    assert end["log_step"].abs().max() > 0
+
+
+@pytest.mark.parametrize("nominal", ["adam", "lars", "orthogonal"])
+@pytest.mark.parametrize("fused", [False, True])
+def test_adaptive_step_deployment_equals_the_flat_step(monkeypatch, nominal, fused):
+    import l2o.optimizers.mlp as mlp_module
+
+    if fused:
+        monkeypatch.setattr(mlp_module, "NATIVE_MIN_ROWS", 1)
+    net = trained_like(nominal=nominal, adaptive_step=True, total_steps=5)
+    model, x, y = model_and_batch()
+    assert_deployment_equals_flat_step(net, model, x, y, 7, 4, 1e-5, 1e-6)
+
+
+def test_adaptive_step_meta_gradient_reaches_gain_and_target():
+    net = create("general", nominal="lars", adaptive_step=True)
+    with torch.no_grad():
+        net.step_gain.fill_(0.1)
+    params = torch.randn(1, 20)
+    state = net.init_state(params)
+    feats = []
+    for _ in range(3):
+        f, state = net.observe(torch.randn(1, 20), params, state)
+        feats.append(f)
+    upd, _ = net.core(torch.stack(feats), net.init_state(params))
+    (upd * torch.randn_like(upd)).sum().backward()
+    assert net.step_gain.grad.abs() > 0 and net.step_target.grad.abs() > 0
+
+
+def test_adaptive_step_keeps_a_nan_in_its_coordinate_and_round_trips(tmp_path):
+    net = trained_like(nominal="lars", adaptive_step=True, adaptive_bound=1.0)
+    params = torch.randn(1, 8)
+    state = net.init_state(params)
+    for k in range(3):
+        g = torch.randn(1, 8)
+        if k == 2:
+            g[0, 3] = float("nan")
+        upd, state = net.step(g, params, state)
+    assert torch.isnan(upd[0, 3]) and torch.isfinite(state["log_step"]).all()
+    path = tmp_path / "a.pt"
+    save_learned_optimizer(path, net)
+    loaded = load_learned_optimizer(path)[0]
+    assert loaded.config()["adaptive_step"] and loaded.adaptive_bound == 1.0
+    torch.testing.assert_close(loaded.step_gain, net.step_gain)
+    with pytest.raises(ValueError, match="adaptive_bound"):
+        create("general", adaptive_step=True, adaptive_bound=0.0)

@@ -63,6 +63,7 @@ def _batched_particles(lopt, spec, flat, grads_fn, params, steps, state, param_s
         ("general", {"nominal": "lars"}),
         ("general", {"nominal": "lars", "factored": True}),
         ("general", {"nominal": "orthogonal"}),
+        ("general", {"nominal": "orthogonal", "adaptive_step": True}),
     ],
 )
 def test_vectorized_particles_equal_a_loop_over_particles(arch, kwargs):

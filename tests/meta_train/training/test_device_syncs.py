@@ -130,6 +130,8 @@ CASES = [
     ("general", {"nominal": "lars"}, "pes"),
     ("general", {"nominal": "orthogonal"}, "first"),
     ("general", {"nominal": "orthogonal"}, "pes"),
+    ("general", {"nominal": "orthogonal", "adaptive_step": True}, "first"),
+    ("general", {"nominal": "lars", "adaptive_step": True}, "pes"),
     ("general", {"nominal": "adam", "factored": True}, "es"),
 ]
 
