@@ -93,6 +93,7 @@ def test_auto_chooses_triton_for_cuda_parameters_only(monkeypatch):
     [
         (create("general", factored=True), "factored=True"),
         (create("general", nominal="orthogonal"), "nominal='orthogonal'"),
+        (create("general", nominal="lars", adaptive_step=True), "adaptive_step=True"),
         (create("mlp", hidden_sizes=(4, 4, 4)), "hidden_sizes=[4, 4, 4]"),
         (create("lstm"), "'lstm' architecture"),
     ],
