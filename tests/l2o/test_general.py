@@ -434,12 +434,19 @@ def test_bad_configs_are_refused(kwargs, match):
 
 
 @pytest.mark.parametrize(
-    "name, nominal", [("general", "orthogonal"), ("general-v2", "lars"), ("general-v1", "lars")]
+    "name, nominal, adaptive",
+    [
+        ("general", "orthogonal", True),
+        ("general-v3", "orthogonal", False),
+        ("general-v2", "lars", False),
+        ("general-v1", "lars", False),
+    ],
 )
-def test_shipped_generals_have_their_nominal_terms_and_step(name, nominal):
+def test_shipped_generals_have_their_nominal_terms_and_step(name, nominal, adaptive):
     model, x, y = model_and_batch()
     opt = LearnedOptimizer.from_pretrained(name, model.parameters())
     assert opt.net.config()["nominal"] == nominal
+    assert opt.net.config()["adaptive_step"] is adaptive
     assert opt.net.config()["base_schedule"] == "cosine"
     before = [p.detach().clone() for p in model.parameters()]
     nn.functional.mse_loss(model(x), y).backward()
