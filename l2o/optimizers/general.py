@@ -57,9 +57,10 @@ horizon, from design elements of the field (each an option):
   ``s_t = clamp(s_{t-1} + κ (c_t − b), −S, S)``, with ``c_t`` the cosine between the
   tensor's gradient and its momentum before the step (the sign of the loss's derivative in the
   step size: a gradient that still points along the last steps says the steps were short, one
-  that turns back says they overshot), ``κ`` and ``b`` learned (starting at 0: the untrained
-  optimizer is unchanged) and ``S`` = ``adaptive_bound`` (an integrator: where the run's
-  alignment settles at ``b``, the factor holds where it got). It is what a fixed schedule cannot
+  that turns back says they overshot), ``κ`` (its sign too: greedy hypergradient descent is
+  ``κ > 0``; the shipped ``general`` learned ``κ < 0``) and ``b`` learned (starting at 0: the
+  untrained optimizer is unchanged) and ``S`` = ``adaptive_bound`` (an integrator: where the
+  run's alignment settles at ``b``, the factor holds where it got). It is what a fixed schedule cannot
   be: a step size that differs per run and per tensor, from what the run shows (the per-case
   tuned step size of the nominal term is worth 8 % on ``heldout2``,
   docs/general-experiments-2026-12-07.md);
