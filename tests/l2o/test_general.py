@@ -443,8 +443,7 @@ def test_bad_configs_are_refused(kwargs, match):
 @pytest.mark.parametrize(
     "name, nominal, adaptive",
     [
-        ("general", "orthogonal", True),
-        ("general-v3", "orthogonal", False),
+        ("general", "orthogonal", False),
         ("general-v2", "lars", False),
         ("general-v1", "lars", False),
     ],
