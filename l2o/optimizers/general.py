@@ -58,12 +58,11 @@ horizon, from design elements of the field (each an option):
   tensor's gradient and its momentum before the step (the sign of the loss's derivative in the
   step size: a gradient that still points along the last steps says the steps were short, one
   that turns back says they overshot), ``κ`` (its sign too: greedy hypergradient descent is
-  ``κ > 0``; the shipped ``general`` learned ``κ < 0``) and ``b`` learned (starting at 0: the
-  untrained optimizer is unchanged) and ``S`` = ``adaptive_bound`` (an integrator: where the
-  run's alignment settles at ``b``, the factor holds where it got). It is what a fixed schedule cannot
-  be: a step size that differs per run and per tensor, from what the run shows (the per-case
-  tuned step size of the nominal term is worth 8 % on ``heldout2``,
-  docs/general-experiments-2026-12-07.md);
+  ``κ > 0``) and ``b`` learned (starting at 0: the untrained optimizer is unchanged) and ``S``
+  = ``adaptive_bound`` (an integrator: where the run's alignment settles at ``b``, the factor
+  holds where it got). A negative result, kept to reproduce it: meta-trained by the shipped
+  recipe it learned ``κ < 0``, won short runs and ran away on long ones (a positive feedback;
+  docs/general-experiments-2026-12-07.md, "A step size set per run");
 * **output normalization** (Celo2): the learned direction is divided by its RMS over the tensor,
   so the residual has the units of Adam's direction and cannot blow up the step;
 * the small_fc_lopt / adafac_mlp_lopt per-coordinate features of ``MLPOptimizer`` (gradient,
