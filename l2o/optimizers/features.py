@@ -46,6 +46,18 @@ def ema(avg: torch.Tensor, x: torch.Tensor, decays: torch.Tensor) -> torch.Tenso
     return torch.lerp(x.unsqueeze(-1), avg, decays)
 
 
+def segment_sums(
+    x: torch.Tensor, segment_ids: torch.Tensor | None, num_segments: int
+) -> torch.Tensor:
+    """``x [..., N, F]`` summed over the coordinates of each segment, ``[..., S, F]``
+    (``segment_ids [N]``; None: all N coordinates are one segment)."""
+    coord_dim = x.dim() - 2
+    if segment_ids is None:
+        return x.sum(coord_dim, keepdim=True)
+    shape = (*x.shape[:coord_dim], num_segments, x.shape[-1])
+    return x.new_zeros(shape).index_add(coord_dim, segment_ids, x)
+
+
 def finite_square_sums(
     x: torch.Tensor, segment_ids: torch.Tensor | None = None, num_segments: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,12 +70,7 @@ def finite_square_sums(
     finite = torch.isfinite(x)
     sq = torch.where(finite, x.to(torch.float64), 0.0).square()
     both = torch.cat((sq, finite.to(torch.float64)), dim=-1)
-    coord_dim = x.dim() - 2
-    if segment_ids is None:
-        sums = both.sum(coord_dim, keepdim=True)
-    else:
-        shape = (*x.shape[:coord_dim], num_segments, both.shape[-1])
-        sums = both.new_zeros(shape).index_add(coord_dim, segment_ids, both)
+    sums = segment_sums(both, segment_ids, num_segments)
     f = x.shape[-1]
     return sums[..., :f], sums[..., f:]
 

@@ -106,6 +106,7 @@ from l2o.optimizers.features import (
     inverse_rms,
     normalize_per_segment,
     progress_features,
+    segment_sums,
     time_features,
 )
 from l2o.optimizers.mlp import NORM_EPS, MLPOptimizer
@@ -167,15 +168,10 @@ def tensor_alignment(
     a64 = torch.where(finite, a.to(torch.float64), 0.0)
     b64 = torch.where(finite, b.to(torch.float64), 0.0)
     terms = torch.stack((a64 * b64, a64.square(), b64.square()), dim=-1)
-    coord_dim = a.dim() - 1
-    if segment_ids is None:
-        sums = terms.sum(coord_dim, keepdim=True)
-    else:
-        sums = terms.new_zeros(*a.shape[:-1], n_seg, 3).index_add(coord_dim, segment_ids, terms)
-    cos = _cosine(sums).to(a.dtype)
+    cos = _cosine(segment_sums(terms, segment_ids, n_seg)).to(a.dtype)
     if segment_ids is None:
         return cos.expand(a.shape)
-    return cos.index_select(coord_dim, segment_ids)
+    return cos.index_select(a.dim() - 1, segment_ids)
 
 
 def _cosine(sums: torch.Tensor) -> torch.Tensor:

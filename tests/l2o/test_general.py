@@ -327,8 +327,8 @@ def test_deployment_through_the_fused_kernel_equals_the_flat_step(
     _deployment_vs_flat_step(nominal, normalize_output, 10_000, rtol=1e-5, atol=1e-6)
 
 
-def _deployment_vs_flat_step(nominal, normalize_output, chunk_size, rtol, atol):
-    net = trained_like(normalize_output=normalize_output, total_steps=5, nominal=nominal)
+def _deployment_vs_flat_step(nominal, normalize_output, chunk_size, rtol, atol, **kwargs):
+    net = trained_like(normalize_output=normalize_output, total_steps=5, nominal=nominal, **kwargs)
     model, x, y = model_and_batch()
     assert_deployment_equals_flat_step(net, model, x, y, chunk_size, 4, rtol, atol)
 
@@ -670,9 +670,7 @@ def test_adaptive_step_deployment_equals_the_flat_step(monkeypatch, nominal, fus
 
     if fused:
         monkeypatch.setattr(mlp_module, "NATIVE_MIN_ROWS", 1)
-    net = trained_like(nominal=nominal, adaptive_step=True, total_steps=5)
-    model, x, y = model_and_batch()
-    assert_deployment_equals_flat_step(net, model, x, y, 7, 4, 1e-5, 1e-6)
+    _deployment_vs_flat_step(nominal, True, 7, rtol=1e-5, atol=1e-6, adaptive_step=True)
 
 
 def test_adaptive_step_keeps_a_nan_in_its_coordinate_and_round_trips(tmp_path):

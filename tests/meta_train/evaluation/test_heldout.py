@@ -78,21 +78,17 @@ def test_heldout_lengths_are_1x_5x_10x_the_shipped_horizon(suite):
     assert resolve_learned("general").horizon == 200
 
 
-def test_the_second_heldout_suite_holds_no_case_of_an_earlier_suite():
-    """Fixed before its first run to report what the first one's findings chose: none of its
-    cases (task, data and pipeline together) was ever evaluated by another suite."""
-    earlier = set().union(
-        *(_pipelines(name) for name in ("heldout", "design", "generalization", "indist", "long"))
-    )
-    assert _pipelines("heldout2").isdisjoint(earlier)
-
-
-def test_the_third_heldout_suite_holds_no_case_of_an_earlier_suite():
-    """Fixed before the recipe that heldout2's findings chose: none of its cases was evaluated
-    by another suite, heldout2 included."""
-    names = ("heldout", "heldout2", "design", "generalization", "indist", "long")
-    earlier = set().union(*(_pipelines(name) for name in names))
-    assert _pipelines("heldout3").isdisjoint(earlier)
+@pytest.mark.parametrize(
+    "suite, earlier",
+    [
+        ("heldout2", ("heldout", "design", "generalization", "indist", "long")),
+        ("heldout3", ("heldout", "heldout2", "design", "generalization", "indist", "long")),
+    ],
+)
+def test_a_later_heldout_suite_holds_no_case_of_an_earlier_suite(suite, earlier):
+    """Each was fixed before its first run to report what an earlier one's findings chose: none
+    of its cases (task, data and pipeline together) was ever evaluated by another suite."""
+    assert _pipelines(suite).isdisjoint(set().union(*(_pipelines(name) for name in earlier)))
 
 
 def test_a_heldout_run_is_logged_with_its_date_commit_and_findings(tmp_path, capsys):
